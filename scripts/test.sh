@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Set up (idempotent), then run the lint and the whole test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+python -m ruff check src tests benchmarks
+python -m pytest -q "$@"

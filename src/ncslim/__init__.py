@@ -1,0 +1,31 @@
+"""ncslim: network slimming with nonconvex regularization.
+
+Train with a sparsity penalty on the BatchNorm scaling factors, prune the weak channels
+physically, fine-tune, and measure what was gained.
+"""
+
+from .io import ModelFileError, load_model, save_model
+from .metrics import count_flops, count_params
+from .models import PruneSlot, SlimmableNet, build_model, model_names
+from .penalties import PENALTIES, Penalty, make_penalty
+from .pruning import PruneReport, prune_model
+from .regularizer import SparsityRegularizer
+
+__all__ = [
+    "PENALTIES",
+    "ModelFileError",
+    "Penalty",
+    "PruneReport",
+    "PruneSlot",
+    "SlimmableNet",
+    "SparsityRegularizer",
+    "build_model",
+    "count_flops",
+    "count_params",
+    "load_model",
+    "make_penalty",
+    "model_names",
+    "prune_model",
+    "save_model",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,100 @@
+"""Saving and loading models: the architecture spec travels with the weights.
+
+    >>> import ncslim, tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "model.pt")
+    >>> ncslim.save_model(ncslim.build_model("vgg", width=0.25), path)
+    >>> ncslim.load_model(path).arch
+    'vgg'
+
+A file holds plain data only (dicts, lists, strings, numbers, tensors) and is read with
+``torch.load(..., weights_only=True)``: loading a model never executes code from the file.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .models import SlimmableNet, build_model
+from .regularizer import unwrap
+
+FORMAT = "ncslim.model"
+FORMAT_VERSION = 1
+
+
+class ModelFileError(ValueError):
+    """A file that is not a readable ncslim model (corrupt, truncated, or something else)."""
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then rename it: never half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
+    """``torch.load`` with ``weights_only=True``; unreadable files raise :class:`ModelFileError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError,
+            OSError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelFileError(f"{path}: not a readable ncslim file (corrupt, truncated or not "
+                             f"saved by ncslim): {reason}") from err
+
+
+def model_payload(model: nn.Module) -> dict[str, Any]:
+    model = unwrap(model)
+    if not isinstance(model, SlimmableNet):
+        raise TypeError(f"save_model saves ncslim architectures; got {type(model).__name__}")
+    return {"format": FORMAT, "version": FORMAT_VERSION, "config": model.config(),
+            "state_dict": model.state_dict()}
+
+
+def model_from_payload(payload: Any, source: str) -> SlimmableNet:
+    """Rebuild a model from the dict that :func:`model_payload` made (``source`` names it)."""
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ModelFileError(f"{source}: not an ncslim model file (save one with "
+                             f"ncslim.save_model)")
+    if payload.get("version") != FORMAT_VERSION:
+        raise ModelFileError(f"{source}: model format version {payload.get('version')} is not "
+                             f"supported (this ncslim reads version {FORMAT_VERSION})")
+    try:
+        config = dict(payload["config"])
+        model = build_model(config.pop("arch"), **config)
+        model.load_state_dict(payload["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelFileError(f"{source}: the stored architecture and weights do not fit "
+                             f"together: {first}") from err
+    return model
+
+
+def save_model(model: nn.Module, path: str | os.PathLike) -> None:
+    """Write the model's architecture spec and weights to ``path`` (atomically)."""
+    atomic_save(model_payload(model), path)
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> SlimmableNet:
+    """Rebuild a model saved by :func:`save_model`, full or pruned, in evaluation mode."""
+    return model_from_payload(safe_load(path, device), str(path)).to(device).eval()

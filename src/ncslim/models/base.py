@@ -1,0 +1,166 @@
+"""What every prunable ncslim model shares: the registry, the pruning slots, channel selection.
+
+The architecture of a model is *data*: its ``channels`` spec (plain lists, ints and dicts). Pruning
+changes nothing but the spec; a model is rebuilt from ``(arch, num_classes, in_channels, channels)``
+and its state dict, so a checkpoint never holds a pickled class.
+
+    >>> from ncslim.models import build_model
+    >>> model = build_model("vgg", num_classes=10, width=0.25)
+    >>> [slot.bn for slot in model.prune_slots()][:2]
+    ['features.1', 'features.4']
+"""
+
+from __future__ import annotations
+
+import abc
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+BN_INIT_SCALE = 0.5  # the reference code starts every BN gamma at 0.5
+
+_REGISTRY: dict[str, type[SlimmableNet]] = {}
+
+
+@dataclass(frozen=True)
+class PruneSlot:
+    """One prunable group of channels, scored by the gammas of one BatchNorm.
+
+    ``producer`` is the conv whose output channels these are; ``None`` means the BN sits on a
+    stream that other layers also read (pre-activation nets), so the stream keeps its width and a
+    channel selection in front of the BN feeds the surviving channels to the consumers only.
+    ``fold`` says where the constant output of a removed channel goes when pruning compensates:
+    the name of a BN whose running mean absorbs it, or ``None`` for the consumer's own bias.
+    """
+
+    bn: str
+    producer: str | None
+    consumers: tuple[str, ...]
+    fold: str | None = None
+
+
+class ChannelSelect(nn.Module):
+    """Gathers the channels ``index`` of its input (dim 1); the identity when ``index`` is None."""
+
+    def __init__(self, index: list[int] | None = None) -> None:
+        super().__init__()
+        self.register_buffer(
+            "index", None if index is None else torch.tensor(index, dtype=torch.long),
+            persistent=False,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.index is None else x.index_select(1, self.index)
+
+    def extra_repr(self) -> str:
+        return "all" if self.index is None else f"{self.index.numel()} channels"
+
+
+class SlimmableNet(nn.Module, abc.ABC):
+    """Base of the reference families: the spec in, the pruning slots out.
+
+    Subclasses set ``arch``, build themselves from ``channels`` and implement
+    :meth:`prune_slots` and :meth:`channels_after` (the spec once slots keep fewer channels).
+    """
+
+    arch: ClassVar[str]
+    input_size: ClassVar[int] = 32  # CIFAR geometry: the final pooling assumes 32x32 inputs
+
+    def __init__(self, num_classes: int, in_channels: int, channels: Any) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if in_channels < 1:
+            raise ValueError(f"in_channels must be >= 1, got {in_channels}")
+        self.num_classes = num_classes
+        self.in_channels = in_channels
+        self.channels = channels
+
+    @abc.abstractmethod
+    def prune_slots(self) -> list[PruneSlot]:
+        """The prunable channel groups, in network order."""
+
+    @abc.abstractmethod
+    def channels_after(self, keep: dict[str, list[int]], stream_bias: bool) -> Any:
+        """The spec of this model once each slot (keyed by its BN name) keeps ``keep[bn]``.
+
+        ``stream_bias`` asks for a bias on the convs that write to a shared stream, where
+        pruning with compensation folds the constant output of removed channels.
+        """
+
+    def config(self) -> dict[str, Any]:
+        """Everything :func:`build_model` needs to rebuild this architecture."""
+        return {
+            "arch": self.arch,
+            "num_classes": self.num_classes,
+            "in_channels": self.in_channels,
+            "channels": self.channels,
+        }
+
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.in_channels, self.input_size, self.input_size)
+
+
+def init_weights(model: nn.Module) -> None:
+    """The reference initialisation: He-normal convs, gamma 0.5 / beta 0, small linear weights."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+            nn.init.constant_(module.weight, BN_INIT_SCALE)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, 0.0, 0.01)
+            nn.init.zeros_(module.bias)
+
+
+def scaled(count: int, width: float) -> int:
+    """A channel count times the width multiplier, never below 1."""
+    return max(1, int(round(count * width)))
+
+
+def check_width(width: float) -> None:
+    if not width > 0 or width != width or width == float("inf"):
+        raise ValueError(f"width must be a positive finite number, got {width}")
+
+
+def register_model(cls: type[SlimmableNet]) -> type[SlimmableNet]:
+    _REGISTRY[cls.arch] = cls
+    return cls
+
+
+def model_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def _lookup(name: str) -> type[SlimmableNet]:
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, _REGISTRY, n=2)
+        hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+        raise ValueError(f"unknown architecture {name!r}{hint}; known: {', '.join(model_names())}")
+    return _REGISTRY[name]
+
+
+def build_model(
+    name: str,
+    num_classes: int = 10,
+    in_channels: int = 3,
+    width: float = 1.0,
+    depth: int | None = None,
+    channels: Any = None,
+) -> SlimmableNet:
+    """Build a reference architecture by name: ``vgg``, ``densenet`` or ``resnet``.
+
+    ``channels`` (a spec from :meth:`SlimmableNet.config`) rebuilds an exact, possibly pruned,
+    architecture; otherwise ``width`` and ``depth`` define the default one.
+    """
+    cls = _lookup(name)
+    builder: Callable[..., SlimmableNet] = cls
+    return builder(num_classes=num_classes, in_channels=in_channels, width=width, depth=depth,
+                   channels=channels)

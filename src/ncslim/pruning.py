@@ -1,0 +1,289 @@
+"""Physical channel pruning: a smaller dense network from the BN scaling factors.
+
+    >>> import ncslim
+    >>> model = ncslim.build_model("vgg", width=0.25)
+    >>> small, report = ncslim.prune_model(model, ratio=0.5)
+    >>> report.params_after < report.params_before
+    True
+
+The rule of network slimming: rank the |gamma| of every prunable BN globally and remove the lowest
+``ratio`` of them, or remove every channel with |gamma| <= ``threshold`` (0 removes exactly the
+zeros that proximal training leaves). The model family says which layers each BN couples (its
+:class:`~ncslim.models.PruneSlot` list); this module only slices tensors along those couplings.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .metrics import count_flops, count_params
+from .models import PruneSlot, SlimmableNet, build_model
+from .regularizer import unwrap
+
+Keep = dict[str, torch.Tensor]  # BN name -> sorted indices of the channels that stay
+
+
+@dataclass
+class LayerReport:
+    name: str
+    kept: int
+    total: int
+    indices: list[int]  # the channels that stay, in the original layer's numbering
+
+
+@dataclass
+class PruneReport:
+    """What a pruning did: the global threshold, channels kept per layer, size before and after."""
+
+    threshold: float
+    ratio: float | None
+    removed_fraction: float
+    layers: list[LayerReport]
+    floored: list[str]
+    params_before: int
+    params_after: int
+    flops_before: int
+    flops_after: int
+    compensated: bool
+
+    @property
+    def params_removed(self) -> float:
+        return 1.0 - self.params_after / self.params_before
+
+    @property
+    def flops_removed(self) -> float:
+        return 1.0 - self.flops_after / self.flops_before
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.update(params_removed=self.params_removed, flops_removed=self.flops_removed,
+                   macs_before=self.flops_before // 2, macs_after=self.flops_after // 2)
+        return out
+
+    def __str__(self) -> str:
+        lines = [f"{'layer':<28} {'kept':>6} / total"]
+        lines += [f"{layer.name:<28} {layer.kept:>6} / {layer.total}" for layer in self.layers]
+        lines.append(f"threshold {self.threshold:.4g}; "
+                     f"channels removed {self.removed_fraction:.1%}")
+        lines.append(f"params {self.params_before:,} -> {self.params_after:,} "
+                     f"({self.params_removed:.1%} removed)")
+        lines.append(f"FLOPs  {self.flops_before:,} -> {self.flops_after:,} "
+                     f"({self.flops_removed:.1%} removed)")
+        if self.floored:
+            lines.append(f"kept at the min_channels floor: {', '.join(self.floored)}")
+        return "\n".join(lines)
+
+
+def _check_args(ratio: float | None, threshold: float | None, min_channels: int,
+                round_to: int) -> None:
+    if (ratio is None) == (threshold is None):
+        raise ValueError("prune_model: give exactly one of ratio or threshold")
+    if ratio is not None and not 0.0 <= ratio < 1.0:
+        raise ValueError(f"prune ratio must be in [0, 1), got {ratio}")
+    if threshold is not None and not (threshold >= 0.0 and math.isfinite(threshold)):
+        raise ValueError(f"prune threshold must be a finite number >= 0, got {threshold}")
+    if not isinstance(min_channels, int) or min_channels < 1:
+        raise ValueError(f"min_channels must be an int >= 1, got {min_channels}")
+    if not isinstance(round_to, int) or round_to < 1:
+        raise ValueError(f"round_to must be an int >= 1, got {round_to}")
+
+
+def _global_keep(scores: torch.Tensor, ratio: float | None,
+                 threshold: float | None) -> tuple[torch.Tensor, float]:
+    """Mask over all prunable channels, and the |gamma| threshold it amounts to."""
+    if threshold is not None:
+        return scores > threshold, threshold
+    removed = int(ratio * scores.numel())
+    keep = torch.ones_like(scores, dtype=torch.bool)
+    if removed == 0:
+        return keep, 0.0
+    order = torch.argsort(scores, stable=True)
+    keep[order[:removed]] = False
+    return keep, float(scores[order[removed - 1]])
+
+
+def _layer_keep(scores: torch.Tensor, mask: torch.Tensor, min_channels: int,
+                round_to: int) -> tuple[torch.Tensor, bool]:
+    """Indices kept in one layer after the floor and the rounding; whether the floor applied."""
+    total = scores.numel()
+    count = int(mask.sum())
+    floored = count < min(min_channels, total)
+    target = max(count, min(min_channels, total))
+    target = min(total, -(-target // round_to) * round_to)
+    if target == count:
+        return mask.nonzero().flatten(), floored
+    # Kept channels first, then the strongest of the removed ones.
+    ranked = torch.where(mask, torch.full_like(scores, math.inf), scores)
+    return ranked.topk(target).indices.sort().values, floored
+
+
+def _removed_output(bn: nn.BatchNorm2d) -> torch.Tensor:
+    """Expected post-ReLU output of each channel, E[relu(gamma * z + beta)] with z ~ N(0, 1).
+
+    BN normalises its input to zero mean and unit variance over the training data, so this is
+    the constant a removed channel contributes on average; for gamma = 0 it is exactly relu(beta).
+    """
+    gamma, beta = bn.weight.detach().abs(), bn.bias.detach()
+    safe = gamma.clamp_min(torch.finfo(gamma.dtype).tiny)
+    u = beta / safe
+    normal = torch.distributions.Normal(0.0, 1.0)
+    expected = beta * normal.cdf(u) + safe * normal.log_prob(u).exp()
+    return torch.where(gamma > 0, expected, beta.clamp_min(0.0))
+
+
+def _input_sizes(model: nn.Module, names: set[str]) -> dict[str, tuple[int, int]]:
+    """Spatial size (H, W) of the input of each named conv, from one forward pass."""
+    sizes: dict[str, tuple[int, int]] = {}
+    modules = dict(model.named_modules())
+    hooks = [modules[name].register_forward_pre_hook(
+        lambda _m, args, name=name: sizes.__setitem__(name, tuple(args[0].shape[-2:])))
+        for name in names if isinstance(modules[name], nn.Conv2d)]
+    reference = next(model.parameters())
+    was_training = model.training
+    try:
+        model.eval()
+        model(torch.zeros(1, *model.input_shape(), device=reference.device, dtype=reference.dtype))
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    return sizes
+
+
+def _tap_coverage(conv: nn.Conv2d, size: tuple[int, int]) -> torch.Tensor:
+    """Share of output positions at which each kernel tap reads inside the image, not padding.
+
+    A constant input through a zero-padded conv gives an output that is smaller at the border;
+    weighting the taps by their coverage makes the folded bias the exact spatial mean.
+    """
+    per_axis = []
+    for k, s, p, d, n in zip(conv.kernel_size, conv.stride, conv.padding, conv.dilation, size):
+        outputs = range((n + 2 * p - d * (k - 1) - 1) // s + 1)
+        per_axis.append([sum(0 <= i * s - p + t * d < n for i in outputs) / len(outputs)
+                         for t in range(k)])
+    rows, cols = (torch.tensor(a, dtype=conv.weight.dtype, device=conv.weight.device)
+                  for a in per_axis)
+    return rows[:, None] * cols[None, :]
+
+
+def _compensation(model: SlimmableNet, slots: list[PruneSlot],
+                  keep: Keep) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Per-module output shifts that stand in for the average output of the removed channels.
+
+    Returns (running-mean shifts keyed by BN name, bias additions keyed by consumer name).
+    """
+    modules = dict(model.named_modules())
+    sizes = _input_sizes(model, {name for slot in slots for name in slot.consumers})
+    mean_shift: dict[str, torch.Tensor] = {}
+    bias_add: dict[str, torch.Tensor] = {}
+    for slot in slots:
+        bn = modules[slot.bn]
+        removed = torch.ones(bn.num_features, dtype=torch.bool, device=bn.weight.device)
+        removed[keep[slot.bn]] = False
+        if not removed.any():
+            continue
+        constant = _removed_output(bn)[removed]
+        for name in slot.consumers:
+            consumer = modules[name]
+            weight = consumer.weight.detach()[:, removed]
+            if isinstance(consumer, nn.Conv2d):
+                weight = (weight * _tap_coverage(consumer, sizes[name])).sum((2, 3))
+            delta = weight @ constant
+            target, key = (mean_shift, slot.fold) if slot.fold else (bias_add, name)
+            target[key] = target.get(key, 0) + delta
+    return mean_shift, bias_add
+
+
+def _copy_module(new: nn.Module, old: nn.Module, out_idx: torch.Tensor | None,
+                 in_idx: torch.Tensor | None, mean_shift: torch.Tensor | None,
+                 bias_add: torch.Tensor | None) -> None:
+    def take(t: torch.Tensor, idx: torch.Tensor | None, dim: int = 0) -> torch.Tensor:
+        return t if idx is None else t.index_select(dim, idx)
+
+    if isinstance(old, nn.modules.batchnorm._BatchNorm):
+        for key in ("weight", "bias", "running_mean", "running_var"):
+            getattr(new, key).copy_(take(getattr(old, key), out_idx))
+        if mean_shift is not None:
+            new.running_mean.sub_(take(mean_shift, out_idx))
+        new.num_batches_tracked.copy_(old.num_batches_tracked)
+        return
+    new.weight.copy_(take(take(old.weight, out_idx), in_idx, 1))
+    if new.bias is not None:
+        bias = old.bias if old.bias is not None else old.weight.new_zeros(old.weight.shape[0])
+        if bias_add is not None:
+            bias = bias + bias_add
+        new.bias.copy_(take(bias, out_idx))
+    elif bias_add is not None:
+        raise RuntimeError(f"cannot fold compensation into {type(new).__name__} without a bias")
+
+
+def _transfer(new: nn.Module, old: nn.Module, slots: list[PruneSlot], keep: Keep,
+              mean_shift: dict[str, torch.Tensor], bias_add: dict[str, torch.Tensor]) -> None:
+    out_idx = {slot.bn: keep[slot.bn] for slot in slots}
+    out_idx.update({slot.producer: keep[slot.bn] for slot in slots if slot.producer})
+    in_idx = {name: keep[slot.bn] for slot in slots for name in slot.consumers}
+    old_modules = dict(old.named_modules())
+    for name, module in new.named_modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)):
+            _copy_module(module, old_modules[name], out_idx.get(name), in_idx.get(name),
+                         mean_shift.get(name), bias_add.get(name))
+
+
+@torch.no_grad()
+def prune_model(
+    model: nn.Module,
+    ratio: float | None = None,
+    threshold: float | None = None,
+    min_channels: int = 1,
+    round_to: int = 1,
+    compensate: bool = False,
+) -> tuple[SlimmableNet, PruneReport]:
+    """A new, smaller, dense model without the weak channels of ``model``, and a report.
+
+    ``ratio`` removes that fraction of all prunable channels, lowest |gamma| first; ``threshold``
+    removes every channel with |gamma| <= threshold. No layer keeps fewer than ``min_channels``
+    channels, and kept counts are rounded up to multiples of ``round_to``. ``compensate`` folds
+    the average output of each removed channel into the layer that read it (a bias or the next
+    BN's running mean), so the pruned network is closer to the original before fine-tuning.
+    The original model is left untouched.
+    """
+    model = unwrap(model)
+    if not isinstance(model, SlimmableNet):
+        raise TypeError(f"prune_model prunes ncslim architectures (build_model); "
+                        f"got {type(model).__name__}")
+    _check_args(ratio, threshold, min_channels, round_to)
+    slots = model.prune_slots()
+    modules = dict(model.named_modules())
+    layer_scores = [modules[slot.bn].weight.detach().abs().float() for slot in slots]
+    mask, cut = _global_keep(torch.cat(layer_scores), ratio, threshold)
+    keep: Keep = {}
+    floored: list[str] = []
+    for slot, scores, layer_mask in zip(slots, layer_scores,
+                                        mask.split([s.numel() for s in layer_scores])):
+        keep[slot.bn], hit_floor = _layer_keep(scores, layer_mask, min_channels, round_to)
+        if hit_floor:
+            floored.append(slot.bn)
+    mean_shift, bias_add = _compensation(model, slots, keep) if compensate else ({}, {})
+    needs_bias = any(modules[name].bias is None for name in bias_add)
+    spec = model.channels_after({k: v.tolist() for k, v in keep.items()}, stream_bias=needs_bias)
+    reference = next(model.parameters())
+    small = build_model(model.arch, model.num_classes, model.in_channels, channels=spec)
+    small.to(device=reference.device, dtype=reference.dtype)
+    _transfer(small, model, slots, keep, mean_shift, bias_add)
+    small.train(model.training)
+    layers = [LayerReport(s.bn, keep[s.bn].numel(), sc.numel(), keep[s.bn].tolist())
+              for s, sc in zip(slots, layer_scores)]
+    total = sum(layer.total for layer in layers)
+    shape = model.input_shape()
+    report = PruneReport(
+        threshold=cut, ratio=ratio, layers=layers, floored=floored, compensated=compensate,
+        removed_fraction=1.0 - sum(layer.kept for layer in layers) / total,
+        params_before=count_params(model), params_after=count_params(small),
+        flops_before=count_flops(model, shape), flops_after=count_flops(small, shape),
+    )
+    return small, report

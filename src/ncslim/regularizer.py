@@ -1,0 +1,163 @@
+"""The sparsity regularizer: a penalty on the BatchNorm scaling factors, in the training loop.
+
+It touches the loop at one point, by mode::
+
+    reg = ncslim.SparsityRegularizer(model, ncslim.make_penalty("tl1", lam=1e-4, a=1.0))
+    opt = torch.optim.SGD(reg.param_groups(weight_decay=1e-4), lr=0.1, momentum=0.9)
+    for x, y in batches:
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        reg.apply_gradient()          # mode="subgradient": adds grad(gamma) to every gamma's .grad
+        opt.step()
+        # mode="proximal": instead, after opt.step():  reg.proximal_step(lr)
+
+With AMP's GradScaler the penalty must see *unscaled* gradients, or its strength silently
+shrinks by the loss scale (65536 by default)::
+
+    scaler.scale(loss).backward()
+    scaler.unscale_(opt)              # first bring the gradients back to their true scale
+    reg.apply_gradient()
+    scaler.step(opt)                  # step() knows unscale_ ran and does not unscale twice
+    scaler.update()
+
+The proximal step needs no such care: it acts on the weights after the step.
+
+All gammas are processed as one flat vector (one gather, a few element-wise ops, one scatter),
+whatever the number of BN layers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from .penalties import Penalty
+
+Mode = Literal["subgradient", "proximal"]
+MODES = ("subgradient", "proximal")
+LayerFilter = Iterable[str] | Callable[[str, nn.Module], bool] | None
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside DistributedDataParallel / DataParallel / torch.compile wrappers."""
+    while True:
+        for attr in ("module", "_orig_mod"):
+            inner = getattr(model, attr, None)
+            if isinstance(inner, nn.Module):
+                model = inner
+                break
+        else:
+            return model
+
+
+def find_scales(model: nn.Module, layers: LayerFilter = None) -> dict[str, nn.Parameter]:
+    """The scaling factors (BN weights) to regularise, keyed by their BN's module name.
+
+    ``layers`` is None (every affine BatchNorm), a list of BN module names, or a predicate
+    ``(name, module) -> bool`` over the BatchNorm modules.
+    """
+    bns = {name: m for name, m in unwrap(model).named_modules()
+           if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None}
+    if layers is None:
+        chosen = bns
+    elif callable(layers):
+        chosen = {name: m for name, m in bns.items() if layers(name, m)}
+    else:
+        names = list(layers)
+        unknown = [n for n in names if n not in bns]
+        if unknown:
+            raise ValueError(f"layers {unknown} are not affine BatchNorm layers of the model; "
+                             f"BatchNorm layers are: {', '.join(bns) or 'none'}")
+        chosen = {n: bns[n] for n in names}
+    if not chosen:
+        raise ValueError("the model has no BatchNorm scaling factors to regularise")
+    return {name: m.weight for name, m in chosen.items()}
+
+
+class SparsityRegularizer:
+    """Applies ``penalty`` to the BN scaling factors of ``model``.
+
+    ``mode="subgradient"`` (the paper): call :meth:`apply_gradient` after ``loss.backward()``.
+    ``mode="proximal"``: call :meth:`proximal_step` with the learning rate after
+    ``optimizer.step()``; gammas then reach exact zeros. ``decay_gammas`` says whether the
+    optimizer's weight decay also applies to the gammas (the paper: yes); it takes effect through
+    :meth:`param_groups`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        penalty: Penalty,
+        mode: Mode = "subgradient",
+        layers: LayerFilter = None,
+        decay_gammas: bool = True,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if not isinstance(penalty, Penalty):
+            raise TypeError(f"penalty must be a Penalty (ncslim.make_penalty), got {penalty!r}")
+        self.model = unwrap(model)
+        self.penalty = penalty
+        self.mode = mode
+        self.decay_gammas = decay_gammas
+        scales = find_scales(self.model, layers)
+        self.names = list(scales)
+        self.gammas = list(scales.values())
+        self.sizes = [g.numel() for g in self.gammas]
+        self._flat = torch.empty(0)
+
+    def __repr__(self) -> str:
+        return (f"SparsityRegularizer({self.penalty!r}, mode={self.mode!r}, "
+                f"{len(self.gammas)} layers, {sum(self.sizes)} channels)")
+
+    def _gather(self) -> torch.Tensor:
+        """All gammas as one flat vector, in a buffer reused from step to step."""
+        first = self.gammas[0]
+        if self._flat.device != first.device or self._flat.dtype != first.dtype:
+            self._flat = torch.empty(sum(self.sizes), device=first.device, dtype=first.dtype)
+        return torch.cat(self.gammas, out=self._flat)
+
+    @torch.no_grad()
+    def apply_gradient(self) -> None:
+        """Add the penalty's (sub)gradient to every gamma's ``.grad`` (after ``backward()``)."""
+        if self.mode != "subgradient":
+            raise RuntimeError("apply_gradient() is for mode='subgradient'; in proximal mode "
+                               "call proximal_step(lr) after optimizer.step()")
+        grads = [g.grad for g in self.gammas]
+        if any(grad is None for grad in grads):  # a BN that took no part in this forward
+            grads = [torch.zeros_like(g) if grad is None else grad
+                     for g, grad in zip(self.gammas, grads)]
+            for g, grad in zip(self.gammas, grads):
+                g.grad = grad
+        torch._foreach_add_(grads, self.penalty.grad(self._gather()).split(self.sizes))
+
+    @torch.no_grad()
+    def proximal_step(self, lr: float) -> None:
+        """Set every gamma to ``prox(gamma, lr)`` (after ``optimizer.step()``)."""
+        if self.mode != "proximal":
+            raise RuntimeError("proximal_step() is for mode='proximal'; in subgradient mode "
+                               "call apply_gradient() after loss.backward()")
+        lr = float(lr)
+        torch._foreach_copy_(self.gammas, self.penalty.prox(self._gather(), lr).split(self.sizes))
+
+    @torch.no_grad()
+    def penalty_value(self) -> torch.Tensor:
+        """The penalty summed over all gammas, as a 0-dim tensor (no device sync)."""
+        return self.penalty.value(self._gather()).sum()
+
+    @torch.no_grad()
+    def scales(self) -> torch.Tensor:
+        """A copy of all regularised gammas as one flat vector."""
+        return self._gather().clone()
+
+    def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        """Optimizer parameter groups: the gammas get ``weight_decay`` only if ``decay_gammas``."""
+        ids = {id(g) for g in self.gammas}
+        others = [p for p in self.model.parameters() if id(p) not in ids]
+        gamma_decay = weight_decay if self.decay_gammas else 0.0
+        return [{"params": others, "weight_decay": weight_decay},
+                {"params": self.gammas, "weight_decay": gamma_decay}]

@@ -1,0 +1,52 @@
+"""Shared test fixtures: tiny models with spread-out BN statistics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import nn
+
+# (arch, constructor keywords): every family at tiny width, several depths.
+TINY_MODELS = [
+    ("vgg", {"width": 0.125, "depth": 11}),
+    ("vgg", {"width": 0.0625, "depth": 19}),
+    ("densenet", {"width": 0.34, "depth": 10}),
+    ("densenet", {"width": 0.17, "depth": 40}),
+    ("resnet", {"width": 0.25, "depth": 11}),
+    ("resnet", {"width": 0.125, "depth": 29}),
+]
+TINY_IDS = [f"{arch}{kw['depth']}-w{kw['width']}" for arch, kw in TINY_MODELS]
+
+
+def spread_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every BN distinct gammas, betas and running statistics, as after training.
+
+    A fresh model has every gamma at 0.5 (all tied) and identity statistics, which would make
+    pruning and equivalence tests meaningless.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                n = m.num_features
+                m.weight.copy_(torch.randn(n, generator=gen).abs() * torch.rand(n, generator=gen))
+                m.bias.copy_(0.2 * torch.randn(n, generator=gen))
+                m.running_mean.copy_(0.1 * torch.randn(n, generator=gen))
+                m.running_var.copy_(0.5 + torch.rand(n, generator=gen))
+    return model
+
+
+@pytest.fixture
+def spread() -> Callable[..., nn.Module]:
+    return spread_bn
+
+
+@pytest.fixture
+def images() -> Callable[..., torch.Tensor]:
+    def make(n: int = 2, channels: int = 3, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(1)
+        return torch.randn(n, channels, 32, 32, generator=gen).to(dtype)
+
+    return make

@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import TINY_IDS, TINY_MODELS, spread_bn
+
+import ncslim
+
+
+@pytest.mark.parametrize(("arch", "kwargs"), TINY_MODELS, ids=TINY_IDS)
+@pytest.mark.parametrize("pruned", [False, True])
+def test_round_trip_reproduces_outputs_exactly(arch, kwargs, pruned, tmp_path, images):
+    model = spread_bn(ncslim.build_model(arch, num_classes=4, in_channels=1, **kwargs)).eval()
+    if pruned:
+        model, _ = ncslim.prune_model(model, ratio=0.5, compensate=True)
+    path = tmp_path / "m.pt"
+    ncslim.save_model(model, path)
+    loaded = ncslim.load_model(path)
+    assert type(loaded) is type(model) and loaded.channels == model.channels
+    assert not loaded.training
+    x = images(2, 1)
+    assert torch.equal(loaded(x), model(x))
+    assert [p.shape for p in loaded.parameters()] == [p.shape for p in model.parameters()]
+
+
+def test_file_holds_plain_data_only(tmp_path):
+    model, _ = ncslim.prune_model(spread_bn(ncslim.build_model("densenet", width=0.25, depth=10)),
+                                  ratio=0.4)
+    ncslim.save_model(model, tmp_path / "m.pt")
+    payload = torch.load(tmp_path / "m.pt", weights_only=True)
+    assert payload["format"] == "ncslim.model" and payload["config"]["arch"] == "densenet"
+    assert payload["config"]["channels"]["select"]  # the kept indices travel with the weights
+
+
+def test_no_temporary_files_left(tmp_path):
+    ncslim.save_model(ncslim.build_model("vgg", width=0.125, depth=11), tmp_path / "m.pt")
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        ncslim.load_model(tmp_path / "absent.pt")
+
+
+def test_corrupt_and_truncated_files(tmp_path):
+    good = tmp_path / "m.pt"
+    ncslim.save_model(ncslim.build_model("vgg", width=0.125, depth=11), good)
+    truncated = tmp_path / "t.pt"
+    truncated.write_bytes(good.read_bytes()[:1000])
+    garbage = tmp_path / "g.pt"
+    garbage.write_bytes(b"\x00not a model at all" * 50)
+    for path in (truncated, garbage):
+        with pytest.raises(ncslim.ModelFileError, match="not a readable ncslim file"):
+            ncslim.load_model(path)
+
+
+def test_foreign_checkpoint_is_named_as_such(tmp_path):
+    path = tmp_path / "sd.pt"
+    torch.save(ncslim.build_model("vgg", width=0.125, depth=11).state_dict(), path)
+    with pytest.raises(ncslim.ModelFileError, match="not an ncslim model file"):
+        ncslim.load_model(path)
+
+
+def test_weights_that_do_not_fit_the_spec(tmp_path):
+    path = tmp_path / "m.pt"
+    model = ncslim.build_model("vgg", width=0.125, depth=11)
+    ncslim.save_model(model, path)
+    payload = torch.load(path, weights_only=True)
+    payload["config"]["channels"][0] = 5
+    torch.save(payload, path)
+    with pytest.raises(ncslim.ModelFileError, match="do not fit together"):
+        ncslim.load_model(path)
+
+
+def test_code_in_a_checkpoint_is_never_run(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "ncslim.model", "payload": Exploit()}, path)
+    with pytest.raises(ncslim.ModelFileError):
+        ncslim.load_model(path)
+    assert not marker.exists()

@@ -1,0 +1,225 @@
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from conftest import TINY_IDS, TINY_MODELS, spread_bn
+from torch import nn
+
+import ncslim
+
+
+def masked(model: nn.Module, report: ncslim.PruneReport) -> nn.Module:
+    """The original model with gamma and beta of every removed channel set to zero."""
+    out = copy.deepcopy(model)
+    modules = dict(out.named_modules())
+    with torch.no_grad():
+        for layer in report.layers:
+            bn = modules[layer.name]
+            removed = torch.ones(layer.total, dtype=torch.bool)
+            removed[layer.indices] = False
+            bn.weight[removed] = 0.0
+            bn.bias[removed] = 0.0
+    return out
+
+
+def tiny(arch: str, kwargs: dict, seed: int = 0, dtype=torch.float64) -> ncslim.SlimmableNet:
+    torch.manual_seed(seed)
+    return spread_bn(ncslim.build_model(arch, num_classes=5, **kwargs), seed).to(dtype).eval()
+
+
+def bn_channels(model: nn.Module, name: str) -> int:
+    return dict(model.named_modules())[name].num_features
+
+
+@pytest.mark.parametrize(("arch", "kwargs"), TINY_MODELS, ids=TINY_IDS)
+@pytest.mark.parametrize("ratio", [0.1, 0.3, 0.5, 0.7, 0.9])
+def test_pruned_equals_masked_original(arch, kwargs, ratio, images):
+    model = tiny(arch, kwargs)
+    small, report = ncslim.prune_model(model, ratio=ratio)
+    x = images(2, dtype=torch.float64)
+    expected = masked(model, report)(x)
+    assert torch.allclose(small(x), expected, atol=1e-5, rtol=0)
+    for layer in report.layers:
+        assert bn_channels(small, layer.name) == layer.kept == len(layer.indices)
+
+
+@pytest.mark.parametrize(("arch", "kwargs"), TINY_MODELS, ids=TINY_IDS)
+def test_channel_counts_match_the_kept_gammas(arch, kwargs):
+    model = tiny(arch, kwargs)
+    _, report = ncslim.prune_model(model, ratio=0.5)
+    modules = dict(model.named_modules())
+    for layer in report.layers:
+        gammas = modules[layer.name].weight.abs()
+        above = int((gammas > report.threshold).sum())
+        assert layer.kept == max(above, 1)
+        kept = gammas[layer.indices]
+        assert (kept > report.threshold).all() or layer.name in report.floored
+    total = sum(layer.total for layer in report.layers)
+    if not report.floored:
+        assert sum(layer.kept for layer in report.layers) == total - int(0.5 * total)
+
+
+def test_ratio_removes_exactly_that_share_with_ties():
+    model = tiny("vgg", {"width": 0.125, "depth": 11})
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.fill_(0.5)  # all tied: the rule must still remove exactly 30 %
+    _, report = ncslim.prune_model(model, ratio=0.3)
+    total = sum(layer.total for layer in report.layers)
+    # Ties go in network order, so whole early layers go and the floor gives each back 1.
+    expected = total - int(0.3 * total) + len(report.floored)
+    assert sum(layer.kept for layer in report.layers) == expected
+
+
+def test_threshold_zero_removes_exactly_the_zero_channels(images):
+    model = tiny("resnet", {"width": 0.25, "depth": 11})
+    modules = dict(model.named_modules())
+    gen = torch.Generator().manual_seed(3)
+    zeros = {}
+    with torch.no_grad():
+        for slot in model.prune_slots():
+            bn = modules[slot.bn]
+            mask = torch.rand(bn.num_features, generator=gen) < 0.4
+            mask[0] = False
+            bn.weight[mask] = 0.0
+            zeros[slot.bn] = int(mask.sum())
+    small, report = ncslim.prune_model(model, threshold=0.0)
+    for layer in report.layers:
+        assert layer.total - layer.kept == zeros[layer.name]
+    # Zero gamma leaves beta: the removed channels still output relu(beta), so compare with
+    # the masked model, which also zeroes beta.
+    x = images(2, dtype=torch.float64)
+    assert torch.allclose(small(x), masked(model, report)(x), atol=1e-5, rtol=0)
+
+
+def test_min_channels_floor_on_an_all_tiny_layer():
+    model = tiny("vgg", {"width": 0.125, "depth": 11})
+    with torch.no_grad():
+        model.features[1].weight.fill_(1e-6)
+    small, report = ncslim.prune_model(model, threshold=1e-3, min_channels=3)
+    assert report.floored == ["features.1"]
+    assert small.features[0].out_channels == 3
+    assert small(torch.randn(1, 3, 32, 32, dtype=torch.float64)).shape == (1, 5)
+
+
+def test_default_floor_keeps_one_channel_even_at_ratio_0_99():
+    model = tiny("densenet", {"width": 0.25, "depth": 10})
+    small, report = ncslim.prune_model(model, ratio=0.99)
+    assert all(layer.kept >= 1 for layer in report.layers)
+    assert torch.isfinite(small(torch.randn(1, 3, 32, 32, dtype=torch.float64))).all()
+
+
+@pytest.mark.parametrize(("arch", "kwargs"), TINY_MODELS, ids=TINY_IDS)
+def test_round_to_gives_multiples(arch, kwargs, images):
+    model = tiny(arch, kwargs)
+    small, report = ncslim.prune_model(model, ratio=0.6, round_to=8)
+    for layer in report.layers:
+        assert layer.kept % 8 == 0 or layer.kept == layer.total
+    x = images(2, dtype=torch.float64)
+    assert torch.allclose(small(x), masked(model, report)(x), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(("arch", "kwargs"), TINY_MODELS, ids=TINY_IDS)
+def test_compensation_brings_the_output_closer(arch, kwargs, images):
+    model = tiny(arch, kwargs)
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for m in model.modules():  # weak channels: tiny gamma, but a beta that matters
+            if isinstance(m, nn.BatchNorm2d):
+                weak = torch.rand(m.num_features, generator=gen) < 0.4
+                m.weight[weak] = 1e-3 * torch.rand(int(weak.sum()), generator=gen).double()
+                m.bias[weak] = 0.5 * torch.randn(int(weak.sum()), generator=gen).double().abs()
+    x = images(4, dtype=torch.float64)
+    reference = model(x)
+    plain, _ = ncslim.prune_model(model, threshold=2e-3)
+    fixed, report = ncslim.prune_model(model, threshold=2e-3, compensate=True)
+    assert report.compensated
+    error_plain = (plain(x) - reference).norm()
+    error_fixed = (fixed(x) - reference).norm()
+    assert error_fixed < 0.5 * error_plain
+
+
+def test_compensation_is_exact_for_zero_gamma_into_a_linear_layer(images):
+    # The last VGG layer feeds average pooling and the classifier: a removed channel with
+    # gamma 0 outputs exactly relu(beta) everywhere, which the classifier bias absorbs exactly.
+    model = tiny("vgg", {"width": 0.125, "depth": 11})
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.clamp_min_(0.05)
+        model.features[-2].weight[:3] = 0.0
+    x = images(2, dtype=torch.float64)
+    small, report = ncslim.prune_model(model, threshold=0.0, compensate=True)
+    assert report.layers[-1].kept == report.layers[-1].total - 3
+    assert torch.allclose(small(x), model(x), atol=1e-10, rtol=0)
+
+
+def test_pruning_twice_composes(images):
+    model = tiny("resnet", {"width": 0.25, "depth": 11})
+    once, _ = ncslim.prune_model(model, ratio=0.3)
+    twice, report = ncslim.prune_model(once, ratio=0.3)
+    x = images(2, dtype=torch.float64)
+    assert torch.allclose(twice(x), masked(once, report)(x), atol=1e-5, rtol=0)
+    rebuilt = ncslim.build_model("resnet", num_classes=5, channels=twice.channels)
+    assert [p.shape for p in rebuilt.parameters()] == [p.shape for p in twice.parameters()]
+
+
+def test_report_counts_and_original_untouched():
+    model = tiny("vgg", {"width": 0.125, "depth": 19}, dtype=torch.float32)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    small, report = ncslim.prune_model(model, ratio=0.5)
+    assert report.params_before == ncslim.count_params(model)
+    assert report.params_after == ncslim.count_params(small) < report.params_before
+    assert report.flops_after == ncslim.count_flops(small, (3, 32, 32)) < report.flops_before
+    assert 0 < report.flops_removed < 1 and 0 < report.params_removed < 1
+    assert report.to_dict()["macs_after"] == report.flops_after // 2
+    assert "threshold" in str(report) and "features.1" in str(report)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert small.training == model.training
+    assert next(small.parameters()).dtype == torch.float32
+
+
+def test_pruned_model_trains(images):
+    model = tiny("densenet", {"width": 0.25, "depth": 10}, dtype=torch.float32).train()
+    small, _ = ncslim.prune_model(model, ratio=0.5)
+    out = small(images(4))
+    out.sum().backward()
+    assert all(p.grad is not None for p in small.parameters())
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({}, "exactly one of ratio or threshold"),
+    ({"ratio": 0.5, "threshold": 0.1}, "exactly one of ratio or threshold"),
+    ({"ratio": 1.0}, "prune ratio must be in \\[0, 1\\)"),
+    ({"ratio": -0.1}, "prune ratio must be in \\[0, 1\\)"),
+    ({"threshold": -1.0}, "threshold must be a finite number >= 0"),
+    ({"ratio": 0.5, "min_channels": 0}, "min_channels must be an int >= 1"),
+    ({"ratio": 0.5, "round_to": 0}, "round_to must be an int >= 1"),
+])
+def test_bad_prune_arguments(kwargs, match):
+    model = ncslim.build_model("vgg", width=0.125, depth=11)
+    with pytest.raises(ValueError, match=match):
+        ncslim.prune_model(model, **kwargs)
+
+
+def test_foreign_model_is_refused():
+    with pytest.raises(TypeError, match="prunes ncslim architectures"):
+        ncslim.prune_model(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)), ratio=0.5)
+
+
+@pytest.mark.parametrize(("kernel", "stride", "padding", "size"), [
+    (3, 1, 1, 8), (3, 2, 1, 7), (1, 1, 0, 4), (3, 1, 1, 2), (5, 2, 2, 9),
+])
+def test_tap_coverage_makes_the_folded_constant_the_exact_spatial_mean(kernel, stride, padding,
+                                                                       size):
+    from ncslim.pruning import _tap_coverage
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 6, kernel, stride=stride, padding=padding, bias=False).double()
+    constant = torch.rand(4, dtype=torch.float64)
+    x = constant[None, :, None, None].expand(1, 4, size, size)
+    folded = (conv.weight * _tap_coverage(conv, (size, size))).sum((2, 3)) @ constant
+    assert torch.allclose(conv(x).mean((0, 2, 3)), folded.detach(), atol=1e-12)
