@@ -3,5 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-python -m ruff check src tests benchmarks
+python -m ruff check .
 python -m pytest -q "$@"
