@@ -1,0 +1,646 @@
+"""Dataset loading and the batch pipeline, on tiny files written in the official formats."""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import io
+import os
+import pickle
+import struct
+import tarfile
+import threading
+from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ncslim import data as D
+from ncslim.data import DATASETS, DataError, batches, candidate_dirs, load_dataset
+
+REAL_FASHION = Path("/usr/share/datasets/fashion-mnist")
+IDX_NAMES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test sees the real Debian root, cache, environment or proxies unless it asks."""
+    monkeypatch.setattr(D, "DEBIAN_ROOT", tmp_path / "debian")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    for var in ("NCSLIM_DATA", "NCSLIM_DOWNLOAD_URL", "http_proxy", "HTTP_PROXY",
+                "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("no_proxy", "*")
+    monkeypatch.setenv("NO_PROXY", "*")
+
+
+def md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+# ----------------------------------------------------------------------------- file writers
+
+
+class Py2Pickler(pickle._Pickler):
+    """Writes pickles as Python 2's cPickle did for the official CIFAR batches."""
+
+    dispatch = pickle._Pickler.dispatch.copy()
+
+    def save_str2(self, obj: bytes | str) -> None:
+        raw = obj.encode("latin1") if isinstance(obj, str) else obj
+        if len(raw) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(raw)]) + raw)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(raw)) + raw)
+        self.memoize(obj)
+
+    dispatch[bytes] = save_str2
+    dispatch[str] = save_str2
+
+
+def py2_pickle(obj: object) -> bytes:
+    buf = io.BytesIO()
+    Py2Pickler(buf, protocol=2).dump(obj)
+    # numpy 1.x (as in 2009) names the module numpy.core.multiarray
+    return buf.getvalue().replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n")
+
+
+def cifar_members(name: str, per_batch: int, seed: int) -> tuple[dict[str, bytes], tuple]:
+    """Pickled batches by member name, and the expected (train_x, train_y, test_x, test_y)."""
+    folder, train, test, key = D._CIFAR[name]
+    rng = np.random.default_rng(seed)
+    classes = DATASETS[name].num_classes
+    members, parts = {}, {}
+    for i, member in enumerate(train + test):
+        rows = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
+        rows[0, 1 * 1024 + 5 * 32 + 7] = 200 + i  # image 0, channel 1 (G), row 5, column 7
+        labels = [int(v) for v in rng.integers(0, classes, per_batch)]
+        labels[-1] = classes - 1
+        members[f"{folder}/{member}"] = py2_pickle(
+            {b"batch_label": b"batch", key.encode(): labels, b"data": rows,
+             b"filenames": [b"x.png"] * per_batch})
+        parts[member] = (rows.reshape(-1, 3, 32, 32), np.array(labels))
+    expected = tuple(np.concatenate([parts[m][k] for m in split])
+                     for split in (train, test) for k in (0, 1))
+    members[f"{folder}/batches.meta"] = py2_pickle({b"label_names": [b"a"]})
+    return members, (expected[0], expected[1], expected[2], expected[3])
+
+
+def write_tar(path: Path, members: dict[str, bytes]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w:gz") as tar:
+        for member, raw in members.items():
+            info = tarfile.TarInfo(member)
+            info.size = len(raw)
+            tar.addfile(info, io.BytesIO(raw))
+    return path
+
+
+def make_cifar(folder: Path, name: str = "cifar10", per_batch: int = 3, seed: int = 0,
+               monkeypatch: pytest.MonkeyPatch | None = None) -> tuple:
+    members, expected = cifar_members(name, per_batch, seed)
+    archive = next(iter(D.MD5[name]))
+    path = write_tar(folder / archive, members)
+    if monkeypatch is not None:
+        monkeypatch.setitem(D.MD5, name, {archive: md5(path.read_bytes())})
+    return expected
+
+
+def make_svhn(folder: Path, sizes: dict[str, int], seed: int = 0,
+              monkeypatch: pytest.MonkeyPatch | None = None) -> dict[str, tuple]:
+    from scipy.io import savemat
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    out, sums = {}, {}
+    for split, n in sizes.items():
+        x = rng.integers(0, 256, (32, 32, 3, n), dtype=np.uint8)
+        x[3, 10, 2, 1] = 77  # image 1, channel 2 (B), row 3, column 10
+        y = rng.integers(1, 11, (n, 1)).astype(np.uint8)
+        y[0, 0] = 10  # digit 0
+        path = folder / f"{split}_32x32.mat"
+        savemat(path, {"X": x, "y": y})
+        out[split] = (x, y)
+        sums[path.name] = md5(path.read_bytes())
+    if monkeypatch is not None:
+        monkeypatch.setitem(D.MD5, "svhn", {**D.MD5["svhn"], **sums})
+    return out
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def make_fashion(folder: Path, n_train: int = 7, n_test: int = 5, seed: int = 0,
+                 gz: bool = True, monkeypatch: pytest.MonkeyPatch | None = None,
+                 label: int | None = None) -> dict[str, np.ndarray]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        images = rng.integers(1, 256, (n, 28, 28), dtype=np.uint8)
+        images[0, 3, 20] = 99
+        labels = rng.integers(0, 10, n) if label is None else np.full(n, label)
+        arrays[f"{prefix}-images-idx3-ubyte"] = images
+        arrays[f"{prefix}-labels-idx1-ubyte"] = labels.astype(np.uint8)
+    sums = {}
+    for stem, array in arrays.items():
+        raw = idx_bytes(array)
+        sums[f"{stem}.gz"] = md5(raw)
+        if gz:
+            (folder / f"{stem}.gz").write_bytes(gzip.compress(raw))
+        else:
+            (folder / stem).write_bytes(raw)
+    if monkeypatch is not None:
+        monkeypatch.setitem(D.MD5, "fashion-mnist", sums)
+    return arrays
+
+
+# ----------------------------------------------------------------------------- loaders
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_cifar_archive_layout_and_values(tmp_path, monkeypatch, name):
+    train_x, train_y, test_x, test_y = make_cifar(tmp_path, name, 3, monkeypatch=monkeypatch)
+    data = load_dataset(name, tmp_path)
+    n_train = 15 if name == "cifar10" else 3
+    assert data.train_images.shape == (n_train, 3, 32, 32)
+    assert data.test_images.shape == (3, 3, 32, 32)
+    assert data.train_images.dtype == torch.uint8 and data.train_labels.dtype == torch.int64
+    assert torch.equal(data.train_images, torch.from_numpy(train_x))
+    assert torch.equal(data.test_labels, torch.from_numpy(test_y))
+    assert torch.equal(data.train_labels, torch.from_numpy(train_y))
+    assert data.train_images[0, 1, 5, 7] == 200  # flat index c*1024 + h*32 + w
+    assert data.test_images[0, 1, 5, 7] == 200 + len(D._CIFAR[name][1])
+    assert data.train_labels.max() == DATASETS[name].num_classes - 1
+    assert data.info is DATASETS[name]
+
+
+def test_cifar_extracted_folder_matches_archive(tmp_path, monkeypatch):
+    members, expected = cifar_members("cifar10", 2, seed=1)
+    for member, raw in members.items():
+        (tmp_path / member).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / member).write_bytes(raw)
+    data = load_dataset("cifar10", tmp_path)
+    assert torch.equal(data.train_images, torch.from_numpy(expected[0]))
+    assert torch.equal(data.test_labels, torch.from_numpy(expected[3]))
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_cifar_batches_pickled_by_python3_load(protocol):
+    rows = np.arange(2 * 3072, dtype=np.int64).astype(np.uint8).reshape(2, 3072)
+    raw = pickle.dumps({b"data": rows, b"labels": [3, 4]}, protocol=protocol)
+    images, labels = D._unpickle_batch(DATASETS["cifar10"], "here", raw)
+    assert images.shape == (2, 3, 32, 32) and images[1, 2, 31, 31] == rows[1, 3071]
+    assert labels.tolist() == [3, 4]
+
+
+def test_svhn_layout_labels_and_extra(tmp_path, monkeypatch):
+    made = make_svhn(tmp_path, {"train": 4, "test": 3, "extra": 5}, monkeypatch=monkeypatch)
+    data = load_dataset("svhn", tmp_path)
+    assert data.train_images.shape == (9, 3, 32, 32) and data.test_images.shape == (3, 3, 32, 32)
+    x, y = made["train"]
+    assert data.train_images[1, 2, 3, 10] == 77  # X[h, w, c, n] -> [n, c, h, w]
+    assert torch.equal(data.train_images[:4], torch.from_numpy(x.transpose(3, 2, 0, 1).copy()))
+    ex, ey = made["extra"]
+    assert torch.equal(data.train_images[4:], torch.from_numpy(ex.transpose(3, 2, 0, 1).copy()))
+    assert data.train_labels[0] == 0 and data.train_labels[4] == 0  # 10 means digit 0
+    assert torch.equal(data.train_labels[:4], torch.from_numpy(y[:, 0].astype(np.int64) % 10))
+    assert data.train_labels.min() >= 0 and data.train_labels.max() <= 9
+    without = load_dataset("svhn", tmp_path, include_extra=False)
+    assert without.train_images.shape[0] == 4
+    assert torch.equal(without.test_images, data.test_images)
+
+
+def test_svhn_extra_not_read_when_limit_is_met(tmp_path, monkeypatch):
+    make_svhn(tmp_path, {"train": 4, "test": 3, "extra": 5}, monkeypatch=monkeypatch)
+    (tmp_path / "extra_32x32.mat").write_bytes(b"broken")
+    assert load_dataset("svhn", tmp_path, limit_train=4).train_images.shape[0] == 4
+    with pytest.raises(DataError, match="extra_32x32.mat checksum mismatch"):
+        load_dataset("svhn", tmp_path, limit_train=5)
+
+
+def test_svhn_without_extra_says_how_to_do_without(tmp_path, monkeypatch):
+    make_svhn(tmp_path, {"train": 2, "test": 2}, monkeypatch=monkeypatch)
+    with pytest.raises(DataError) as err:
+        load_dataset("svhn", tmp_path)
+    assert "lacks extra_32x32.mat" in str(err.value) and "include_extra=False" in str(err.value)
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_fashion_padding_and_values(tmp_path, monkeypatch, gz):
+    arrays = make_fashion(tmp_path, gz=gz, monkeypatch=monkeypatch)
+    data = load_dataset("fashion-mnist", tmp_path)
+    assert data.train_images.shape == (7, 1, 32, 32) and data.test_images.shape == (5, 1, 32, 32)
+    assert data.train_images[0, 0, 3 + 2, 20 + 2] == 99
+    inner = torch.from_numpy(arrays["train-images-idx3-ubyte"])
+    assert torch.equal(data.train_images[:, 0, 2:30, 2:30], inner)
+    border = data.train_images.clone()
+    border[:, :, 2:30, 2:30] = 0
+    assert border.sum() == 0 and (data.train_images[:, :, 2:30, 2:30] > 0).all()
+    assert torch.equal(data.test_labels,
+                       torch.from_numpy(arrays["t10k-labels-idx1-ubyte"].astype(np.int64)))
+
+
+def test_limits_take_the_first_images(tmp_path, monkeypatch):
+    make_fashion(tmp_path, monkeypatch=monkeypatch)
+    full = load_dataset("fashion-mnist", tmp_path)
+    part = load_dataset("fashion-mnist", tmp_path, limit_train=3, limit_test=100)
+    assert torch.equal(part.train_images, full.train_images[:3])
+    assert torch.equal(part.train_labels, full.train_labels[:3])
+    assert part.test_images.shape[0] == 5
+    moved = part.to("cpu")
+    assert torch.equal(moved.train_images, part.train_images)
+    assert "train (3, 1, 32, 32)" in repr(moved)
+
+
+@pytest.mark.skipif(not REAL_FASHION.is_dir(),
+                    reason=f"{REAL_FASHION} absent (apt install dataset-fashion-mnist)")
+def test_real_fashion_mnist(monkeypatch):
+    monkeypatch.setattr(D, "DEBIAN_ROOT", REAL_FASHION.parent)  # found by the search order
+    data = load_dataset("fashion-mnist")  # verify=True: the decompressed md5s match upstream
+    assert data.train_images.shape == (60000, 1, 32, 32)
+    assert data.test_images.shape == (10000, 1, 32, 32)
+    assert data.train_labels.bincount().tolist() == [6000] * 10
+    assert data.test_labels.bincount().tolist() == [1000] * 10
+    assert data.train_images[:, :, :2].sum() == 0 and data.train_images[:, :, :, 30:].sum() == 0
+    pixels = data.train_images.double() / 255
+    info = DATASETS["fashion-mnist"]
+    assert pixels.mean().item() == pytest.approx(info.mean[0], abs=1e-4)
+    assert pixels.std().item() == pytest.approx(info.std[0], abs=1e-4)
+
+
+# ----------------------------------------------------------------------------- search order
+
+
+def test_candidate_dirs_order(tmp_path, monkeypatch):
+    monkeypatch.setenv("NCSLIM_DATA", str(tmp_path / "env"))
+    assert candidate_dirs("svhn", tmp_path / "given") == [
+        tmp_path / "given", tmp_path / "given" / "svhn", tmp_path / "env" / "svhn",
+        tmp_path / "debian" / "svhn", tmp_path / "xdg" / "ncslim" / "svhn"]
+    monkeypatch.delenv("NCSLIM_DATA")
+    assert candidate_dirs("svhn") == [tmp_path / "debian" / "svhn",
+                                      tmp_path / "xdg" / "ncslim" / "svhn"]
+
+
+def test_search_order_is_followed(tmp_path, monkeypatch):
+    places = {"given": tmp_path / "given", "env": tmp_path / "env" / "fashion-mnist",
+              "debian": tmp_path / "debian" / "fashion-mnist",
+              "cache": tmp_path / "xdg" / "ncslim" / "fashion-mnist"}
+    for label, folder in enumerate(places.values()):
+        make_fashion(folder, label=label, monkeypatch=monkeypatch)  # same images, own label
+    monkeypatch.setenv("NCSLIM_DATA", str(tmp_path / "env"))
+    for expected, removed in enumerate(places):
+        found = load_dataset("fashion-mnist", places["given"], verify=False)  # labels differ
+        assert found.train_labels[0] == expected
+        for f in places[removed].iterdir():
+            f.unlink()
+    with pytest.raises(DataError, match="data not found"):
+        load_dataset("fashion-mnist", places["given"], verify=False)
+
+
+def test_data_dir_subfolder_is_accepted(tmp_path, monkeypatch):
+    make_fashion(tmp_path / "root" / "fashion-mnist", label=4, monkeypatch=monkeypatch)
+    assert load_dataset("fashion-mnist", tmp_path / "root").train_labels[0] == 4
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def test_missing_data_lists_every_place_and_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setenv("NCSLIM_DATA", str(tmp_path / "env"))
+    with pytest.raises(DataError) as err:
+        load_dataset("fashion-mnist", tmp_path / "given")
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("fashion-mnist: data not found")
+    for place in candidate_dirs("fashion-mnist", tmp_path / "given"):
+        assert str(place) in msg
+    for fix in ("--data-dir", "NCSLIM_DATA", "dataset-fashion-mnist", "--download"):
+        assert fix in msg
+    with pytest.raises(DataError, match="cifar-10-batches-py/"):
+        load_dataset("cifar10")
+
+
+def test_unknown_name_and_bad_limits(tmp_path):
+    with pytest.raises(DataError, match=r"unknown dataset 'cifar'.*cifar10.*known: cifar10"):
+        load_dataset("cifar")
+    with pytest.raises(DataError, match="fashion-mnist"):
+        candidate_dirs("mnist")
+    bad = [("limit_train", 0), ("limit_test", -1), ("limit_train", 2.5), ("limit_test", True)]
+    for word, value in bad:
+        with pytest.raises(ValueError, match=word):
+            load_dataset("fashion-mnist", tmp_path, **{word: value})
+    assert D.dataset_names() == ["cifar10", "cifar100", "svhn", "fashion-mnist"]
+
+
+def test_checksum_mismatch(tmp_path, monkeypatch):
+    make_fashion(tmp_path, monkeypatch=monkeypatch)
+    path = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    raw = bytearray(gzip.decompress(path.read_bytes()))
+    raw[-1] ^= 1
+    path.write_bytes(gzip.compress(bytes(raw)))
+    with pytest.raises(DataError) as err:
+        load_dataset("fashion-mnist", tmp_path)
+    msg = str(err.value)
+    assert "checksum mismatch" in msg and str(path) in msg and "--download" in msg
+    assert load_dataset("fashion-mnist", tmp_path, verify=False).test_images.shape[0] == 5
+
+
+def test_cifar_checksum_and_truncation(tmp_path, monkeypatch):
+    make_cifar(tmp_path, monkeypatch=monkeypatch)
+    path = tmp_path / "cifar-10-python.tar.gz"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(DataError, match=r"cifar-10-python.tar.gz checksum mismatch \(md5 "):
+        load_dataset("cifar10", tmp_path)
+    with pytest.raises(DataError, match="not a readable tar.gz archive"):
+        load_dataset("cifar10", tmp_path, verify=False)
+
+
+def test_corrupt_tar_and_missing_member(tmp_path):
+    path = tmp_path / "cifar-10-python.tar.gz"
+    path.write_bytes(gzip.compress(b"not a tar archive" * 100))
+    with pytest.raises(DataError, match=rf"{path} is not a readable tar.gz archive"):
+        load_dataset("cifar10", tmp_path, verify=False)
+    members, _ = cifar_members("cifar10", 1, 0)
+    del members["cifar-10-batches-py/test_batch"]
+    write_tar(path, members)
+    with pytest.raises(DataError, match="lacks cifar-10-batches-py/test_batch"):
+        load_dataset("cifar10", tmp_path, verify=False)
+
+
+def test_truncated_gzip(tmp_path, monkeypatch):
+    make_fashion(tmp_path, monkeypatch=monkeypatch)
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:-20])
+    for verify in (True, False):
+        with pytest.raises(DataError, match=rf"{path} is not a valid gzip file"):
+            load_dataset("fashion-mnist", tmp_path, verify=verify)
+
+
+def test_wrong_idx_magic_and_size(tmp_path, monkeypatch):
+    arrays = make_fashion(tmp_path, gz=False, monkeypatch=monkeypatch)
+    path = tmp_path / "train-labels-idx1-ubyte"
+    raw = idx_bytes(arrays["train-labels-idx1-ubyte"])
+    path.write_bytes(b"\x00\x00\x08\x03" + raw[4:])
+    with pytest.raises(DataError, match=rf"{path}: wrong IDX magic 00000803"):
+        load_dataset("fashion-mnist", tmp_path, verify=False)
+    path.write_bytes(raw[:-1])
+    with pytest.raises(DataError, match="truncated or corrupt"):
+        load_dataset("fashion-mnist", tmp_path, verify=False)
+
+
+def test_unreadable_mat(tmp_path, monkeypatch):
+    make_svhn(tmp_path, {"train": 2, "test": 2}, monkeypatch=monkeypatch)
+    (tmp_path / "test_32x32.mat").write_bytes(b"MATLAB 5.0 MAT-file" + b"\0" * 50)
+    with pytest.raises(DataError, match=r"test_32x32.mat is not a readable MATLAB .mat file"):
+        load_dataset("svhn", tmp_path, include_extra=False, verify=False)
+
+
+class Evil:
+    def __init__(self, call: object, arg: str) -> None:
+        self.call, self.arg = call, arg
+
+    def __reduce__(self) -> tuple:
+        return self.call, (self.arg,)
+
+
+@pytest.mark.parametrize("how", ["system", "eval", "exec"])
+@pytest.mark.parametrize("where", ["archive", "folder"])
+def test_malicious_pickle_runs_no_code(tmp_path, monkeypatch, how, where):
+    marker = tmp_path / "pwned"
+    code = f"open({str(marker)!r}, 'w').close()"
+    payload = {"system": Evil(os.system, f"touch {marker}"), "eval": Evil(eval, code),
+               "exec": Evil(exec, code)}[how]
+    members, _ = cifar_members("cifar10", 1, 0)
+    members["cifar-10-batches-py/data_batch_1"] = pickle.dumps(
+        {b"data": payload, b"labels": [0]}, protocol=2)
+    if where == "archive":  # even with a matching checksum
+        make_cifar(tmp_path / "data", monkeypatch=monkeypatch)
+        path = write_tar(tmp_path / "data" / "cifar-10-python.tar.gz", members)
+        monkeypatch.setitem(D.MD5, "cifar10", {path.name: md5(path.read_bytes())})
+    else:
+        for member, raw in members.items():
+            (tmp_path / "data" / member).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / "data" / member).write_bytes(raw)
+    with pytest.raises(DataError, match=r"data_batch_1: refused to unpickle \w+\.\w+"):
+        load_dataset("cifar10", tmp_path / "data")
+    assert not marker.exists()
+
+
+# ----------------------------------------------------------------------------- downloading
+
+
+class QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def mirror(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A folder served on 127.0.0.1 and named by $NCSLIM_DOWNLOAD_URL."""
+    root = tmp_path / "mirror"
+    root.mkdir()
+    server = ThreadingHTTPServer(("127.0.0.1", 0),
+                                 functools.partial(QuietHandler, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    monkeypatch.setenv("NCSLIM_DOWNLOAD_URL", f"http://127.0.0.1:{server.server_address[1]}/")
+    try:
+        yield root
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def test_download_into_data_dir_then_load(tmp_path, monkeypatch, mirror):
+    expected = make_cifar(mirror, monkeypatch=monkeypatch)
+    target = tmp_path / "target"
+    data = load_dataset("cifar10", target, download=True)
+    assert [p.name for p in target.iterdir()] == ["cifar-10-python.tar.gz"]
+    assert torch.equal(data.train_images, torch.from_numpy(expected[0]))
+    (mirror / "cifar-10-python.tar.gz").unlink()  # present now: nothing is fetched again
+    assert load_dataset("cifar10", target, download=True).test_images.shape[0] == 3
+
+
+def test_download_into_cache(tmp_path, monkeypatch, mirror):
+    make_svhn(mirror, {"train": 3, "test": 2, "extra": 2}, monkeypatch=monkeypatch)
+    data = load_dataset("svhn", download=True, include_extra=False)
+    cache = tmp_path / "xdg" / "ncslim" / "svhn"
+    assert sorted(p.name for p in cache.iterdir()) == ["test_32x32.mat", "train_32x32.mat"]
+    assert data.train_images.shape[0] == 3
+    assert load_dataset("svhn", download=True).train_images.shape[0] == 5
+    assert (cache / "extra_32x32.mat").is_file()
+
+
+def test_download_fashion_checks_decompressed_md5(tmp_path, monkeypatch, mirror):
+    make_fashion(mirror, monkeypatch=monkeypatch)
+    D.download_dataset("fashion-mnist", tmp_path / "fm")
+    assert sorted(p.name for p in (tmp_path / "fm").iterdir()) == sorted(
+        f"{n}.gz" for n in IDX_NAMES)
+    assert load_dataset("fashion-mnist", tmp_path / "fm").train_images.shape[0] == 7
+
+
+def test_download_corrupt_file_leaves_nothing(tmp_path, monkeypatch, mirror):
+    make_cifar(mirror, monkeypatch=monkeypatch)
+    monkeypatch.setitem(D.MD5, "cifar10", {"cifar-10-python.tar.gz": "0" * 32})
+    target = tmp_path / "target"
+    with pytest.raises(DataError) as err:
+        load_dataset("cifar10", target, download=True)
+    assert "checksum mismatch" in str(err.value) and "127.0.0.1" in str(err.value)
+    assert list(target.iterdir()) == []
+
+
+def test_download_404_names_the_url(tmp_path, mirror):
+    with pytest.raises(DataError) as err:
+        load_dataset("cifar100", tmp_path / "t", download=True)
+    url = f"{os.environ['NCSLIM_DOWNLOAD_URL'].rstrip('/')}/cifar-100-python.tar.gz"
+    assert f"download of {url} failed: HTTP 404" in str(err.value)
+    assert list((tmp_path / "t").iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- batches
+
+
+def unnormalise(x: torch.Tensor, info) -> torch.Tensor:
+    mean = torch.tensor(info.mean).view(1, -1, 1, 1)
+    std = torch.tensor(info.std).view(1, -1, 1, 1)
+    return ((x * std + mean) * 255).round().to(torch.uint8)
+
+
+def reference_crop(image: np.ndarray, oy: int, ox: int, flip: bool) -> np.ndarray:
+    padded = np.pad(image, ((0, 0), (4, 4), (4, 4)))
+    crop = padded[:, oy:oy + 32, ox:ox + 32]
+    return crop[:, :, ::-1] if flip else crop
+
+
+def random_images(n: int, channels: int = 3, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(1, 256, (n, channels, 32, 32), generator=gen, dtype=torch.uint8)
+
+
+def test_crop_flip_matches_slicing_for_every_offset():
+    image = random_images(1)[0]
+    offsets = [(oy, ox, f) for oy in range(9) for ox in range(9) for f in (False, True)]
+    oy, ox, flip = (torch.tensor(v) for v in zip(*offsets))
+    out = D._crop_flip(image.expand(len(offsets), -1, -1, -1), oy, ox, flip)
+    for k, (a, b, f) in enumerate(offsets):
+        np.testing.assert_array_equal(out[k].numpy(), reference_crop(image.numpy(), a, b, f))
+
+
+def test_eval_batches_in_order_with_partial_last():
+    info = DATASETS["cifar10"]
+    images, labels = random_images(10), torch.arange(10)
+    out = list(batches(images, labels, 4, info=info, train=False))
+    assert [y.tolist() for _, y in out] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    x = torch.cat([b for b, _ in out])
+    assert x.dtype == torch.float32 and torch.equal(unnormalise(x, info), images)
+    dropped = list(batches(images, labels, 4, info=info, train=False, drop_last=True))
+    assert [len(y) for _, y in dropped] == [4, 4]
+
+
+def test_normalisation_values():
+    for name, value in [("cifar10", 100), ("fashion-mnist", 37), ("svhn", 255)]:
+        info = DATASETS[name]
+        images = torch.full((3, info.in_channels, 32, 32), value, dtype=torch.uint8)
+        x, _ = next(batches(images, torch.zeros(3, dtype=torch.long), 8, info=info, train=False))
+        expected = (value / 255 - torch.tensor(info.mean)) / torch.tensor(info.std)
+        torch.testing.assert_close(x, expected.view(1, -1, 1, 1).expand_as(x).float())
+
+
+def test_train_shuffle_is_a_seeded_permutation():
+    info = DATASETS["svhn"]  # no augmentation: batches are exactly the shuffled images
+    images, labels = random_images(50), torch.arange(50)
+
+    def epoch(seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        gen = torch.Generator().manual_seed(seed)
+        return list(batches(images, labels, 8, info=info, train=True, generator=gen))
+
+    first = epoch(0)
+    order = torch.cat([y for _, y in first])
+    assert sorted(order.tolist()) == list(range(50)) and order.tolist() != list(range(50))
+    assert [len(y) for _, y in first] == [8] * 6 + [2]
+    assert torch.equal(unnormalise(torch.cat([x for x, _ in first]), info), images[order])
+    again = epoch(0)
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(first, again))
+    assert not torch.equal(torch.cat([y for _, y in epoch(1)]), order)
+    gen = torch.Generator().manual_seed(0)
+    two = [torch.cat([y for _, y in batches(images, labels, 8, info=info, train=True,
+                                            generator=gen)]) for _ in range(2)]
+    assert not torch.equal(two[0], two[1])  # each call is a new epoch
+    assert [len(y) for _, y in batches(images, labels, 8, info=info, train=True,
+                                       drop_last=True)] == [8] * 6
+
+
+def test_augmented_images_are_translations_and_flips():
+    info = DATASETS["cifar10"]
+    images, labels = random_images(24, seed=3), torch.arange(24)
+    gen = torch.Generator().manual_seed(5)
+    candidates = [(oy, ox, f) for oy in range(9) for ox in range(9) for f in (False, True)]
+    seen = set()
+    for x, y in batches(images, labels, 10, info=info, train=True, generator=gen):
+        for got, src in zip(unnormalise(x, info).numpy(), y.tolist()):
+            matches = [c for c in candidates
+                       if np.array_equal(got, reference_crop(images[src].numpy(), *c))]
+            assert len(matches) == 1
+            seen.add(matches[0])
+    assert len(seen) > 12
+
+
+def test_augmentation_statistics():
+    """Offsets uniform over 0..8 in both directions, about half the images flipped."""
+    info = DATASETS["cifar100"]
+    n = 4000
+    ramp = (10 + 7 * torch.arange(32)).to(torch.uint8)
+    image = torch.stack([ramp.expand(32, 32), ramp.view(32, 1).expand(32, 32),
+                         torch.full((32, 32), 50, dtype=torch.uint8)])
+    images = image.expand(n, -1, -1, -1).contiguous()
+    gen = torch.Generator().manual_seed(0)
+    x = torch.cat([b for b, _ in batches(images, torch.zeros(n, dtype=torch.long), 256,
+                                         info=info, train=True, generator=gen)])
+    pixels = unnormalise(x, info).long()
+    flipped = pixels[:, 0, 16, 17] < pixels[:, 0, 16, 16]
+    assert 0.45 < flipped.float().mean() < 0.55
+    centre = torch.where(flipped, pixels[:, 0, 16, 15], pixels[:, 0, 16, 16])
+    ox = (centre - 10) // 7 - 12  # unflipped: column 16 shows source column 16 + ox - 4
+    oy = (pixels[:, 1, 16, 16] - 10) // 7 - 12
+    for offsets in (ox, oy):
+        counts = offsets.bincount(minlength=9)
+        assert len(counts) == 9 and counts.min() > 0.8 * n / 9 and counts.max() < 1.2 * n / 9
+    top = pixels[:, 2, 0, 4:28]  # oy < 4: the top row comes from the zero padding
+    assert (top[oy < 4] == 0).all() and (top[oy >= 4] == 50).all()
+
+
+def test_channels_last_and_generator_free_use():
+    info = DATASETS["cifar10"]
+    images, labels = random_images(6), torch.arange(6)
+    gen = torch.Generator().manual_seed(2)
+    plain = list(batches(images, labels, 4, info=info, train=True, generator=gen))
+    gen = torch.Generator().manual_seed(2)
+    cl = list(batches(images, labels, 4, info=info, train=True, generator=gen,
+                      channels_last=True))
+    for (a, ya), (b, yb) in zip(plain, cl):
+        assert b.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(a, b) and torch.equal(ya, yb)
+    assert sorted(torch.cat([y for _, y in batches(images, labels, 4, info=info,
+                                                   train=True)]).tolist()) == list(range(6))
+
+
+def test_batches_bad_args_fail_at_the_call():
+    info = DATASETS["cifar10"]
+    images, labels = random_images(4), torch.arange(4)
+    for size in (0, -1, 2.0):
+        with pytest.raises(ValueError, match="batch_size"):
+            batches(images, labels, size, info=info, train=False)
+    with pytest.raises(ValueError, match="uint8"):
+        batches(images.float(), labels, 2, info=info, train=False)
+    with pytest.raises(ValueError, match="labels"):
+        batches(images, labels[:3], 2, info=info, train=False)
+    with pytest.raises(ValueError, match="channels"):
+        batches(images, labels, 2, info=DATASETS["fashion-mnist"], train=False)
