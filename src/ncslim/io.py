@@ -26,6 +26,7 @@ from .models import SlimmableNet, build_model
 from .regularizer import unwrap
 
 FORMAT = "ncslim.model"
+CHECKPOINT_FORMAT = "ncslim.checkpoint"
 FORMAT_VERSION = 1
 
 
@@ -72,7 +73,12 @@ def model_payload(model: nn.Module) -> dict[str, Any]:
 
 
 def model_from_payload(payload: Any, source: str) -> SlimmableNet:
-    """Rebuild a model from the dict that :func:`model_payload` made (``source`` names it)."""
+    """Rebuild a model from the dict that :func:`model_payload` made (``source`` names it).
+
+    A training checkpoint (``last.pt``) holds such a dict under ``"model"``; it is accepted too.
+    """
+    if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
+        payload = payload.get("model")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ModelFileError(f"{source}: not an ncslim model file (save one with "
                              f"ncslim.save_model)")

@@ -287,3 +287,31 @@ def prune_model(
         flops_before=count_flops(model, shape), flops_after=count_flops(small, shape),
     )
     return small, report
+
+
+def prune_to_flops(model: nn.Module, target: float, iterations: int = 14,
+                   **options: Any) -> tuple[SlimmableNet, PruneReport]:
+    """Prune the smallest global ratio whose FLOPs fall to ``target`` x the original or below.
+
+    Bisection over the ratio (FLOPs fall as the ratio grows); ``options`` go to
+    :func:`prune_model` (``min_channels``, ``round_to``, ``compensate``).
+    """
+    if not 0.0 < target <= 1.0:
+        raise ValueError(f"target FLOPs fraction must be in (0, 1], got {target}")
+    low, high = 0.0, 1.0 - 1e-9
+    best = prune_model(model, ratio=low, **options)
+    if best[1].flops_after <= target * best[1].flops_before:
+        return best
+    best = prune_model(model, ratio=high, **options)
+    if best[1].flops_after > target * best[1].flops_before:
+        raise ValueError(f"FLOPs cannot fall to {target:.1%} of the original even at ratio ~1 "
+                         f"(reached {best[1].flops_after / best[1].flops_before:.1%}); "
+                         f"lower --min-channels or --round-to")
+    for _ in range(iterations):
+        middle = 0.5 * (low + high)
+        candidate = prune_model(model, ratio=middle, **options)
+        if candidate[1].flops_after <= target * candidate[1].flops_before:
+            high, best = middle, candidate
+        else:
+            low = middle
+    return best

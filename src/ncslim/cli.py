@@ -1,0 +1,219 @@
+"""The ``ncslim`` command line: each subcommand maps to one library call.
+
+    ncslim run                                  # the demo: Fashion-MNIST, small VGG-19, ~minutes
+    ncslim run --config vgg19-cifar10 --penalty tl1 --lam 1e-4 --out runs/vgg-tl1
+    ncslim prune --checkpoint runs/x/model.pt --dry-run --ratios 0.3,0.5,0.7
+    ncslim info --checkpoint runs/x/final.pt
+
+User errors (bad values, missing data, a wrong checkpoint) print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import torch
+
+from . import pipeline
+from .config import Config, config_fields, load_config, preset_names
+from .io import load_model, save_model
+from .models import build_model
+from .train import TrainingDiverged, resolve_device
+
+log = logging.getLogger("ncslim")
+COMMANDS = ("run", "train", "prune", "finetune", "info")
+_TYPES = {"int": int, "float": float, "str": str}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line naming the fix."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help=f"preset name ({', '.join(preset_names())}) or a "
+                                         f"TOML file; flags given here override it")
+    for name, default, meta in config_fields():
+        flag = "--" + name.replace("_", "-")
+        annotation = str(Config.__annotations__[name])
+        text = f"{meta['help']} (default: {default})"
+        if annotation == "bool":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction,
+                                default=argparse.SUPPRESS, help=text)
+            continue
+        kind = _TYPES[annotation.split(" ")[0]]
+        parser.add_argument(flag, type=kind, choices=meta.get("choices"), metavar=name.upper(),
+                            default=argparse.SUPPRESS, help=text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="ncslim", description="Network slimming with nonconvex regularization.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    helps = {
+        "run": "train with the penalty, prune, fine-tune, and report (default preset: demo)",
+        "train": "sparsity training only",
+        "prune": "prune a trained model (or --dry-run several ratios)",
+        "finetune": "retrain a pruned model without the penalty",
+        "info": "parameters, FLOPs, channels per layer and latency of a model",
+    }
+    commands = {name: sub.add_parser(name, help=helps[name], description=helps[name])
+                for name in COMMANDS}
+    for name in ("run", "train", "prune", "finetune"):
+        _add_config_flags(commands[name])
+    for name in ("run", "train", "finetune"):
+        commands[name].add_argument("--resume", action="store_true",
+                                    help="continue the run in --out from its last checkpoint")
+    for name in ("prune", "finetune", "info"):
+        commands[name].add_argument("--checkpoint", required=name != "info",
+                                    help="model file (model.pt, pruned.pt, best.pt or last.pt)")
+    prune = commands["prune"]
+    prune.add_argument("--dry-run", action="store_true", help="report, write nothing")
+    prune.add_argument("--ratios", help="with --dry-run: comma-separated ratios, e.g. 0.3,0.5,0.7")
+    prune.add_argument("--evaluate", action="store_true",
+                       help="measure test accuracy before and after pruning (needs the data)")
+    commands["finetune"].add_argument("--from-scratch", action="store_true",
+                                      help="re-initialise the pruned architecture first")
+    info = commands["info"]
+    info.add_argument("--arch", choices=("vgg", "densenet", "resnet"), default="vgg")
+    info.add_argument("--depth", type=int)
+    info.add_argument("--width", type=float, default=1.0)
+    info.add_argument("--num-classes", type=int, default=10)
+    info.add_argument("--in-channels", type=int, default=3)
+    info.add_argument("--batch-size", type=int, default=64, help="batch for the latency")
+    info.add_argument("--device", default="cpu")
+    info.add_argument("--json", action="store_true", help="print JSON")
+    return parser
+
+
+def _config(args: argparse.Namespace, default_preset: str | None = None) -> Config:
+    skip = {"command", "config", "resume", "checkpoint", "dry_run", "ratios", "evaluate",
+            "from_scratch"}
+    overrides = {k: v for k, v in vars(args).items() if k not in skip}
+    return load_config(args.config or default_preset, overrides)
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    cfg = _config(args, default_preset="demo")
+    results = pipeline.run(cfg, resume=args.resume)
+    print(pipeline.format_results(results))
+    print(f"results: {Path(cfg.out) / 'results.json'}")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    cfg = _config(args)
+    result = pipeline.train(cfg, resume=args.resume)
+    print(f"test accuracy {result['test_acc']:.2%}; model: {result['model']}")
+
+
+def cmd_prune(args: argparse.Namespace) -> None:
+    cfg = _config(args)
+    device = resolve_device(cfg.device)
+    model = load_model(args.checkpoint, device)
+    if args.dry_run:
+        ratios = _ratios(args.ratios) if args.ratios else [cfg.ratio]
+        for ratio, report in zip(ratios, pipeline.prune_dry_run(model, cfg, ratios)):
+            print(f"--- ratio {ratio:g}\n{report}")
+            if report.floored:
+                print(f"warning: at ratio {ratio:g}, {len(report.floored)} layer(s) would lose "
+                      f"every channel and keep only --min-channels {cfg.min_channels}")
+        return
+    small, report = pipeline.prune(model, cfg)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    record: dict[str, Any] = report.to_dict()
+    if args.evaluate:
+        data = pipeline.load_data(cfg, device)
+        pipeline.check_fits(model, data, args.checkpoint)
+        record["accuracy_before"] = pipeline.evaluate(model, data)[0]
+        record["accuracy_after"] = pipeline.evaluate(small, data)[0]
+    save_model(small, out / "pruned.pt")
+    (out / "prune.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(report)
+    if args.evaluate:
+        print(f"test accuracy {record['accuracy_before']:.2%} -> {record['accuracy_after']:.2%}")
+    print(f"pruned model: {out / 'pruned.pt'}")
+
+
+def _ratios(text: str) -> list[float]:
+    try:
+        ratios = [float(r) for r in text.split(",") if r.strip()]
+    except ValueError:
+        raise ValueError(f"--ratios must be comma-separated numbers, got {text!r}") from None
+    bad = [r for r in ratios if not 0 <= r < 1]
+    if not ratios or bad:
+        raise ValueError(f"--ratios must be numbers in [0, 1), got {text!r}")
+    return ratios
+
+
+def cmd_finetune(args: argparse.Namespace) -> None:
+    cfg = _config(args)
+    device = resolve_device(cfg.device)
+    model = load_model(args.checkpoint, device)
+    data = pipeline.load_data(cfg, device)
+    pipeline.check_fits(model, data, args.checkpoint)
+    out = Path(cfg.out)
+    pipeline.write_config(cfg, out, "finetune")
+    model, acc = pipeline.finetune(model, data, cfg, out, resume=args.resume,
+                                   from_scratch=args.from_scratch)
+    save_model(model, out / "model.pt")
+    print(f"test accuracy {acc:.2%}; model: {out / 'model.pt'}")
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    device = resolve_device(args.device)
+    if args.checkpoint:
+        model = load_model(args.checkpoint, device)
+    else:
+        model = build_model(args.arch, args.num_classes, args.in_channels, args.width,
+                                     args.depth)
+    info = pipeline.describe(model, device, args.batch_size)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return
+    print(f"{info['arch']}: {info['num_classes']} classes, {info['in_channels']} input channels")
+    print(f"parameters {info['params']:,}; FLOPs {info['flops']:,} "
+          f"(MACs {info['flops'] // 2:,}) per image")
+    for batch, ms in info["latency_ms"].items():
+        print(f"latency {info['device']} {batch.replace('_', ' ')}: {ms:.2f} ms")
+    print("channels per prunable layer:")
+    for name, channels in info["channels"].items():
+        print(f"  {name:<28} {channels}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    handler = {"run": cmd_run, "train": cmd_train, "prune": cmd_prune,
+               "finetune": cmd_finetune, "info": cmd_info}[args.command]
+    try:
+        handler(args)
+    except TrainingDiverged as err:
+        print(f"ncslim {args.command}: {err}", file=sys.stderr)
+        return 3
+    except (ValueError, FileNotFoundError) as err:
+        print(f"ncslim {args.command}: error: {_first_line(err)}", file=sys.stderr)
+        return 2
+    except torch.cuda.OutOfMemoryError:
+        print(f"ncslim {args.command}: error: the GPU ran out of memory; lower --batch-size or "
+              f"--width", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ncslim {args.command}: interrupted; continue with --resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""Run configuration: one typed dataclass, presets as TOML files, flags on top.
+
+    >>> from ncslim.config import load_config
+    >>> cfg = load_config("demo", {"epochs": 2})
+    >>> cfg.dataset, cfg.epochs
+    ('fashion-mnist', 2)
+
+Every field's ``help`` becomes the ``--help`` of its flag. Presets ship in ``ncslim/configs``;
+``--config NAME`` picks one of them and ``--config PATH`` reads any TOML file with the same keys.
+Unknown keys and out-of-range values raise ``ValueError`` naming the flag.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import sys
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+PRESET_DIR = Path(__file__).parent / "configs"
+PENALTY_CHOICES = ("none", "l1", "lp", "tl1", "mcp", "scad")
+
+
+def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass
+class Config:
+    # model
+    arch: str = _opt("vgg", "architecture", ("vgg", "densenet", "resnet"))
+    depth: int | None = _opt(None, "depth (vgg 11/13/16/19, densenet 3n+4, resnet 9n+2; "
+                                   "default 19/40/164)")
+    width: float = _opt(1.0, "channel width multiplier")
+    # data
+    dataset: str = _opt("cifar10", "dataset", ("cifar10", "cifar100", "svhn", "fashion-mnist"))
+    data_dir: str | None = _opt(None, "dataset folder (default: $NCSLIM_DATA, "
+                                      "/usr/share/datasets/NAME, then the cache)")
+    download: bool = _opt(False, "download the official files if missing (checksums verified)")
+    limit_train: int | None = _opt(None, "use only the first N training images")
+    limit_test: int | None = _opt(None, "use only the first N test images")
+    svhn_extra: bool = _opt(True, "SVHN: train on train + extra, as the paper")
+    # optimisation
+    epochs: int = _opt(160, "epochs of sparsity training")
+    finetune_epochs: int | None = _opt(None, "epochs of fine-tuning (default: --epochs)")
+    batch_size: int = _opt(64, "training batch size")
+    lr: float = _opt(0.1, "initial learning rate")
+    momentum: float = _opt(0.9, "SGD momentum")
+    nesterov: bool = _opt(False, "Nesterov momentum")
+    weight_decay: float = _opt(1e-4, "weight decay")
+    schedule: str = _opt("step", "learning-rate schedule: step (/10 at 50%% and 75%%) or cosine",
+                         ("step", "cosine"))
+    # sparsity
+    penalty: str = _opt("l1", "sparsity penalty on the BN scaling factors", PENALTY_CHOICES)
+    lam: float = _opt(1e-4, "penalty strength lambda")
+    p: float = _opt(0.5, "lp: exponent p in (0, 1)")
+    a: float | None = _opt(None, "tl1: a > 0 (default 1.0); scad: a > 2 (default 3.7)")
+    gamma: float = _opt(3.0, "mcp: gamma > 1")
+    mode: str = _opt("subgradient", "how the penalty acts", ("subgradient", "proximal"))
+    decay_gammas: bool = _opt(True, "apply weight decay to the BN scaling factors too")
+    # pruning
+    ratio: float | None = _opt(0.5, "prune this fraction of channels (global |gamma| ranking)")
+    threshold: float | None = _opt(None, "prune channels with |gamma| <= this instead of --ratio")
+    target_flops: float | None = _opt(None, "prune until FLOPs <= this fraction of the original")
+    min_channels: int = _opt(1, "never keep fewer channels in a layer")
+    round_to: int = _opt(1, "round kept channel counts up to a multiple of this")
+    compensate: bool = _opt(False, "fold the mean output of removed channels into the next layer")
+    # system
+    device: str = _opt("auto", "cpu, cuda, cuda:N or auto")
+    amp: bool = _opt(False, "mixed precision (float16 on CUDA, bfloat16 on CPU)")
+    channels_last: bool = _opt(False, "channels-last memory format")
+    compile: bool = _opt(False, "torch.compile the model")
+    seed: int = _opt(0, "random seed (runs are deterministic on CPU)")
+    out: str = _opt("runs/latest", "run directory")
+
+    def penalty_params(self) -> dict[str, float]:
+        """Keyword parameters of the chosen penalty (for ``make_penalty``)."""
+        extra: dict[str, dict[str, float]] = {
+            "lp": {"p": self.p}, "mcp": {"gamma": self.gamma},
+            "tl1": {"a": 1.0 if self.a is None else self.a},
+            "scad": {"a": 3.7 if self.a is None else self.a},
+        }
+        return extra.get(self.penalty, {})
+
+    def prune_rule(self) -> dict[str, float | None]:
+        """Exactly one of ratio / threshold / target_flops (threshold and target win over ratio)."""
+        if self.threshold is not None:
+            return {"threshold": self.threshold}
+        if self.target_flops is not None:
+            return {"target_flops": self.target_flops}
+        return {"ratio": self.ratio}
+
+    def validate(self) -> Config:
+        _check_choices(self)
+        _check_ranges(self)
+        if self.penalty != "none":
+            from .penalties import make_penalty
+
+            make_penalty(self.penalty, self.lam, **self.penalty_params())
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _check_choices(cfg: Config) -> None:
+    for f in fields(cfg):
+        choices = f.metadata.get("choices")
+        value = getattr(cfg, f.name)
+        if choices and value not in choices:
+            raise ValueError(f"--{_flag(f.name)} must be one of {', '.join(choices)}, "
+                             f"got {value!r}")
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _check_ranges(cfg: Config) -> None:
+    rules: list[tuple[str, bool, str]] = [
+        ("width", _finite(cfg.width) and cfg.width > 0, "a number > 0"),
+        ("epochs", isinstance(cfg.epochs, int) and cfg.epochs >= 0, "an integer >= 0"),
+        ("finetune_epochs", cfg.finetune_epochs is None or (
+            isinstance(cfg.finetune_epochs, int) and cfg.finetune_epochs >= 0), "an integer >= 0"),
+        ("batch_size", isinstance(cfg.batch_size, int) and cfg.batch_size >= 1, "an integer >= 1"),
+        ("lr", _finite(cfg.lr) and cfg.lr > 0, "a number > 0"),
+        ("momentum", _finite(cfg.momentum) and 0 <= cfg.momentum < 1, "in [0, 1)"),
+        ("weight_decay", _finite(cfg.weight_decay) and cfg.weight_decay >= 0, "a number >= 0"),
+        ("lam", _finite(cfg.lam) and cfg.lam >= 0, "a finite number >= 0"),
+        ("ratio", cfg.ratio is None or (_finite(cfg.ratio) and 0 <= cfg.ratio < 1), "in [0, 1)"),
+        ("threshold", cfg.threshold is None or (_finite(cfg.threshold) and cfg.threshold >= 0),
+         "a number >= 0"),
+        ("target_flops", cfg.target_flops is None or (
+            _finite(cfg.target_flops) and 0 < cfg.target_flops <= 1), "in (0, 1]"),
+        ("min_channels", isinstance(cfg.min_channels, int) and cfg.min_channels >= 1,
+         "an integer >= 1"),
+        ("round_to", isinstance(cfg.round_to, int) and cfg.round_to >= 1, "an integer >= 1"),
+        ("limit_train", cfg.limit_train is None or (
+            isinstance(cfg.limit_train, int) and cfg.limit_train >= 1), "an integer >= 1"),
+        ("limit_test", cfg.limit_test is None or (
+            isinstance(cfg.limit_test, int) and cfg.limit_test >= 1), "an integer >= 1"),
+    ]
+    for name, ok, allowed in rules:
+        if not ok:
+            raise ValueError(f"--{_flag(name)} must be {allowed}, got {getattr(cfg, name)!r}")
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
+
+
+def read_preset(name_or_path: str) -> dict[str, Any]:
+    """The keys of a preset (by name) or of a TOML file (by path)."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = PRESET_DIR / f"{name_or_path}.toml"
+        if not path.is_file():
+            close = difflib.get_close_matches(name_or_path, preset_names(), n=2)
+            hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+            raise ValueError(f"unknown preset {name_or_path!r}{hint}; presets: "
+                             f"{', '.join(preset_names())}; or pass a .toml path")
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} not found")
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"config file {path}: invalid TOML: {err}") from err
+
+
+def load_config(preset: str | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """A validated :class:`Config`: defaults, then the preset's keys, then ``overrides``."""
+    values: dict[str, Any] = {}
+    known = {f.name for f in fields(Config)}
+    if preset is not None:
+        for key, value in read_preset(preset).items():
+            name = key.replace("-", "_")
+            if name not in known:
+                close = difflib.get_close_matches(name, known, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ValueError(f"config {preset}: unknown key {key!r}{hint}")
+            values[name] = value
+    values.update(overrides or {})
+    unknown = set(values) - known
+    if unknown:
+        raise ValueError(f"unknown configuration keys: {', '.join(sorted(unknown))}")
+    return Config(**values).validate()
+
+
+def config_fields() -> list[tuple[str, Any, dict[str, Any]]]:
+    """(name, default, metadata) of every field, for building the command line."""
+    return [(f.name, None if f.default is MISSING else f.default, dict(f.metadata))
+            for f in fields(Config)]

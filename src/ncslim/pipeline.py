@@ -1,0 +1,216 @@
+"""The whole method as library calls: train -> prune -> fine-tune -> report.
+
+    ncslim run --config demo --out runs/demo
+
+Each function here is one CLI subcommand. ``run`` writes ``train/`` and ``finetune/`` stage
+directories, ``pruned.pt``, ``final.pt``, ``config.json`` and ``results.json`` into the run
+directory; with ``resume=True`` finished stages are skipped and an interrupted one continues.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import __version__
+from .config import Config
+from .data import ImageData, load_dataset
+from .io import save_model
+from .metrics import count_flops, count_params, measure_latency
+from .models import SlimmableNet, build_model
+from .pruning import PruneReport, prune_model, prune_to_flops
+from .train import Trainer, evaluate, gamma_stats, resolve_device
+
+log = logging.getLogger("ncslim")
+
+
+def code_version() -> dict[str, Any]:
+    """The package version and, when run from a git checkout, its commit."""
+    version: dict[str, Any] = {"ncslim": __version__, "torch": torch.__version__,
+                               "python": platform.python_version()}
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                                capture_output=True, text=True, timeout=5, check=True)
+        version["commit"] = commit.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        version["commit"] = None
+    return version
+
+
+def load_data(cfg: Config, device: torch.device) -> ImageData:
+    data = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download,
+                        limit_train=cfg.limit_train, limit_test=cfg.limit_test,
+                        include_extra=cfg.svhn_extra)
+    return data.to(device)
+
+
+def new_model(cfg: Config, data: ImageData) -> SlimmableNet:
+    torch.manual_seed(cfg.seed)
+    return build_model(cfg.arch, num_classes=data.info.num_classes,
+                       in_channels=data.info.in_channels, width=cfg.width, depth=cfg.depth)
+
+
+def check_fits(model: SlimmableNet, data: ImageData, source: str) -> None:
+    info = data.info
+    if model.num_classes != info.num_classes or model.in_channels != info.in_channels:
+        raise ValueError(f"{source} is a model for {model.num_classes} classes / "
+                         f"{model.in_channels} input channels, but {info.name} has "
+                         f"{info.num_classes} / {info.in_channels}; pick the matching --dataset")
+
+
+def write_config(cfg: Config, out: Path, command: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"command": command, "config": cfg.to_dict(), "version": code_version()}
+    (out / "config.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
+    """Sparsity training: ``out/`` gets metrics.jsonl, last.pt, best.pt, model.pt."""
+    device = resolve_device(cfg.device)
+    out = Path(cfg.out)
+    data = load_data(cfg, device)
+    model = new_model(cfg, data).to(device)
+    write_config(cfg, out, "train")
+    result = Trainer(model, data, cfg, out, cfg.epochs, sparsity=True).fit(resume)
+    save_model(result.model, out / "model.pt")
+    return {"test_acc": result.test_acc, "model": str(out / "model.pt")}
+
+
+def prune(model: nn.Module, cfg: Config) -> tuple[SlimmableNet, PruneReport]:
+    """Prune by the config's rule: ``threshold``, else ``target_flops``, else ``ratio``."""
+    options = {"min_channels": cfg.min_channels, "round_to": cfg.round_to,
+               "compensate": cfg.compensate}
+    rule = cfg.prune_rule()
+    if "target_flops" in rule:
+        return prune_to_flops(model, rule["target_flops"], **options)
+    return prune_model(model, **rule, **options)
+
+
+def prune_dry_run(model: SlimmableNet, cfg: Config, ratios: list[float]) -> list[PruneReport]:
+    """Pruning reports for several ratios; nothing is written."""
+    options = {"min_channels": cfg.min_channels, "round_to": cfg.round_to}
+    return [prune_model(model, ratio=r, **options)[1] for r in ratios]
+
+
+def finetune(model: SlimmableNet, data: ImageData, cfg: Config, out: Path,
+             resume: bool = False, from_scratch: bool = False) -> tuple[SlimmableNet, float]:
+    """Retrain a (pruned) model without the penalty; ``from_scratch`` re-initialises it."""
+    if from_scratch:
+        torch.manual_seed(cfg.seed)
+        config = model.config()
+        model = build_model(config.pop("arch"), **config).to(data.train_images.device)
+    epochs = cfg.epochs if cfg.finetune_epochs is None else cfg.finetune_epochs
+    result = Trainer(model, data, cfg, out, epochs, sparsity=False).fit(resume)
+    return result.model, result.test_acc
+
+
+def latency_table(original: nn.Module, pruned: nn.Module, input_shape: tuple[int, ...],
+                  device: torch.device, batch_sizes: tuple[int, ...]) -> dict[str, Any]:
+    """Median forward latency of both models on ``device`` and the speed-up, per batch size."""
+    table = {}
+    for batch in batch_sizes:
+        full = measure_latency(original, input_shape, batch, device)
+        small = measure_latency(pruned, input_shape, batch, device)
+        table[f"batch_{batch}"] = {"original_ms": 1e3 * full, "pruned_ms": 1e3 * small,
+                                   "speedup": full / small}
+    return table
+
+
+def size_summary(original: SlimmableNet, pruned: SlimmableNet) -> dict[str, Any]:
+    shape = original.input_shape()
+    params = (count_params(original), count_params(pruned))
+    flops = (count_flops(original, shape), count_flops(pruned, shape))
+    return {
+        "params": {"original": params[0], "pruned": params[1],
+                   "removed": 1 - params[1] / params[0]},
+        "flops": {"original": flops[0], "pruned": flops[1], "removed": 1 - flops[1] / flops[0],
+                  "ratio": flops[0] / flops[1]},
+        "macs": {"original": flops[0] // 2, "pruned": flops[1] // 2},
+    }
+
+
+def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
+    """The whole pipeline; returns (and writes to ``results.json``) every number it measured."""
+    started = time.perf_counter()
+    device = resolve_device(cfg.device)
+    out = Path(cfg.out)
+    data = load_data(cfg, device)
+    write_config(cfg, out, "run")
+    model = new_model(cfg, data).to(device)
+    trained = Trainer(model, data, cfg, out / "train", cfg.epochs, sparsity=True).fit(resume)
+    model = trained.model
+    gammas = gamma_stats(model)
+    pruned, report = prune(model, cfg)
+    save_model(pruned, out / "pruned.pt")
+    pruned_acc, _ = evaluate(pruned, data, cfg.channels_last)
+    log.info("pruned %.1f%% of channels: test accuracy %.2f%% -> %.2f%%",
+             100 * report.removed_fraction, 100 * trained.test_acc, 100 * pruned_acc)
+    final, final_acc = finetune(pruned, data, cfg, out / "finetune", resume)
+    save_model(final, out / "final.pt")
+    batch_sizes = (1, cfg.batch_size)
+    results = {
+        "config": cfg.to_dict(),
+        "version": code_version(),
+        "accuracy": {"sparse": trained.test_acc, "pruned": pruned_acc, "finetuned": final_acc},
+        **size_summary(model, final),
+        "latency": {device.type: latency_table(model, final, model.input_shape(), device,
+                                               batch_sizes)},
+        "prune": {k: v for k, v in report.to_dict().items() if k != "layers"},
+        "channels": [{"layer": la.name, "kept": la.kept, "total": la.total}
+                     for la in report.layers],
+        "gamma": gammas,
+        "device": str(device),
+        "seconds": time.perf_counter() - started,
+    }
+    if device.type != "cpu":
+        results["latency"]["cpu"] = latency_table(model.cpu(), final.cpu(), model.input_shape(),
+                                                  torch.device("cpu"), (1,))
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def format_results(results: dict[str, Any]) -> str:
+    """The final table of ``run``."""
+    acc, params, flops = results["accuracy"], results["params"], results["flops"]
+    lines = [
+        f"{'':<28}{'original':>14}{'pruned':>14}{'removed':>10}",
+        f"{'parameters':<28}{params['original']:>14,}{params['pruned']:>14,}"
+        f"{params['removed']:>10.1%}",
+        f"{'FLOPs (one image)':<28}{flops['original']:>14,}{flops['pruned']:>14,}"
+        f"{flops['removed']:>10.1%}",
+    ]
+    for device, table in results["latency"].items():
+        for batch, row in table.items():
+            label = f"latency {device} {batch.replace('_', ' ')} (ms)"
+            lines.append(f"{label:<28}{row['original_ms']:>14.2f}{row['pruned_ms']:>14.2f}"
+                         f"{'x' + format(row['speedup'], '.2f'):>10}  speed-up "
+                         f"(FLOPs ratio x{flops['ratio']:.2f})")
+    lines += [
+        f"test accuracy after sparsity training {acc['sparse']:.2%}",
+        f"test accuracy right after pruning     {acc['pruned']:.2%}",
+        f"test accuracy after fine-tuning       {acc['finetuned']:.2%}",
+    ]
+    return "\n".join(lines)
+
+
+def describe(model: SlimmableNet, device: torch.device, batch_size: int = 64) -> dict[str, Any]:
+    """What ``ncslim info`` prints: size, FLOPs, channels per prunable layer, latency."""
+    shape = model.input_shape()
+    modules = dict(model.named_modules())
+    model = model.to(device)
+    return {
+        "arch": model.arch, "num_classes": model.num_classes, "in_channels": model.in_channels,
+        "params": count_params(model), "flops": count_flops(model, shape),
+        "channels": {s.bn: modules[s.bn].num_features for s in model.prune_slots()},
+        "latency_ms": {f"batch_{b}": 1e3 * measure_latency(model, shape, b, device)
+                       for b in (1, batch_size)},
+        "device": str(device),
+    }

@@ -1,0 +1,277 @@
+"""Training with the sparsity regularizer: the loop, evaluation, per-epoch metrics, checkpoints.
+
+    ncslim train --config demo --out runs/demo-train
+
+A stage (sparsity training or fine-tuning) writes into its own directory: ``metrics.jsonl`` (one
+line per epoch), ``last.pt`` (everything needed to resume, written atomically every epoch) and
+``best.pt`` (the model with the best test accuracy so far). Each epoch draws its shuffling and
+augmentation from a generator seeded by (seed, epoch), so a resumed run repeats exactly what an
+uninterrupted one would have done.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import Config
+from .data import ImageData, batches
+from .io import (
+    CHECKPOINT_FORMAT,
+    FORMAT_VERSION,
+    atomic_save,
+    model_from_payload,
+    model_payload,
+    safe_load,
+)
+from .penalties import make_penalty
+from .regularizer import SparsityRegularizer, find_scales
+
+log = logging.getLogger("ncslim")
+
+EVAL_BATCH = 500
+LOG_EVERY = 50  # steps between progress-bar loss updates (each one is a device sync)
+HIST_EDGES = [0.0] + [10.0 ** e for e in range(-6, 2)]  # |gamma| histogram bins
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the scaling factors became NaN or infinite."""
+
+
+@dataclass
+class StageResult:
+    model: nn.Module
+    test_acc: float
+    epochs: int
+    history: list[dict[str, Any]]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"--device {name!r} is not a device "
+                         f"(use cpu, cuda, cuda:N or auto)") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA GPU is available here; use --device cpu")
+    return device
+
+
+def lr_at(cfg: Config, epoch: int, epochs: int) -> float:
+    """The learning rate of an epoch: /10 at 50 % and 75 % of the epochs, or cosine."""
+    if cfg.schedule == "cosine":
+        return 0.5 * cfg.lr * (1.0 + math.cos(math.pi * epoch / max(epochs, 1)))
+    return cfg.lr * (0.1 ** ((epoch >= 0.5 * epochs) + (epoch >= 0.75 * epochs)))
+
+
+def epoch_generator(device: torch.device, seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + epoch)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: ImageData, channels_last: bool = False,
+             amp: bool = False) -> tuple[float, float]:
+    """(accuracy, mean loss) on the test set."""
+    was_training = model.training
+    model.eval()
+    device = data.test_images.device
+    loss = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    with _autocast(device, amp):
+        for x, y in batches(data.test_images, data.test_labels, EVAL_BATCH, info=data.info,
+                            train=False, channels_last=channels_last):
+            out = model(x).float()
+            loss += F.cross_entropy(out, y, reduction="sum")
+            correct += (out.argmax(1) == y).sum()
+    model.train(was_training)
+    n = data.test_labels.numel()
+    return correct.item() / n, loss.item() / n  # sync point, once per evaluation
+
+
+def _autocast(device: torch.device, amp: bool) -> Any:
+    if not amp:
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda"
+                          else torch.bfloat16)
+
+
+def gamma_stats(model: nn.Module) -> dict[str, Any]:
+    """How far the scaling factors are from zero: shares below 1e-3 / 1e-2 and a histogram."""
+    gammas = torch.cat([g.detach().abs().float().flatten() for g in find_scales(model).values()])
+    edges = torch.tensor(HIST_EDGES + [math.inf], device=gammas.device)
+    counts = torch.bucketize(gammas, edges[1:], right=True).bincount(minlength=len(edges) - 1)
+    return {
+        "gamma_below_1e-3": float((gammas < 1e-3).float().mean()),
+        "gamma_below_1e-2": float((gammas < 1e-2).float().mean()),
+        "gamma_zero": float((gammas == 0).float().mean()),
+        "gamma_hist": {"edges": HIST_EDGES, "counts": counts[: len(HIST_EDGES)].tolist()},
+    }
+
+
+class Trainer:
+    """One training stage of one model: ``Trainer(...).fit()`` runs (or resumes) it."""
+
+    def __init__(self, model: nn.Module, data: ImageData, cfg: Config, stage_dir: Path,
+                 epochs: int, sparsity: bool) -> None:
+        self.model, self.data, self.cfg, self.epochs = model, data, cfg, epochs
+        self.dir = Path(stage_dir)
+        self.device = data.train_images.device
+        if cfg.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.reg = None
+        if sparsity and cfg.penalty != "none":
+            penalty = make_penalty(cfg.penalty, cfg.lam, **cfg.penalty_params())
+            self.reg = SparsityRegularizer(model, penalty, cfg.mode,
+                                           decay_gammas=cfg.decay_gammas)
+        groups = (self.reg.param_groups(cfg.weight_decay) if self.reg
+                  else [{"params": list(model.parameters()), "weight_decay": cfg.weight_decay}])
+        self.opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
+                                   nesterov=cfg.nesterov and cfg.momentum > 0)
+        use_scaler = cfg.amp and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
+        self.forward = torch.compile(model) if cfg.compile else model
+        self.start_epoch, self.best_acc, self.history = 0, -1.0, []
+
+    def train_epoch(self, epoch: int, lr: float, progress: Any) -> dict[str, float]:
+        """One pass over the training set; the hot loop."""
+        model, opt, scaler, reg, cfg = self.forward, self.opt, self.scaler, self.reg, self.cfg
+        for group in opt.param_groups:
+            group["lr"] = lr
+        self.model.train()
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen = 0
+        generator = epoch_generator(self.device, cfg.seed, epoch)
+        for step, (x, y) in enumerate(batches(
+                self.data.train_images, self.data.train_labels, cfg.batch_size,
+                info=self.data.info, train=True, generator=generator, drop_last=True,
+                channels_last=cfg.channels_last)):
+            with _autocast(self.device, cfg.amp):
+                out = model(x)
+                loss = F.cross_entropy(out.float(), y)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if reg is not None and reg.mode == "subgradient":
+                scaler.unscale_(opt)  # the penalty must see true gradients, not scaled ones
+                reg.apply_gradient()
+            scaler.step(opt)
+            scaler.update()
+            if reg is not None and reg.mode == "proximal":
+                reg.proximal_step(lr)
+            loss_sum += loss.detach() * y.numel()
+            correct += (out.argmax(1) == y).sum()
+            seen += y.numel()
+            progress.update(1)
+            if step % LOG_EVERY == 0:
+                progress.set_postfix(loss=f"{loss.item():.3f}")  # sync point
+        return {"train_loss": loss_sum.item() / max(seen, 1),  # sync point, once per epoch
+                "train_acc": correct.item() / max(seen, 1), "images": seen}
+
+    def fit(self, resume: bool = False) -> StageResult:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self._restore()
+        elif (self.dir / "last.pt").exists():
+            raise ValueError(f"{self.dir} already holds a run; pass --resume to continue it or "
+                             f"choose another --out")
+        for epoch in range(self.start_epoch, self.epochs):
+            self._run_epoch(epoch)
+        acc = self.history[-1]["test_acc"] if self.history else evaluate(
+            self.model, self.data, self.cfg.channels_last, self.cfg.amp)[0]
+        return StageResult(self.model, acc, self.epochs, self.history)
+
+    def _run_epoch(self, epoch: int) -> None:
+        lr = lr_at(self.cfg, epoch, self.epochs)
+        steps = self.data.train_labels.numel() // self.cfg.batch_size
+        start = time.perf_counter()
+        with _progress(steps, f"{self.dir.name} {epoch + 1}/{self.epochs}") as progress:
+            stats = self.train_epoch(epoch, lr, progress)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+        test_acc, test_loss = evaluate(self.model, self.data, self.cfg.channels_last, self.cfg.amp)
+        record = {"epoch": epoch + 1, "lr": lr, **stats, "test_acc": test_acc,
+                  "test_loss": test_loss, "epoch_time": seconds,
+                  "images_per_s": stats["images"] / seconds, **gamma_stats(self.model)}
+        if self.reg is not None:
+            record["penalty"] = float(self.reg.penalty_value())
+        self._check_finite(record, epoch)
+        self._save(record)
+        log.info("%s epoch %d/%d  loss %.4f  train %.2f%%  test %.2f%%  lr %.3g  "
+                 "|gamma|<1e-2 %.1f%%  %.1fs  %.0f img/s", self.dir.name, epoch + 1, self.epochs,
+                 record["train_loss"], 100 * record["train_acc"], 100 * test_acc, lr,
+                 100 * record["gamma_below_1e-2"], seconds, record["images_per_s"])
+
+    def _check_finite(self, record: dict[str, Any], epoch: int) -> None:
+        gammas_ok = all(torch.isfinite(g).all() for g in find_scales(self.model).values())
+        if not (math.isfinite(record["train_loss"]) and gammas_ok):
+            what = "the loss" if gammas_ok else "the BN scaling factors"
+            raise TrainingDiverged(
+                f"{what} became NaN/inf in epoch {epoch + 1} of {self.dir}; the last good "
+                f"checkpoint is kept; lower --lr or --lam and run again")
+
+    def _save(self, record: dict[str, Any]) -> None:
+        """Metrics first, then the checkpoint: a crash in between is undone on resume."""
+        self.history.append(record)
+        with (self.dir / "metrics.jsonl").open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if record["test_acc"] > self.best_acc:
+            self.best_acc = record["test_acc"]
+            atomic_save({**model_payload(self.model), "metrics": record}, self.dir / "best.pt")
+        atomic_save({
+            "format": CHECKPOINT_FORMAT, "version": FORMAT_VERSION, "epoch": record["epoch"],
+            "epochs": self.epochs, "best_acc": self.best_acc, "config": self.cfg.to_dict(),
+            "model": model_payload(self.model), "optimizer": self.opt.state_dict(),
+            "scaler": self.scaler.state_dict(), "sparsity": self.reg is not None,
+        }, self.dir / "last.pt")
+
+    def _restore(self) -> None:
+        path = self.dir / "last.pt"
+        if not path.exists():
+            return
+        state = load_checkpoint(path, self.device)
+        model = model_from_payload(state["model"], str(path))
+        if model.config() != self.model.config():
+            raise ValueError(f"{path} holds another architecture than this run; use another --out")
+        self.model.load_state_dict(model.state_dict())
+        self.opt.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.start_epoch, self.best_acc = state["epoch"], state["best_acc"]
+        self.history = _read_metrics(self.dir / "metrics.jsonl", keep=self.start_epoch)
+        log.info("resumed %s at epoch %d/%d", self.dir, self.start_epoch, self.epochs)
+
+
+def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    state = safe_load(path, device)
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not an ncslim training checkpoint (last.pt of a run)")
+    return state
+
+
+def _read_metrics(path: Path, keep: int) -> list[dict[str, Any]]:
+    """The metrics of the first ``keep`` epochs; later lines (written before a crash) go."""
+    if not path.exists():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = [r for r in records if r["epoch"] <= keep]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return records
+
+
+def _progress(total: int, desc: str) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True,
+                disable=None, mininterval=1.0)

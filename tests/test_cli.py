@@ -1,0 +1,132 @@
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import ncslim
+from ncslim.cli import main
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+needs_fashion = pytest.mark.skipif(not FASHION.is_dir(),
+                                   reason="Debian's dataset-fashion-mnist is not installed")
+TINY = ["--dataset", "fashion-mnist", "--arch", "vgg", "--depth", "11", "--width", "0.0625",
+        "--limit-train", "192", "--limit-test", "96", "--batch-size", "32", "--epochs", "1",
+        "--device", "cpu"]
+
+
+@needs_fashion
+def test_run_end_to_end_writes_results(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["run", *TINY, "--finetune-epochs", "1", "--penalty", "tl1", "--lam", "1e-3",
+                 "--ratio", "0.5", "--out", str(out)])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    for stage in ("sparse", "pruned", "finetuned"):
+        assert 0.0 <= results["accuracy"][stage] <= 1.0
+    assert results["params"]["pruned"] < results["params"]["original"]
+    assert results["flops"]["pruned"] < results["flops"]["original"]
+    assert results["latency"]["cpu"]["batch_1"]["speedup"] > 0
+    assert results["config"]["penalty"] == "tl1" and results["version"]["ncslim"]
+    for name in ("train/metrics.jsonl", "finetune/metrics.jsonl", "pruned.pt", "final.pt",
+                 "config.json"):
+        assert (out / name).is_file()
+    final = ncslim.load_model(out / "final.pt")
+    assert ncslim.count_params(final) == results["params"]["pruned"]
+    printed = capsys.readouterr().out
+    assert "test accuracy right after pruning" in printed and "parameters" in printed
+
+
+@needs_fashion
+def test_train_prune_finetune_info_commands(tmp_path, capsys):
+    train_dir, prune_dir, ft_dir = tmp_path / "t", tmp_path / "p", tmp_path / "f"
+    assert main(["train", *TINY, "--penalty", "l1", "--lam", "1e-3", "--out", str(train_dir)]) == 0
+    model = train_dir / "model.pt"
+    assert main(["prune", "--checkpoint", str(model), "--dry-run", "--ratios", "0.3,0.6"]) == 0
+    printed = capsys.readouterr().out
+    assert "--- ratio 0.3" in printed and "--- ratio 0.6" in printed
+    assert not prune_dir.exists()
+    assert main(["prune", "--checkpoint", str(model), "--ratio", "0.5", "--round-to", "2",
+                 "--evaluate", *TINY[:2], "--limit-test", "96", "--out", str(prune_dir)]) == 0
+    report = json.loads((prune_dir / "prune.json").read_text())
+    assert all(layer["kept"] % 2 == 0 or layer["kept"] == layer["total"]
+               for layer in report["layers"])
+    assert "accuracy_after" in report
+    assert main(["finetune", "--checkpoint", str(prune_dir / "pruned.pt"), *TINY,
+                 "--out", str(ft_dir), "--from-scratch"]) == 0
+    assert (ft_dir / "model.pt").is_file() and (ft_dir / "metrics.jsonl").is_file()
+    capsys.readouterr()
+    assert main(["info", "--checkpoint", str(ft_dir / "model.pt"), "--json",
+                 "--batch-size", "4"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["params"] == ncslim.count_params(ncslim.load_model(ft_dir / "model.pt"))
+
+
+@needs_fashion
+def test_prune_to_target_flops(tmp_path):
+    train_dir = tmp_path / "t"
+    assert main(["train", *TINY, "--out", str(train_dir)]) == 0
+    assert main(["prune", "--checkpoint", str(train_dir / "model.pt"), "--target-flops", "0.5",
+                 "--out", str(tmp_path / "p")]) == 0
+    report = json.loads((tmp_path / "p" / "prune.json").read_text())
+    assert report["flops_after"] <= 0.5 * report["flops_before"]
+    assert report["flops_after"] > 0.4 * report["flops_before"]  # the smallest such ratio
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["run", "--lam", "-1"], "--lam must be a finite number >= 0"),
+    (["run", "--lam", "nan"], "--lam must be a finite number >= 0"),
+    (["run", "--penalty", "lp", "--p", "1.5"], "p must be in \\(0, 1\\)"),
+    (["run", "--ratio", "1.0"], "--ratio must be in \\[0, 1\\)"),
+    (["run", "--batch-size", "0"], "--batch-size must be an integer >= 1"),
+    (["run", "--epochs", "-1"], "--epochs must be an integer >= 0"),
+    (["run", "--penalty", "l3"], "invalid choice: 'l3'"),
+    (["run", "--arch", "alexnet"], "invalid choice: 'alexnet'"),
+    (["run", "--config", "vgg19-cifar1000"], "unknown preset 'vgg19-cifar1000'"),
+    (["train", "--dataset", "cifar10", "--data-dir", "/nonexistent", "--device", "cpu"],
+     "cifar10: .*/nonexistent.*--download"),
+    (["prune", "--checkpoint", "/nonexistent.pt"], "no such file"),
+    (["info", "--checkpoint", "/nonexistent.pt"], "no such file"),
+])
+def test_user_errors_are_one_line_without_traceback(argv, message, capsys, tmp_path):
+    if argv[0] in ("run", "train"):
+        argv = [*argv, "--out", str(tmp_path / "o")]
+    try:
+        code = main(argv)
+    except SystemExit as exit_:  # argparse's own errors
+        code = exit_.code
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert re.search(message, err)
+
+
+def test_python_dash_m_entry_point():
+    done = subprocess.run([sys.executable, "-m", "ncslim", "--help"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and "run" in done.stdout and "prune" in done.stdout
+
+
+def test_presets_load_and_match_the_paper():
+    from ncslim.config import load_config, preset_names
+
+    assert {"demo", "vgg19-cifar10", "densenet40-cifar100", "resnet164-svhn"} <= set(
+        preset_names())
+    vgg = load_config("vgg19-cifar10")
+    assert (vgg.epochs, vgg.lam, vgg.ratio, vgg.batch_size, vgg.lr) == (160, 1e-4, 0.7, 64, 0.1)
+    assert load_config("resnet164-cifar100").ratio == 0.6
+    assert load_config("densenet40-cifar10").lam == 1e-5
+    assert load_config("vgg19-cifar10", {"lam": 3e-4}).lam == 3e-4
+
+
+def test_unknown_config_key_is_an_error(tmp_path):
+    from ncslim.config import load_config
+
+    path = tmp_path / "c.toml"
+    path.write_text('lamda = 1e-4\n')
+    with pytest.raises(ValueError, match="unknown key 'lamda' \\(did you mean 'lam'"):
+        load_config(str(path))

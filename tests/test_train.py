@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import ncslim
+from ncslim import pipeline
+from ncslim.config import load_config
+from ncslim.train import Trainer, lr_at
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+needs_fashion = pytest.mark.skipif(not FASHION.is_dir(),
+                                   reason="Debian's dataset-fashion-mnist is not installed")
+
+TINY = {"dataset": "fashion-mnist", "arch": "vgg", "depth": 11, "width": 0.0625,
+        "limit_train": 192, "limit_test": 96, "batch_size": 32, "epochs": 2,
+        "finetune_epochs": 1, "lam": 1e-3, "device": "cpu"}
+
+
+def tiny_config(tmp_path: Path, **overrides) -> ncslim.config.Config:
+    return load_config(None, {**TINY, "out": str(tmp_path / "run"), **overrides})
+
+
+def test_step_schedule_and_cosine():
+    cfg = load_config(None, {"lr": 0.1, "epochs": 8})
+    assert [round(lr_at(cfg, e, 8), 6) for e in range(8)] == [0.1] * 4 + [0.01] * 2 + [0.001] * 2
+    cosine = load_config(None, {"lr": 0.1, "schedule": "cosine"})
+    assert lr_at(cosine, 0, 10) == pytest.approx(0.1)
+    assert lr_at(cosine, 5, 10) == pytest.approx(0.05)
+
+
+@needs_fashion
+def test_same_seed_same_result_and_resume_is_identical(tmp_path, monkeypatch):
+    cfg = tiny_config(tmp_path, epochs=3, penalty="tl1", mode="subgradient")
+    data = pipeline.load_data(cfg, torch.device("cpu"))
+
+    def trained(out: Path, crash_after: int | None = None) -> Trainer:
+        model = pipeline.new_model(cfg, data)
+        trainer = Trainer(model, data, cfg, out, cfg.epochs, sparsity=True)
+        if crash_after is not None:
+            original = trainer._run_epoch
+
+            def crashing(epoch: int) -> None:
+                if epoch == crash_after:
+                    raise KeyboardInterrupt
+                original(epoch)
+
+            monkeypatch.setattr(trainer, "_run_epoch", crashing)
+        return trainer
+
+    straight = trained(tmp_path / "a")
+    straight.fit()
+    again = trained(tmp_path / "b")
+    again.fit()
+    interrupted = trained(tmp_path / "c", crash_after=2)
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fit()
+    resumed = trained(tmp_path / "c")
+    resumed.fit(resume=True)
+    for other in (again, resumed):
+        for a, b in zip(straight.model.state_dict().values(), other.model.state_dict().values()):
+            assert torch.equal(a, b)
+    lines = [json.loads(x) for x in (tmp_path / "c" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2, 3]
+    reference = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["test_acc"] for r in lines] == [r["test_acc"] for r in reference]
+
+
+@needs_fashion
+def test_metrics_record_the_gamma_distribution(tmp_path):
+    cfg = tiny_config(tmp_path, epochs=1, penalty="l1", lam=2.0, mode="proximal")
+    result = pipeline.train(cfg)
+    record = json.loads((Path(cfg.out) / "metrics.jsonl").read_text().splitlines()[-1])
+    for key in ("train_loss", "train_acc", "test_acc", "lr", "penalty", "gamma_below_1e-3",
+                "gamma_below_1e-2", "gamma_hist", "epoch_time", "images_per_s"):
+        assert key in record
+    model = ncslim.load_model(result["model"])
+    gammas = torch.cat([m.weight.detach().abs() for m in model.modules()
+                        if isinstance(m, torch.nn.BatchNorm2d)])
+    assert record["gamma_zero"] == pytest.approx(float((gammas == 0).float().mean()))
+    assert sum(record["gamma_hist"]["counts"]) == gammas.numel()
+    assert record["gamma_zero"] > 0.2  # 6 proximal steps of 0.1 * 2.0 reach zero
+    for name in ("last.pt", "best.pt", "model.pt", "config.json"):
+        assert (Path(cfg.out) / name).is_file()
+
+
+@needs_fashion
+def test_existing_run_directory_needs_resume(tmp_path):
+    cfg = tiny_config(tmp_path, epochs=1)
+    pipeline.train(cfg)
+    with pytest.raises(ValueError, match="pass --resume"):
+        pipeline.train(cfg)
+
+
+@needs_fashion
+def test_diverging_run_stops_with_a_clear_message(tmp_path):
+    cfg = tiny_config(tmp_path, epochs=2, lr=1e6, penalty="none")
+    with pytest.raises(ncslim.train.TrainingDiverged, match="epoch 1 .*lower --lr"):
+        pipeline.train(cfg)
+
+
+@needs_fashion
+@pytest.mark.parametrize("flags", [{"amp": True}, {"channels_last": True},
+                                   {"mode": "proximal", "penalty": "scad", "a": 3.7}])
+def test_amp_channels_last_and_proximal_paths_train(tmp_path, flags):
+    cfg = tiny_config(tmp_path, epochs=1, **flags)
+    result = pipeline.train(cfg)
+    assert 0.0 <= result["test_acc"] <= 1.0
+    record = json.loads((Path(cfg.out) / "metrics.jsonl").read_text())
+    assert record["train_loss"] == record["train_loss"]  # not NaN
