@@ -130,3 +130,30 @@ def test_unknown_config_key_is_an_error(tmp_path):
     path.write_text('lamda = 1e-4\n')
     with pytest.raises(ValueError, match="unknown key 'lamda' \\(did you mean 'lam'"):
         load_config(str(path))
+
+
+@needs_fashion
+def test_interrupted_run_resumes_without_redoing_finished_stages(tmp_path, monkeypatch, capsys):
+    from ncslim.train import Trainer
+
+    out = tmp_path / "run"
+    argv = ["run", *TINY, "--finetune-epochs", "2", "--out", str(out)]
+    original = Trainer._run_epoch
+
+    def crash_in_finetune(self, epoch):
+        if self.dir.name == "finetune" and epoch == 1:
+            raise KeyboardInterrupt
+        original(self, epoch)
+
+    monkeypatch.setattr(Trainer, "_run_epoch", crash_in_finetune)
+    assert main(argv) == 130
+    assert "continue with --resume" in capsys.readouterr().err
+    assert not (out / "results.json").exists()
+    assert main(argv) == 2  # the directory holds a run: refused without --resume
+    monkeypatch.setattr(Trainer, "_run_epoch", original)
+    assert main([*argv, "--resume"]) == 0
+    train_lines = (out / "train" / "metrics.jsonl").read_text().splitlines()
+    finetune_lines = (out / "finetune" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in train_lines] == [1]
+    assert [json.loads(x)["epoch"] for x in finetune_lines] == [1, 2]
+    assert json.loads((out / "results.json").read_text())["accuracy"]["finetuned"] >= 0
