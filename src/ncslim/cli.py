@@ -26,7 +26,7 @@ from .models import build_model
 from .train import TrainingDiverged, resolve_device
 
 log = logging.getLogger("ncslim")
-COMMANDS = ("run", "train", "prune", "finetune", "info")
+COMMANDS = ("run", "train", "prune", "finetune", "info", "sweep", "report")
 _TYPES = {"int": int, "float": float, "str": str}
 
 
@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
         "prune": "prune a trained model (or --dry-run several ratios)",
         "finetune": "retrain a pruned model without the penalty",
         "info": "parameters, FLOPs, channels per layer and latency of a model",
+        "sweep": "run a grid of penalties x parameters x lam x seeds x prune ratios",
+        "report": "table and figures from every results.json below a folder",
     }
     commands = {name: sub.add_parser(name, help=helps[name], description=helps[name])
                 for name in COMMANDS}
@@ -89,6 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--batch-size", type=int, default=64, help="batch for the latency")
     info.add_argument("--device", default="cpu")
     info.add_argument("--json", action="store_true", help="print JSON")
+    sweep = commands["sweep"]
+    sweep.add_argument("sweep_file", metavar="CONFIG", help="sweep TOML file")
+    sweep.add_argument("--shard", help="I/N: run every N-th training run, starting at the I-th")
+    sweep.add_argument("--dry-run", action="store_true", help="list the runs, run nothing")
+    report = commands["report"]
+    report.add_argument("runs_dir", metavar="RUNS_DIR", help="folder searched for results.json")
+    report.add_argument("--out", help="where the table and figures go (default RUNS_DIR/report)")
     return parser
 
 
@@ -187,11 +196,28 @@ def cmd_info(args: argparse.Namespace) -> None:
         print(f"  {name:<28} {channels}")
 
 
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from .sweep import parse_shard, run_sweep
+
+    listing = run_sweep(args.sweep_file, parse_shard(args.shard), dry_run=args.dry_run)
+    for run, status in listing:
+        ratios = ",".join(f"{r:g}" for r in run.ratios)
+        print(f"{status:<8} {run.name:<44} ratios {ratios}  -> {run.dir}")
+    print(f"{len(listing)} training run(s) in this shard")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from .report import report
+
+    for kind, path in report(args.runs_dir, args.out).items():
+        print(f"{kind:<9} {path}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    handler = {"run": cmd_run, "train": cmd_train, "prune": cmd_prune,
-               "finetune": cmd_finetune, "info": cmd_info}[args.command]
+    handler = {"run": cmd_run, "train": cmd_train, "prune": cmd_prune, "finetune": cmd_finetune,
+               "info": cmd_info, "sweep": cmd_sweep, "report": cmd_report}[args.command]
     try:
         handler(args)
     except TrainingDiverged as err:

@@ -9,6 +9,7 @@ directory; with ``resume=True`` finished stages are skipped and an interrupted o
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import platform
@@ -27,6 +28,7 @@ from .io import save_model
 from .metrics import count_flops, count_params, measure_latency
 from .models import SlimmableNet, build_model
 from .pruning import PruneReport, prune_model, prune_to_flops
+from .regularizer import find_scales
 from .train import Trainer, evaluate, gamma_stats, resolve_device
 
 log = logging.getLogger("ncslim")
@@ -137,42 +139,62 @@ def size_summary(original: SlimmableNet, pruned: SlimmableNet) -> dict[str, Any]
     }
 
 
-def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
-    """The whole pipeline; returns (and writes to ``results.json``) every number it measured."""
+def sparsity_stage(cfg: Config, data: ImageData, stage_dir: Path,
+                   resume: bool = False) -> tuple[SlimmableNet, float]:
+    """Sparsity training of a new model (or its resumption); the model and its test accuracy."""
+    model = new_model(cfg, data).to(data.train_images.device)
+    trained = Trainer(model, data, cfg, stage_dir, cfg.epochs, sparsity=True).fit(resume)
+    return trained.model, trained.test_acc
+
+
+def prune_and_finetune(model: SlimmableNet, sparse_acc: float, data: ImageData, cfg: Config,
+                       out: Path, resume: bool = False) -> dict[str, Any]:
+    """Prune a trained model, fine-tune it and measure everything; ``model`` is not changed.
+
+    Writes ``pruned.pt``, ``finetune/``, ``final.pt`` and ``results.json`` into ``out``.
+    """
     started = time.perf_counter()
-    device = resolve_device(cfg.device)
-    out = Path(cfg.out)
-    data = load_data(cfg, device)
-    write_config(cfg, out, "run")
-    model = new_model(cfg, data).to(device)
-    trained = Trainer(model, data, cfg, out / "train", cfg.epochs, sparsity=True).fit(resume)
-    model = trained.model
-    gammas = gamma_stats(model)
+    device = data.train_images.device
     pruned, report = prune(model, cfg)
     save_model(pruned, out / "pruned.pt")
     pruned_acc, _ = evaluate(pruned, data, cfg.channels_last)
     log.info("pruned %.1f%% of channels: test accuracy %.2f%% -> %.2f%%",
-             100 * report.removed_fraction, 100 * trained.test_acc, 100 * pruned_acc)
+             100 * report.removed_fraction, 100 * sparse_acc, 100 * pruned_acc)
     final, final_acc = finetune(pruned, data, cfg, out / "finetune", resume)
     save_model(final, out / "final.pt")
-    batch_sizes = (1, cfg.batch_size)
+    gammas = torch.cat([g.detach().abs().flatten() for g in find_scales(model).values()])
     results = {
         "config": cfg.to_dict(),
         "version": code_version(),
-        "accuracy": {"sparse": trained.test_acc, "pruned": pruned_acc, "finetuned": final_acc},
+        "accuracy": {"sparse": sparse_acc, "pruned": pruned_acc, "finetuned": final_acc},
         **size_summary(model, final),
         "latency": {device.type: latency_table(model, final, model.input_shape(), device,
-                                               batch_sizes)},
+                                               (1, cfg.batch_size))},
         "prune": {k: v for k, v in report.to_dict().items() if k != "layers"},
         "channels": [{"layer": la.name, "kept": la.kept, "total": la.total}
                      for la in report.layers],
-        "gamma": gammas,
+        "gamma": gamma_stats(model),
+        "gamma_values": [float(f"{v:.6g}") for v in gammas.tolist()],
         "device": str(device),
         "seconds": time.perf_counter() - started,
     }
     if device.type != "cpu":
-        results["latency"]["cpu"] = latency_table(model.cpu(), final.cpu(), model.input_shape(),
-                                                  torch.device("cpu"), (1,))
+        results["latency"]["cpu"] = latency_table(
+            copy.deepcopy(model).cpu(), copy.deepcopy(final).cpu(), model.input_shape(),
+            torch.device("cpu"), (1,))
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
+    """The whole pipeline; returns (and writes to ``results.json``) every number it measured."""
+    started = time.perf_counter()
+    out = Path(cfg.out)
+    data = load_data(cfg, resolve_device(cfg.device))
+    write_config(cfg, out, "run")
+    model, sparse_acc = sparsity_stage(cfg, data, out / "train", resume)
+    results = prune_and_finetune(model, sparse_acc, data, cfg, out, resume)
+    results["seconds"] = time.perf_counter() - started
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
 

@@ -1,0 +1,120 @@
+"""Reports: every ``results.json`` below a folder in one table, and the comparison figures.
+
+    ncslim report runs/sweep-fashion-vgg19 --out docs/results
+
+Writes ``results.csv`` (one row per run), ``summary.md`` (mean ± std over seeds per setting) and
+PNG figures: the |gamma| distribution after sparsity training per penalty, accuracy right after
+pruning versus the prune ratio, accuracy after fine-tuning versus parameters and FLOPs kept, and
+the training curves.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+COLUMNS = ["setting", "penalty", "params", "lam", "mode", "ratio", "seed", "acc_sparse",
+           "acc_pruned", "acc_finetuned", "params_removed", "flops_removed", "speedup",
+           "channels_removed", "run"]
+PENALTY_PARAMS = {"lp": ("p",), "tl1": ("a",), "mcp": ("gamma",), "scad": ("a",)}
+
+
+def _penalty_label(config: dict[str, Any]) -> tuple[str, str]:
+    """(penalty, its parameters as text) for a run's config."""
+    penalty = config["penalty"]
+    defaults = {"tl1": 1.0, "scad": 3.7}
+    values = []
+    for key in PENALTY_PARAMS.get(penalty, ()):
+        value = config.get(key)
+        value = defaults.get(penalty) if value is None else value
+        values.append(f"{key}={value:g}")
+    return penalty, " ".join(values)
+
+
+def _setting(row: dict[str, Any]) -> str:
+    if row["penalty"] == "none":
+        return "none"
+    name = f"{row['penalty']}({row['params']})" if row["params"] else row["penalty"]
+    return f"{name} {row['mode']}"
+
+
+def collect(runs_dir: str | Path) -> list[dict[str, Any]]:
+    """One row per ``results.json`` below ``runs_dir``."""
+    root = Path(runs_dir)
+    paths = sorted(root.rglob("results.json"))
+    if not paths:
+        raise ValueError(f"no results.json below {root}; run `ncslim run` or `ncslim sweep` first")
+    rows = []
+    for path in paths:
+        results = json.loads(path.read_text())
+        config = results["config"]
+        penalty, params = _penalty_label(config)
+        latency = next(iter(results["latency"].values()))
+        batch = max(latency, key=lambda k: int(k.split("_")[1]))
+        row = {
+            "penalty": penalty, "params": params, "lam": config["lam"], "mode": config["mode"],
+            "ratio": results["prune"].get("ratio"), "seed": config["seed"],
+            "acc_sparse": results["accuracy"]["sparse"],
+            "acc_pruned": results["accuracy"]["pruned"],
+            "acc_finetuned": results["accuracy"]["finetuned"],
+            "params_removed": results["params"]["removed"],
+            "flops_removed": results["flops"]["removed"],
+            "speedup": latency[batch]["speedup"],
+            "channels_removed": results["prune"]["removed_fraction"],
+            "run": str(path.parent.relative_to(root)),
+            "_results": results, "_dir": path.parent,
+        }
+        row["setting"] = _setting(row)
+        rows.append(row)
+    return rows
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{100 * values[0]:.2f}"
+    return f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f}"
+
+
+def summary_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: one line per (setting, lam, ratio), mean ± std over seeds, in percent."""
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        groups[(row["setting"], row["lam"] if row["penalty"] != "none" else 0.0,
+                row["ratio"])].append(row)
+    head = ("| setting | lam | ratio | seeds | acc. sparse | acc. pruned | acc. fine-tuned "
+            "| params removed | FLOPs removed | speed-up |")
+    lines = [head, "|" + "---|" * 10]
+    for (setting, lam, ratio), group in sorted(groups.items(),
+                                               key=lambda kv: (kv[0][2] or 0, kv[0][0])):
+        cells = [_mean_std([r[k] for r in group]) for k in
+                 ("acc_sparse", "acc_pruned", "acc_finetuned", "params_removed", "flops_removed")]
+        speedup = statistics.mean(r["speedup"] for r in group)
+        lam_text = f"{lam:g}" if lam else "—"
+        lines.append(f"| {setting} | {lam_text} | {ratio:g} | {len(group)} | "
+                     + " | ".join(cells) + f" | x{speedup:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def report(runs_dir: str | Path, out: str | Path | None = None) -> dict[str, Path]:
+    """Table and figures for every run below ``runs_dir``; returns the files written."""
+    rows = collect(runs_dir)
+    out = Path(out) if out is not None else Path(runs_dir) / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"csv": out / "results.csv", "markdown": out / "summary.md"}
+    write_csv(rows, files["csv"])
+    files["markdown"].write_text(summary_table(rows))
+    from . import figures
+
+    files.update(figures.draw_all(rows, out))
+    return files

@@ -1,0 +1,161 @@
+"""Sweeps: a grid of penalties x parameters x lam x seeds, each pruned at several ratios.
+
+    ncslim sweep configs/sweep-fashion-vgg19.toml --dry-run
+    ncslim sweep configs/sweep-fashion-vgg19.toml --shard 1/2     # on one machine
+    ncslim sweep configs/sweep-fashion-vgg19.toml --shard 2/2     # on another
+
+A sweep file::
+
+    preset = "demo"                  # where every run starts (preset name or .toml path)
+    out = "runs/sweep"               # one directory per training run below this
+    seeds = [0, 1]
+    ratios = [0.5, 0.7]              # each trained model is pruned (and fine-tuned) at each
+
+    [base]                           # Config keys shared by every run
+    epochs = 6
+
+    [[grid]]                         # one block per family of runs; list values multiply
+    penalty = "lp"
+    p = [0.5, 0.75]
+    mode = ["subgradient", "proximal"]
+
+A training run is the unit of work (its ratios reuse the trained model). Finished pieces are
+skipped and an interrupted one resumes, so rerunning a killed sweep loses nothing. ``--shard I/N``
+takes every N-th training run, so N machines split a sweep with no coordinator.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from .config import Config, load_config, read_preset
+from .data import ImageData
+from .pipeline import load_data, prune_and_finetune, sparsity_stage, write_config
+from .train import resolve_device
+
+log = logging.getLogger("ncslim")
+SWEEP_KEYS = {"preset", "out", "seeds", "ratios", "base", "grid"}
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    """One training run of a sweep and the prune ratios applied to its model."""
+
+    name: str
+    config: Config
+    ratios: tuple[float, ...]
+
+    @property
+    def dir(self) -> Path:
+        return Path(self.config.out)
+
+    def ratio_dir(self, ratio: float) -> Path:
+        return self.dir / f"ratio-{ratio:g}"
+
+    def status(self) -> str:
+        done = sum((self.ratio_dir(r) / "results.json").exists() for r in self.ratios)
+        if done == len(self.ratios):
+            return "done"
+        return "partial" if done or (self.dir / "train").exists() else "new"
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list) else [value]
+
+
+def _run_name(values: dict[str, Any], seed: int) -> str:
+    parts = [str(values.get("penalty", "l1"))]
+    for key in sorted(k for k in values if k not in ("penalty", "mode")):
+        parts.append(f"{key}{values[key]:g}" if isinstance(values[key], float)
+                     else f"{key}{values[key]}")
+    if "mode" in values:
+        parts.append(str(values["mode"]))
+    return "_".join(parts + [f"s{seed}"])
+
+
+def expand(spec: dict[str, Any], source: str = "sweep") -> list[SweepRun]:
+    """Every training run of a sweep spec, sorted by name (the order shards split)."""
+    unknown = set(spec) - SWEEP_KEYS
+    if unknown:
+        raise ValueError(f"{source}: unknown sweep key(s) {', '.join(sorted(unknown))}; "
+                         f"allowed: {', '.join(sorted(SWEEP_KEYS))}")
+    if not spec.get("grid"):
+        raise ValueError(f"{source}: no [[grid]] block: nothing to run")
+    ratios = tuple(float(r) for r in _as_list(spec.get("ratios", [0.5])))
+    seeds = [int(s) for s in _as_list(spec.get("seeds", [0]))]
+    out = Path(spec.get("out", "runs/sweep"))
+    runs: dict[str, SweepRun] = {}
+    for block in spec["grid"]:
+        keys = sorted(block)
+        for combo in itertools.product(*(_as_list(block[k]) for k in keys)):
+            values = dict(zip(keys, combo))
+            for seed in seeds:
+                name = _run_name(values, seed)
+                overrides = {**spec.get("base", {}), **values, "seed": seed,
+                             "out": str(out / name)}
+                try:
+                    cfg = load_config(spec.get("preset"), overrides)
+                except ValueError as err:
+                    raise ValueError(f"{source}: run {name}: {err}") from err
+                for ratio in ratios:
+                    replace(cfg, ratio=ratio).validate()
+                runs[name] = SweepRun(name, cfg, ratios)
+    return [runs[name] for name in sorted(runs)]
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """``"I/N"`` -> (I, N) with 1 <= I <= N; None -> (1, 1)."""
+    if text is None:
+        return 1, 1
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must look like I/N (e.g. 1/4), got {text!r}") from None
+    if not 1 <= index <= count:
+        raise ValueError(f"--shard I/N needs 1 <= I <= N, got {text!r}")
+    return index, count
+
+
+def shard_runs(runs: list[SweepRun], shard: tuple[int, int]) -> list[SweepRun]:
+    index, count = shard
+    return runs[index - 1::count]
+
+
+def run_sweep(path: str | Path, shard: tuple[int, int] = (1, 1),
+              dry_run: bool = False) -> list[tuple[SweepRun, str]]:
+    """Run (or with ``dry_run`` only list) this shard's runs; returns (run, status) pairs."""
+    runs = shard_runs(expand(read_preset(str(path)), str(path)), shard)
+    listing = [(run, run.status()) for run in runs]
+    if dry_run:
+        return listing
+    cache: dict[tuple[Any, ...], ImageData] = {}
+    for run, status in listing:
+        if status == "done":
+            log.info("sweep: %s already done, skipped", run.name)
+            continue
+        _execute(run, cache)
+    return [(run, run.status()) for run in runs]
+
+
+def _execute(run: SweepRun, cache: dict[tuple[Any, ...], ImageData]) -> None:
+    cfg = run.config
+    key = (cfg.dataset, cfg.data_dir, cfg.limit_train, cfg.limit_test, cfg.svhn_extra,
+           cfg.device)
+    if key not in cache:
+        cache.clear()  # one dataset in memory at a time
+        cache[key] = load_data(cfg, resolve_device(cfg.device))
+    data = cache[key]
+    log.info("sweep: %s", run.name)
+    write_config(cfg, run.dir, "sweep")
+    model, sparse_acc = sparsity_stage(cfg, data, run.dir / "train", resume=True)
+    for ratio in run.ratios:
+        if (run.ratio_dir(ratio) / "results.json").exists():
+            continue
+        ratio_cfg = replace(cfg, ratio=ratio, threshold=None, target_flops=None,
+                            out=str(run.ratio_dir(ratio)))
+        prune_and_finetune(model, sparse_acc, data, ratio_cfg, run.ratio_dir(ratio),
+                           resume=True)

@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from ncslim import sweep
+from ncslim.cli import main
+from ncslim.report import report
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+needs_fashion = pytest.mark.skipif(not FASHION.is_dir(),
+                                   reason="Debian's dataset-fashion-mnist is not installed")
+
+BASE = """
+[base]
+dataset = "fashion-mnist"
+arch = "vgg"
+depth = 11
+width = 0.0625
+limit_train = 128
+limit_test = 64
+batch_size = 32
+epochs = 1
+finetune_epochs = 1
+lam = 1e-3
+device = "cpu"
+"""
+
+
+def write_sweep(tmp_path: Path, grid: str, seeds: str = "[0]", ratios: str = "[0.3, 0.6]") -> Path:
+    path = tmp_path / "sweep.toml"
+    path.write_text(f'out = "{tmp_path / "runs"}"\nseeds = {seeds}\nratios = {ratios}\n'
+                    f"{BASE}\n{grid}")
+    return path
+
+
+def test_expand_names_and_shards_cover_the_grid_once(tmp_path):
+    path = write_sweep(tmp_path, '[[grid]]\npenalty = "none"\n\n[[grid]]\npenalty = ["l1", "tl1"]'
+                                 '\nmode = ["subgradient", "proximal"]\n', seeds="[0, 1]")
+    runs = sweep.expand(sweep.read_preset(str(path)))
+    assert len(runs) == 10  # (1 + 2 x 2) settings x 2 seeds
+    assert "tl1_proximal_s1" in {r.name for r in runs}
+    assert all(r.ratios == (0.3, 0.6) for r in runs)
+    halves = [sweep.shard_runs(runs, (i, 2)) for i in (1, 2)]
+    names = [r.name for half in halves for r in half]
+    assert sorted(names) == sorted(r.name for r in runs) and len(set(names)) == len(names)
+    thirds = [r.name for i in (1, 2, 3) for r in sweep.shard_runs(runs, (i, 3))]
+    assert sorted(thirds) == sorted(r.name for r in runs)
+
+
+@pytest.mark.parametrize(("text", "match"), [
+    ('colour = "red"\n[[grid]]\npenalty = "l1"\n', "unknown sweep key"),
+    ('[base]\nepochs = 1\n', "no \\[\\[grid\\]\\] block"),
+    ('[[grid]]\npenalty = "l1"\nlam = -1.0\n', "run l1_lam-1_s0: --lam must be"),
+    ('ratios = [1.5]\n[[grid]]\npenalty = "l1"\n', "--ratio must be in"),
+])
+def test_bad_sweep_files(tmp_path, text, match):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=match):
+        sweep.expand(sweep.read_preset(str(path)), str(path))
+
+
+@pytest.mark.parametrize("text", ["2", "0/2", "3/2", "a/b"])
+def test_bad_shard(text):
+    with pytest.raises(ValueError, match="--shard"):
+        sweep.parse_shard(text)
+
+
+@needs_fashion
+def test_killed_sweep_resumes_with_nothing_rerun_then_reports(tmp_path, monkeypatch, capsys):
+    path = write_sweep(tmp_path, '[[grid]]\npenalty = ["l1", "tl1"]\n')
+    real = sweep.prune_and_finetune
+    calls = []
+
+    def dies_on_the_third(*args, **kwargs):
+        calls.append(args[4])
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sweep, "prune_and_finetune", dies_on_the_third)
+    assert main(["sweep", str(path)]) == 130
+    runs = tmp_path / "runs"
+    done = sorted(runs.rglob("results.json"))
+    assert len(done) == 2
+    stamps = {p: p.stat().st_mtime_ns for p in done}
+    train_stamp = (runs / "l1_s0" / "train" / "last.pt").stat().st_mtime_ns
+    assert main(["sweep", str(path), "--dry-run"]) == 0
+    listing = capsys.readouterr().out
+    assert "done" in listing and "partial" in listing
+
+    monkeypatch.setattr(sweep, "prune_and_finetune", real)
+    assert main(["sweep", str(path)]) == 0
+    assert len(sorted(runs.rglob("results.json"))) == 4
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())  # nothing rerun
+    assert (runs / "l1_s0" / "train" / "last.pt").stat().st_mtime_ns == train_stamp
+    for name in ("l1_s0", "tl1_s0"):
+        lines = (runs / name / "train" / "metrics.jsonl").read_text().splitlines()
+        assert len(lines) == 1  # trained once, shared by both ratios
+
+    files = report(runs, tmp_path / "report")
+    with files["csv"].open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4 and {r["penalty"] for r in rows} == {"l1", "tl1"}
+    assert {float(r["ratio"]) for r in rows} == {0.3, 0.6}
+    summary = files["markdown"].read_text()
+    assert summary.count("\n| l1 subgradient |") == 2 and "tl1(a=1) subgradient" in summary
+    for key in ("gamma", "pruned", "params", "flops", "curves"):
+        assert files[key].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert files[key].stat().st_size > 10_000
+    results = json.loads(next(runs.rglob("results.json")).read_text())
+    assert len(results["gamma_values"]) == sum(c["total"] for c in results["channels"])
+
+
+def test_report_of_an_empty_folder_is_a_clear_error(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "no results.json below" in capsys.readouterr().err
