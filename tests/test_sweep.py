@@ -119,3 +119,12 @@ def test_killed_sweep_resumes_with_nothing_rerun_then_reports(tmp_path, monkeypa
 def test_report_of_an_empty_folder_is_a_clear_error(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "no results.json below" in capsys.readouterr().err
+
+
+def test_every_shipped_sweep_file_expands():
+    root = Path(__file__).resolve().parents[1] / "configs"
+    files = sorted(root.rglob("*.toml"))
+    assert len(files) >= 10
+    for path in files:
+        runs = sweep.expand(sweep.read_preset(str(path)), str(path))
+        assert runs and len({r.name for r in runs}) == len(runs)
