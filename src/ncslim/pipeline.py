@@ -76,14 +76,12 @@ def write_config(cfg: Config, out: Path, command: str) -> None:
 
 def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
     """Sparsity training: ``out/`` gets metrics.jsonl, last.pt, best.pt, model.pt."""
-    device = resolve_device(cfg.device)
     out = Path(cfg.out)
-    data = load_data(cfg, device)
-    model = new_model(cfg, data).to(device)
+    data = load_data(cfg, resolve_device(cfg.device))
     write_config(cfg, out, "train")
-    result = Trainer(model, data, cfg, out, cfg.epochs, sparsity=True).fit(resume)
-    save_model(result.model, out / "model.pt")
-    return {"test_acc": result.test_acc, "model": str(out / "model.pt")}
+    model, test_acc = sparsity_stage(cfg, data, out, resume)
+    save_model(model, out / "model.pt")
+    return {"test_acc": test_acc, "model": str(out / "model.pt")}
 
 
 def prune(model: nn.Module, cfg: Config) -> tuple[SlimmableNet, PruneReport]:
