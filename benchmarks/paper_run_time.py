@@ -14,11 +14,11 @@ JSON line.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import torch
 import torch.nn.functional as F
+from common import print_json  # benchmarks/ is on sys.path when run as a script
 
 import ncslim
 from ncslim.config import load_config
@@ -76,9 +76,7 @@ def main() -> None:
                      "hours_per_run": round(seconds / 3600, 2)})
         print(f"{preset:<22} {rate:>9.1f} img/s  {epochs:>3} epochs  "
               f"~{seconds / 3600:>8.2f} h per run (upper bound)", flush=True)
-    print(json.dumps({"benchmark": "paper_run_time", "device": str(device),
-                      "torch": torch.__version__, "threads": torch.get_num_threads(),
-                      "rows": rows}))
+    print_json("paper_run_time", device, rows)
 
 
 if __name__ == "__main__":

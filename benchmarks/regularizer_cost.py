@@ -12,13 +12,13 @@ batch 64. Prints a table and one JSON line with the ratios.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from common import print_json  # benchmarks/ is on sys.path when run as a script
 
 import ncslim
 
@@ -106,9 +106,7 @@ def main() -> None:
                   f"{row['naive_prox_ms']:>9.3f}{row['prox_speedup']:>7.1f}"
                   f"{row['train_step_ms']:>10.1f}{row['gradient_share_of_step']:>10.2%}"
                   f"{row['prox_share_of_step']:>10.2%}", flush=True)
-    print(json.dumps({"benchmark": "regularizer_cost", "device": str(device),
-                      "torch": torch.__version__, "threads": torch.get_num_threads(),
-                      "rows": rows}))
+    print_json("regularizer_cost", device, rows)
 
 
 if __name__ == "__main__":

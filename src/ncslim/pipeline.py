@@ -146,12 +146,14 @@ def sparsity_stage(cfg: Config, data: ImageData, stage_dir: Path,
 
 
 def prune_and_finetune(model: SlimmableNet, sparse_acc: float, data: ImageData, cfg: Config,
-                       out: Path, resume: bool = False) -> dict[str, Any]:
+                       out: Path, resume: bool = False,
+                       started: float | None = None) -> dict[str, Any]:
     """Prune a trained model, fine-tune it and measure everything; ``model`` is not changed.
 
-    Writes ``pruned.pt``, ``finetune/``, ``final.pt`` and ``results.json`` into ``out``.
+    Writes ``pruned.pt``, ``finetune/``, ``final.pt`` and ``results.json`` into ``out``;
+    ``seconds`` counts from ``started`` (a ``time.perf_counter()`` value; default: now).
     """
-    started = time.perf_counter()
+    started = time.perf_counter() if started is None else started
     device = data.train_images.device
     pruned, report = prune(model, cfg)
     save_model(pruned, out / "pruned.pt")
@@ -191,10 +193,7 @@ def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
     data = load_data(cfg, resolve_device(cfg.device))
     write_config(cfg, out, "run")
     model, sparse_acc = sparsity_stage(cfg, data, out / "train", resume)
-    results = prune_and_finetune(model, sparse_acc, data, cfg, out, resume)
-    results["seconds"] = time.perf_counter() - started
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    return results
+    return prune_and_finetune(model, sparse_acc, data, cfg, out, resume, started)
 
 
 def format_results(results: dict[str, Any]) -> str:

@@ -17,22 +17,17 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from .config import Config
+
 COLUMNS = ["setting", "penalty", "params", "lam", "mode", "ratio", "seed", "acc_sparse",
            "acc_pruned", "acc_finetuned", "params_removed", "flops_removed", "speedup",
            "channels_removed", "run"]
-PENALTY_PARAMS = {"lp": ("p",), "tl1": ("a",), "mcp": ("gamma",), "scad": ("a",)}
 
 
 def _penalty_label(config: dict[str, Any]) -> tuple[str, str]:
-    """(penalty, its parameters as text) for a run's config."""
-    penalty = config["penalty"]
-    defaults = {"tl1": 1.0, "scad": 3.7}
-    values = []
-    for key in PENALTY_PARAMS.get(penalty, ()):
-        value = config.get(key)
-        value = defaults.get(penalty) if value is None else value
-        values.append(f"{key}={value:g}")
-    return penalty, " ".join(values)
+    """(penalty, its parameters as text, defaults filled in) for a run's config."""
+    params = Config(**config).penalty_params()
+    return config["penalty"], " ".join(f"{k}={v:g}" for k, v in params.items())
 
 
 def _setting(row: dict[str, Any]) -> str:

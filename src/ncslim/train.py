@@ -30,7 +30,6 @@ from .io import (
     CHECKPOINT_FORMAT,
     FORMAT_VERSION,
     atomic_save,
-    model_from_payload,
     model_payload,
     safe_load,
 )
@@ -242,10 +241,9 @@ class Trainer:
         if not path.exists():
             return
         state = load_checkpoint(path, self.device)
-        model = model_from_payload(state["model"], str(path))
-        if model.config() != self.model.config():
+        if state["model"].get("config") != self.model.config():
             raise ValueError(f"{path} holds another architecture than this run; use another --out")
-        self.model.load_state_dict(model.state_dict())
+        self.model.load_state_dict(state["model"]["state_dict"])
         self.opt.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.start_epoch, self.best_acc = state["epoch"], state["best_acc"]
