@@ -112,3 +112,32 @@ def test_bad_channel_selection_is_rejected():
 
 def test_model_names():
     assert ncslim.model_names() == ["densenet", "resnet", "vgg"]
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_channel_select_gathers_in_either_layout_and_keeps_it(channels_last):
+    from ncslim.models.base import ChannelSelect
+
+    gen = torch.Generator().manual_seed(0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(3, 7, 5, 4, generator=gen).contiguous(memory_format=fmt).requires_grad_()
+    index = [0, 2, 3, 6]
+    out = ChannelSelect(index)(x)
+    assert torch.equal(out, x.detach()[:, index])
+    assert out.is_contiguous(memory_format=fmt)
+    grad = torch.randn(out.shape, generator=gen)
+    out.backward(grad)
+    expected = torch.zeros(x.shape)
+    expected[:, index] = grad
+    assert torch.equal(x.grad, expected)
+
+
+def test_pruned_preact_net_is_the_same_function_in_channels_last(spread, images):
+    model = spread(ncslim.build_model("densenet", width=0.34, depth=10)).eval()
+    small = ncslim.prune_model(model, ratio=0.5)[0].eval()
+    x = images(2)
+    with torch.no_grad():
+        expected = small(x)
+        small.to(memory_format=torch.channels_last)
+        got = small(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
