@@ -93,6 +93,12 @@ def test_width_scales_channels():
     ({"name": "vggg"}, "unknown architecture 'vggg' \\(did you mean vgg"),
     ({"name": "vgg", "channels": [64, "M", -1]}, "each entry must be an int >= 1"),
     ({"name": "densenet", "channels": {"stem": 16}}, "densenet channels must be a dict"),
+    ({"name": "densenet", "channels": {"stem": 4, "growth": 2, "layers": [1, 1, 1], "select": {},
+                                       "stream_bias": False, "outputs": {"conv9": 1}}},
+     "names convs it lacks: \\['conv9'\\]"),
+    ({"name": "densenet", "channels": {"stem": 4, "growth": 2, "layers": [1, 1, 1], "select": {},
+                                       "stream_bias": False, "outputs": {"conv1": 0}}},
+     "must map conv names to ints >= 1"),
 ])
 def test_bad_arguments_raise_clear_errors(kwargs, match):
     name = kwargs.pop("name")

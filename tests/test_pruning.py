@@ -223,3 +223,52 @@ def test_tap_coverage_makes_the_folded_constant_the_exact_spatial_mean(kernel, s
     x = constant[None, :, None, None].expand(1, 4, size, size)
     folded = (conv.weight * _tap_coverage(conv, (size, size))).sum((2, 3)) @ constant
     assert torch.allclose(conv(x).mean((0, 2, 3)), folded.detach(), atol=1e-12)
+
+
+def _dead_tail_densenet() -> tuple[ncslim.SlimmableNet, ncslim.PruneReport]:
+    """A DenseNet whose head drops every channel of the last layer, which nothing else reads."""
+    model = tiny("densenet", {"width": 0.34, "depth": 10})
+    growth = model.channels["growth"]
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.abs_().add_(1.0)
+        model.head.bn.weight[-growth:] = 0.0
+    return model, ncslim.prune_model(model, threshold=0.5)[1]
+
+
+def test_dead_stream_channels_are_removed_from_their_producer(images, monkeypatch):
+    model, _ = _dead_tail_densenet()
+    small, report = ncslim.prune_model(model, threshold=0.5)
+    last = f"dense3.{model.channels['layers'][2] - 1}.conv"
+    assert small.channels["outputs"] == {last: 1}  # a conv keeps one channel
+    assert dict(small.named_modules())[last].out_channels == 1
+    monkeypatch.setattr(type(small), "compact", lambda self: self)
+    loose, loose_report = ncslim.prune_model(model, threshold=0.5)
+    assert "outputs" not in loose.channels
+    assert report.flops_after < loose_report.flops_after
+    assert report.params_after < loose_report.params_after
+    x = images(3, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), loose(x), rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(small(x), masked(model, report)(x), rtol=1e-6, atol=1e-6)
+
+
+def test_compacted_model_saves_loads_and_prunes_again(tmp_path, images):
+    model, _ = _dead_tail_densenet()
+    small, _ = ncslim.prune_model(model, threshold=0.5)
+    ncslim.save_model(small, tmp_path / "m.pt")
+    loaded = ncslim.load_model(tmp_path / "m.pt").double()
+    x = images(2, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), small(x))
+    spread_bn(small, seed=3)
+    again, report = ncslim.prune_model(small, ratio=0.4)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), masked(small, report)(x), rtol=1e-6, atol=1e-6)
+
+
+def test_nothing_dead_means_the_same_model_object():
+    model = tiny("densenet", {"width": 0.34, "depth": 10})
+    assert model.compact() is model
+    assert "outputs" not in model.config()["channels"]

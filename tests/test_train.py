@@ -111,3 +111,42 @@ def test_amp_channels_last_and_proximal_paths_train(tmp_path, flags):
     assert 0.0 <= result["test_acc"] <= 1.0
     record = json.loads((Path(cfg.out) / "metrics.jsonl").read_text())
     assert record["train_loss"] == record["train_loss"]  # not NaN
+
+
+def test_training_never_holds_a_float_copy_of_the_dataset(tmp_path):
+    """Images stay uint8; only batch-sized float tensors are made (what lets SVHN+extra fit)."""
+    from torch.overrides import TorchFunctionMode
+
+    from ncslim.data import DATASETS, ImageData
+
+    class LargestFloat(TorchFunctionMode):
+        largest = 0
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(t, torch.Tensor) and t.is_floating_point():
+                    self.largest = max(self.largest, t.numel())
+            return out
+
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (1024, 3, 32, 32), generator=gen, dtype=torch.uint8)
+    labels = torch.randint(0, 10, (1024,), generator=gen)
+    data = ImageData(images, labels, images[:64], labels[:64], DATASETS["cifar10"])
+    cfg = tiny_config(tmp_path, dataset="cifar10", batch_size=32, penalty="l1")
+    torch.manual_seed(0)
+    model = ncslim.build_model("vgg", depth=11, width=0.0625)
+    trainer = Trainer(model, data, cfg, tmp_path / "stage", epochs=1, sparsity=True)
+
+    class Silent:
+        def update(self, n):
+            pass
+
+        def set_postfix(self, **_):
+            pass
+
+    with LargestFloat() as mode:
+        stats = trainer.train_epoch(0, cfg.lr, Silent())
+    assert stats["images"] == 1024
+    assert data.train_images.dtype == torch.uint8 and data.train_images is images
+    assert 0 < mode.largest < images.numel() // 8

@@ -276,6 +276,7 @@ def prune_model(
     small.to(device=reference.device, dtype=reference.dtype)
     _transfer(small, model, slots, keep, mean_shift, bias_add)
     small.train(model.training)
+    small = small.compact()  # drop stream channels that no pruned layer reads any more
     layers = [LayerReport(s.bn, keep[s.bn].numel(), sc.numel(), keep[s.bn].tolist())
               for s, sc in zip(slots, layer_scores)]
     total = sum(layer.total for layer in layers)

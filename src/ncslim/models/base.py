@@ -99,6 +99,10 @@ class SlimmableNet(nn.Module, abc.ABC):
         pruning with compensation folds the constant output of removed channels.
         """
 
+    def compact(self) -> SlimmableNet:
+        """The same function with channels that nothing reads removed (``self`` if none)."""
+        return self
+
     def config(self) -> dict[str, Any]:
         """Everything :func:`build_model` needs to rebuild this architecture."""
         return {
