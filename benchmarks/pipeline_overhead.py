@@ -4,7 +4,8 @@
     python benchmarks/pipeline_overhead.py --augment --workers 0,2
 
 On the ``demo`` preset (Fashion-MNIST, 20k training images, VGG-19 at 1/8 width, TL1 by
-subgradient, batch 64), one training epoch three ways, interleaved in one process:
+subgradient, batch 64), one training epoch three ways, interleaved in one process after one
+untimed warm-up epoch each:
 
 - ``ncslim``: ``Trainer.train_epoch`` -- batches drawn, augmented and normalised on the fly,
   the penalty applied, loss and accuracy accumulated, the progress bar fed;
@@ -99,6 +100,31 @@ def dataloader(data: ImageData, batch_size: int, workers: int, augment: bool) ->
                       num_workers=workers, persistent_workers=workers > 0)
 
 
+def timed_rows(title: str, baseline: str, methods: dict[str, Callable[[], int]], rounds: int,
+               images: int) -> list[dict[str, object]]:
+    """Each method's median seconds over ``rounds`` interleaved runs (after one untimed run
+    each), against ``baseline``."""
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    for run in methods.values():
+        run()  # warm-up: first-call costs (allocator, oneDNN primitives) are not the loop's
+    for _ in range(rounds):
+        for name, run in methods.items():
+            start = time.perf_counter()
+            seen = run()
+            times[name].append(time.perf_counter() - start)
+            assert seen == images, (name, seen, images)
+    base = statistics.median(times[baseline])
+    print(f"{title:<22}{'seconds':>9}{'images/s':>10}{'x ' + baseline.split()[0]:>11}")
+    rows = []
+    for name, values in times.items():
+        seconds = statistics.median(values)
+        rows.append({"what": title, "method": name, "seconds": seconds,
+                     "images_per_s": images / seconds, "over_baseline": seconds / base,
+                     "images": images})
+        print(f"{name:<22}{seconds:>9.2f}{images / seconds:>10.0f}{seconds / base:>11.3f}")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="demo")
@@ -143,44 +169,17 @@ def main() -> None:
     for w, loader in loaders.items():
         methods[f"dataloader/{w}w"] = (
             lambda ld=loader: train_steps(loader_model, loader_opt, ld))
-    epoch_times: dict[str, list[float]] = {name: [] for name in methods}
-    for _ in range(args.rounds):
-        for name, run in methods.items():
-            start = time.perf_counter()
-            seen = run()
-            epoch_times[name].append(time.perf_counter() - start)
-            assert seen == images, (name, seen, images)
-    compute = statistics.median(epoch_times["compute"])
-    rows = []
     print(f"{cfg.arch} width {cfg.width}, {images} images/epoch, batch {cfg.batch_size}, "
           f"augment {data.info.augment}, {torch.get_num_threads()} threads")
-    print(f"{'training epoch':<22}{'seconds':>9}{'images/s':>10}{'x compute':>11}")
-    for name, times in epoch_times.items():
-        seconds = statistics.median(times)
-        rows.append({"what": "epoch", "method": name, "seconds": seconds,
-                     "images_per_s": images / seconds, "over_compute": seconds / compute,
-                     "augment": data.info.augment, "images": images})
-        print(f"{name:<22}{seconds:>9.2f}{images / seconds:>10.0f}{seconds / compute:>11.3f}")
-
+    rows = timed_rows("training epoch", "compute", methods, args.rounds, images)
     pipelines: dict[str, Callable[[], int]] = {
         "ncslim batches": lambda: sum(y.numel() for _, y in make_batches(1)),
         **{f"dataloader/{w}w": (lambda ld=ld: sum(y.numel() for _, y in ld))
            for w, ld in loaders.items()},
     }
-    data_times: dict[str, list[float]] = {name: [] for name in pipelines}
-    for _ in range(args.rounds):
-        for name, run in pipelines.items():
-            start = time.perf_counter()
-            run()
-            data_times[name].append(time.perf_counter() - start)
-    ours = statistics.median(data_times["ncslim batches"])
-    print(f"{'data pipeline only':<22}{'seconds':>9}{'images/s':>10}{'x ncslim':>11}")
-    for name, times in data_times.items():
-        seconds = statistics.median(times)
-        rows.append({"what": "data", "method": name, "seconds": seconds,
-                     "images_per_s": images / seconds, "over_ncslim": seconds / ours,
-                     "augment": data.info.augment, "images": images})
-        print(f"{name:<22}{seconds:>9.2f}{images / seconds:>10.0f}{seconds / ours:>11.2f}")
+    rows += timed_rows("data pipeline only", "ncslim batches", pipelines, args.rounds, images)
+    for row in rows:
+        row["augment"] = data.info.augment
     print_json("pipeline_overhead", device, rows)
 
 

@@ -465,3 +465,32 @@ def test_non_float_tensor_is_rejected() -> None:
         L1(1.0).prox(torch.ones(3, dtype=torch.int64), 1.0)
     with pytest.raises(TypeError, match="torch.Tensor"):
         TL1(1.0).value([1.0, 2.0])  # type: ignore[arg-type]
+
+
+@st.composite
+def any_penalty(draw) -> Penalty:
+    """Any penalty with any valid parameters, not just the tabulated cases."""
+    name = draw(st.sampled_from(sorted(PENALTIES)))
+    params = {
+        "l1": {},
+        "lp": {"p": draw(st.floats(0.05, 0.95))},
+        "tl1": {"a": draw(st.floats(0.05, 20.0))},
+        "mcp": {"gamma": draw(st.floats(1.05, 20.0))},
+        "scad": {"a": draw(st.floats(2.05, 20.0))},
+    }[name]
+    return make_penalty(name, draw(st.floats(1e-3, 5.0)), **params)
+
+
+@settings(deadline=None, max_examples=80)
+@given(pen=any_penalty(), step=st.floats(1e-2, 20.0),
+       ys=st.lists(st.floats(-50.0, 50.0, allow_nan=False), min_size=1, max_size=8))
+def test_prox_is_odd_a_grid_minimiser_and_zero_below_threshold(pen, step, ys) -> None:
+    y = torch.tensor(ys, dtype=F64)
+    x = pen.prox(y, step)
+    assert torch.equal(pen.prox(-y, step), -x)  # odd, bit for bit
+    # No point of a fine grid between 0 and y does better (the minimiser lies there).
+    grid = y[:, None] * torch.linspace(0.0, 1.0, 2001, dtype=F64)[None, :]
+    best = objective(pen, grid, y[:, None], step).min(1).values
+    assert (objective(pen, x, y, step) <= best + 1e-9 * (1.0 + y.square())).all()
+    tau = pen.threshold(step)
+    assert (x[y.abs() < tau] == 0).all() and (x[y.abs() > tau] != 0).all()

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,6 +12,7 @@ import torch
 import ncslim
 from ncslim import pipeline
 from ncslim.config import load_config
+from ncslim.io import run_lock
 from ncslim.train import Trainer, lr_at
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -98,7 +102,8 @@ def test_existing_run_directory_needs_resume(tmp_path):
 @needs_fashion
 def test_diverging_run_stops_with_a_clear_message(tmp_path):
     cfg = tiny_config(tmp_path, epochs=2, lr=1e6, penalty="none")
-    with pytest.raises(ncslim.train.TrainingDiverged, match="epoch 1 .*lower --lr"):
+    with pytest.raises(ncslim.train.TrainingDiverged,
+                       match=r"epoch 1, step \d+ of .*no checkpoint was written; lower --lr"):
         pipeline.train(cfg)
 
 
@@ -150,3 +155,74 @@ def test_training_never_holds_a_float_copy_of_the_dataset(tmp_path):
     assert stats["images"] == 1024
     assert data.train_images.dtype == torch.uint8 and data.train_images is images
     assert 0 < mode.largest < images.numel() // 8
+
+
+def _hold_lock(out: Path) -> subprocess.Popen:
+    code = ("import sys, time\nfrom ncslim.io import run_lock\nwith run_lock(sys.argv[1]):\n"
+            "    print('held', flush=True)\n    time.sleep(120)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE,
+                              text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_run_lock_refuses_a_live_holder_and_is_freed_by_sigkill(tmp_path):
+    out = tmp_path / "run"
+    holder = _hold_lock(out)
+    try:
+        refused = rf"in use by another running ncslim process \(pid {holder.pid}\); wait for it"
+        with pytest.raises(ValueError, match=refused), run_lock(out):
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with run_lock(out):  # the kernel dropped the dead process's lock: no stale lock file
+        assert (out / ".lock").read_text().strip() == str(os.getpid())
+
+
+@needs_fashion
+def test_a_second_live_run_in_the_same_directory_is_refused(tmp_path):
+    cfg = tiny_config(tmp_path, epochs=1)
+    holder = _hold_lock(Path(cfg.out))
+    try:
+        with pytest.raises(ValueError, match="in use by another running ncslim process"):
+            pipeline.train(cfg, resume=True)
+        assert not (Path(cfg.out) / "config.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+@needs_fashion
+def test_a_refused_run_leaves_the_earlier_runs_config_alone(tmp_path):
+    cfg = tiny_config(tmp_path, epochs=1)
+    pipeline.train(cfg)
+    before = (Path(cfg.out) / "config.json").read_text()
+    with pytest.raises(ValueError, match="already holds a run; pass --resume"):
+        pipeline.train(tiny_config(tmp_path, epochs=1, lr=0.5))
+    assert (Path(cfg.out) / "config.json").read_text() == before
+
+
+@needs_fashion
+def test_nan_mid_epoch_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    real = torch.nn.functional.cross_entropy
+    calls = {"train": 0}
+
+    def poisoned(out, y, *args, **kwargs):
+        loss = real(out, y, *args, **kwargs)
+        if "reduction" in kwargs:  # evaluation
+            return loss
+        calls["train"] += 1
+        return loss * float("nan") if calls["train"] >= 9 else loss
+
+    monkeypatch.setattr(ncslim.train.F, "cross_entropy", poisoned)
+    cfg = tiny_config(tmp_path, epochs=3)  # 192 images / batch 32: 6 steps per epoch
+    with pytest.raises(ncslim.train.TrainingDiverged,
+                       match=r"the loss became NaN/inf in epoch 2, step 3 of .*the checkpoint of "
+                             r"epoch 1 is kept; lower --lr or --lam"):
+        pipeline.train(cfg)
+    state = ncslim.train.load_checkpoint(Path(cfg.out) / "last.pt")
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(t).all() for t in state["model"]["state_dict"].values()
+               if t.is_floating_point())
+    assert len((Path(cfg.out) / "metrics.jsonl").read_text().splitlines()) == 1

@@ -21,7 +21,7 @@ import torch
 
 from . import pipeline
 from .config import Config, config_fields, load_config, preset_names
-from .io import load_model, save_model
+from .io import load_model, run_lock, save_model
 from .models import build_model
 from .train import TrainingDiverged, resolve_device
 
@@ -168,10 +168,11 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     data = pipeline.load_data(cfg, device)
     pipeline.check_fits(model, data, args.checkpoint)
     out = Path(cfg.out)
-    pipeline.write_config(cfg, out, "finetune")
-    model, acc = pipeline.finetune(model, data, cfg, out, resume=args.resume,
-                                   from_scratch=args.from_scratch)
-    save_model(model, out / "model.pt")
+    with run_lock(out):
+        pipeline.write_config(cfg, out, "finetune", args.resume)
+        model, acc = pipeline.finetune(model, data, cfg, out, resume=args.resume,
+                                       from_scratch=args.from_scratch)
+        save_model(model, out / "model.pt")
     print(f"test accuracy {acc:.2%}; model: {out / 'model.pt'}")
 
 

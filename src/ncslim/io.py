@@ -16,6 +16,8 @@ import os
 import pickle
 import tempfile
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -104,3 +106,34 @@ def save_model(model: nn.Module, path: str | os.PathLike) -> None:
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> SlimmableNet:
     """Rebuild a model saved by :func:`save_model`, full or pruned, in evaluation mode."""
     return model_from_payload(safe_load(path, device), str(path)).to(device).eval()
+
+
+@contextmanager
+def run_lock(out: str | os.PathLike) -> Iterator[None]:
+    """Hold the run directory ``out`` for this process: a second live run there is refused.
+
+    An advisory ``flock`` on ``out/.lock``: the kernel releases it when the process ends, however
+    it ends (even SIGKILL), so a crashed run never leaves a stale lock behind.
+    """
+    import fcntl
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    handle = (out / ".lock").open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip()
+        handle.close()
+        who = f" (pid {holder})" if holder else ""
+        raise ValueError(f"{out} is in use by another running ncslim process{who}; wait for it "
+                         f"to finish or choose another --out") from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()

@@ -46,7 +46,6 @@ def count_flops(model: nn.Module, input_shape: Sequence[int]) -> int:
     return int(counter.get_total_flops())
 
 
-@torch.inference_mode()
 def measure_latency(
     model: nn.Module,
     input_shape: Sequence[int],
@@ -62,22 +61,45 @@ def measure_latency(
     Repeats until ``max_repeats`` or until ``budget_s`` seconds have passed (at least
     ``min_repeats`` runs). On CUDA each run is timed with CUDA events.
     """
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    dtype = next(model.parameters()).dtype
+    return compare_latency([model], input_shape, batch_size, device, warmup, min_repeats,
+                           max_repeats, budget_s)[0]
+
+
+@torch.inference_mode()
+def compare_latency(
+    models: Sequence[nn.Module],
+    input_shape: Sequence[int],
+    batch_size: int = 1,
+    device: torch.device | str | None = None,
+    warmup: int = 3,
+    min_repeats: int = 5,
+    max_repeats: int = 30,
+    budget_s: float = 2.0,
+) -> list[float]:
+    """:func:`measure_latency` of several models, timed in turn, one pass of each per round.
+
+    Interleaving makes a slow spell of the machine hit every model alike, so the ratios of the
+    medians are fair even where the absolute times drift (shared machines do).
+    """
+    device = torch.device(device) if device is not None else next(models[0].parameters()).device
+    modes = [m.training for m in models]
+    dtype = next(models[0].parameters()).dtype
     x = torch.randn(batch_size, *input_shape, device=device, dtype=dtype)
+    times: list[list[float]] = [[] for _ in models]
     try:
-        for _ in range(warmup):
-            model(x)
-        times: list[float] = []
+        for model in models:
+            model.eval()
+            for _ in range(warmup):
+                model(x)
         started = time.perf_counter()
-        while len(times) < max_repeats and (
-                len(times) < min_repeats or time.perf_counter() - started < budget_s):
-            times.append(_time_one(model, x))
+        while len(times[0]) < max_repeats and (
+                len(times[0]) < min_repeats or time.perf_counter() - started < budget_s):
+            for model, record in zip(models, times):
+                record.append(_time_one(model, x))
     finally:
-        model.train(was_training)
-    return statistics.median(times)
+        for model, mode in zip(models, modes):
+            model.train(mode)
+    return [statistics.median(t) for t in times]
 
 
 def _time_one(model: nn.Module, x: torch.Tensor) -> float:

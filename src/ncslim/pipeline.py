@@ -24,8 +24,8 @@ from torch import nn
 from . import __version__
 from .config import Config
 from .data import ImageData, load_dataset
-from .io import save_model
-from .metrics import count_flops, count_params, measure_latency
+from .io import run_lock, save_model
+from .metrics import compare_latency, count_flops, count_params, measure_latency
 from .models import SlimmableNet, build_model
 from .pruning import PruneReport, prune_model, prune_to_flops
 from .regularizer import find_scales
@@ -68,8 +68,13 @@ def check_fits(model: SlimmableNet, data: ImageData, source: str) -> None:
                          f"{info.num_classes} / {info.in_channels}; pick the matching --dataset")
 
 
-def write_config(cfg: Config, out: Path, command: str) -> None:
+def write_config(cfg: Config, out: Path, command: str, resume: bool = False) -> None:
+    """Record the command and its config in ``out/config.json``; an earlier run's record is
+    only replaced when resuming it."""
     out.mkdir(parents=True, exist_ok=True)
+    if not resume and (out / "config.json").exists():
+        raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose "
+                         f"another --out")
     record = {"command": command, "config": cfg.to_dict(), "version": code_version()}
     (out / "config.json").write_text(json.dumps(record, indent=2) + "\n")
 
@@ -78,9 +83,10 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
     """Sparsity training: ``out/`` gets metrics.jsonl, last.pt, best.pt, model.pt."""
     out = Path(cfg.out)
     data = load_data(cfg, resolve_device(cfg.device))
-    write_config(cfg, out, "train")
-    model, test_acc = sparsity_stage(cfg, data, out, resume)
-    save_model(model, out / "model.pt")
+    with run_lock(out):
+        write_config(cfg, out, "train", resume)
+        model, test_acc = sparsity_stage(cfg, data, out, resume)
+        save_model(model, out / "model.pt")
     return {"test_acc": test_acc, "model": str(out / "model.pt")}
 
 
@@ -114,11 +120,12 @@ def finetune(model: SlimmableNet, data: ImageData, cfg: Config, out: Path,
 
 def latency_table(original: nn.Module, pruned: nn.Module, input_shape: tuple[int, ...],
                   device: torch.device, batch_sizes: tuple[int, ...]) -> dict[str, Any]:
-    """Median forward latency of both models on ``device`` and the speed-up, per batch size."""
+    """Median forward latency of both models on ``device`` (timed in turn) and the speed-up,
+    per batch size."""
     table = {}
     for batch in batch_sizes:
-        full = measure_latency(original, input_shape, batch, device)
-        small = measure_latency(pruned, input_shape, batch, device)
+        full, small = compare_latency([original, pruned], input_shape, batch, device,
+                                      budget_s=4.0)
         table[f"batch_{batch}"] = {"original_ms": 1e3 * full, "pruned_ms": 1e3 * small,
                                    "speedup": full / small}
     return table
@@ -191,9 +198,10 @@ def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
     started = time.perf_counter()
     out = Path(cfg.out)
     data = load_data(cfg, resolve_device(cfg.device))
-    write_config(cfg, out, "run")
-    model, sparse_acc = sparsity_stage(cfg, data, out / "train", resume)
-    return prune_and_finetune(model, sparse_acc, data, cfg, out, resume, started)
+    with run_lock(out):
+        write_config(cfg, out, "run", resume)
+        model, sparse_acc = sparsity_stage(cfg, data, out / "train", resume)
+        return prune_and_finetune(model, sparse_acc, data, cfg, out, resume, started)
 
 
 def format_results(results: dict[str, Any]) -> str:

@@ -34,6 +34,7 @@ from typing import Any
 
 from .config import Config, load_config, read_preset
 from .data import ImageData
+from .io import run_lock
 from .pipeline import load_data, prune_and_finetune, sparsity_stage, write_config
 from .train import resolve_device
 
@@ -150,12 +151,13 @@ def _execute(run: SweepRun, cache: dict[tuple[Any, ...], ImageData]) -> None:
         cache[key] = load_data(cfg, resolve_device(cfg.device))
     data = cache[key]
     log.info("sweep: %s", run.name)
-    write_config(cfg, run.dir, "sweep")
-    model, sparse_acc = sparsity_stage(cfg, data, run.dir / "train", resume=True)
-    for ratio in run.ratios:
-        if (run.ratio_dir(ratio) / "results.json").exists():
-            continue
-        ratio_cfg = replace(cfg, ratio=ratio, threshold=None, target_flops=None,
-                            out=str(run.ratio_dir(ratio)))
-        prune_and_finetune(model, sparse_acc, data, ratio_cfg, run.ratio_dir(ratio),
-                           resume=True)
+    with run_lock(run.dir):  # two shards given the same run never interleave in it
+        write_config(cfg, run.dir, "sweep", resume=True)
+        model, sparse_acc = sparsity_stage(cfg, data, run.dir / "train", resume=True)
+        for ratio in run.ratios:
+            if (run.ratio_dir(ratio) / "results.json").exists():
+                continue
+            ratio_cfg = replace(cfg, ratio=ratio, threshold=None, target_flops=None,
+                                out=str(run.ratio_dir(ratio)))
+            prune_and_finetune(model, sparse_acc, data, ratio_cfg, run.ratio_dir(ratio),
+                               resume=True)

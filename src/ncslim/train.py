@@ -151,6 +151,7 @@ class Trainer:
         self.model.train()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
+        first_bad = torch.full((), -1, device=self.device, dtype=torch.long)  # first NaN/inf step
         seen = 0
         generator = epoch_generator(self.device, cfg.seed, epoch)
         for step, (x, y) in enumerate(batches(
@@ -171,12 +172,25 @@ class Trainer:
                 reg.proximal_step(lr)
             loss_sum += loss.detach() * y.numel()
             correct += (out.argmax(1) == y).sum()
+            first_bad = torch.where((first_bad < 0) & ~loss.detach().isfinite(), step, first_bad)
             seen += y.numel()
             progress.update(1)
             if step % LOG_EVERY == 0:
-                progress.set_postfix(loss=f"{loss.item():.3f}")  # sync point
-        return {"train_loss": loss_sum.item() / max(seen, 1),  # sync point, once per epoch
+                value = loss.item()  # sync point
+                progress.set_postfix(loss=f"{value:.3f}")
+                if not math.isfinite(value):
+                    self._diverged("the loss", epoch, int(first_bad))
+        if first_bad.item() >= 0:  # sync point, once per epoch
+            self._diverged("the loss", epoch, int(first_bad))
+        return {"train_loss": loss_sum.item() / max(seen, 1),
                 "train_acc": correct.item() / max(seen, 1), "images": seen}
+
+    def _diverged(self, what: str, epoch: int, step: int | None) -> None:
+        where = f"epoch {epoch + 1}" + (f", step {step + 1}" if step is not None else "")
+        kept = (f"the checkpoint of epoch {epoch} is kept" if epoch > 0 else
+                "no checkpoint was written")
+        raise TrainingDiverged(f"{what} became NaN/inf in {where} of {self.dir}; {kept}; lower "
+                               f"--lr or --lam and run again")
 
     def fit(self, resume: bool = False) -> StageResult:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -216,10 +230,7 @@ class Trainer:
     def _check_finite(self, record: dict[str, Any], epoch: int) -> None:
         gammas_ok = all(torch.isfinite(g).all() for g in find_scales(self.model).values())
         if not (math.isfinite(record["train_loss"]) and gammas_ok):
-            what = "the loss" if gammas_ok else "the BN scaling factors"
-            raise TrainingDiverged(
-                f"{what} became NaN/inf in epoch {epoch + 1} of {self.dir}; the last good "
-                f"checkpoint is kept; lower --lr or --lam and run again")
+            self._diverged("the loss" if gammas_ok else "the BN scaling factors", epoch, None)
 
     def _save(self, record: dict[str, Any]) -> None:
         """Metrics first, then the checkpoint: a crash in between is undone on resume."""
