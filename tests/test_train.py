@@ -226,3 +226,17 @@ def test_nan_mid_epoch_names_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
     assert all(torch.isfinite(t).all() for t in state["model"]["state_dict"].values()
                if t.is_floating_point())
     assert len((Path(cfg.out) / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_run_lock_on_a_file_system_without_locks_warns_and_runs(tmp_path, monkeypatch, caplog):
+    import errno
+    import fcntl
+
+    def no_locks(*_):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    ran = False
+    with run_lock(tmp_path / "run"):
+        ran = True
+    assert ran and "cannot lock" in caplog.text

@@ -12,6 +12,7 @@ A file holds plain data only (dicts, lists, strings, numbers, tensors) and is re
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import tempfile
@@ -122,7 +123,13 @@ def run_lock(out: str | os.PathLike) -> Iterator[None]:
     handle = (out / ".lock").open("a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    except OSError as err:
+        if not isinstance(err, BlockingIOError):  # a file system without locks: run unguarded
+            logging.getLogger("ncslim").warning("cannot lock %s (%s); a second run there would "
+                                                "not be refused", out, err)
+            handle.close()
+            yield
+            return
         handle.seek(0)
         holder = handle.read().strip()
         handle.close()
