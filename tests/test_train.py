@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import ncslim
+import ncslim.cli
 from ncslim import pipeline
 from ncslim.config import load_config
 from ncslim.io import run_lock
@@ -240,3 +241,99 @@ def test_run_lock_on_a_file_system_without_locks_warns_and_runs(tmp_path, monkey
     with run_lock(tmp_path / "run"):
         ran = True
     assert ran and "cannot lock" in caplog.text
+
+
+KILLER = """
+import os, signal, sys
+import ncslim.io as io
+import ncslim.train as T
+from ncslim.cli import main
+
+point, at = sys.argv[1], int(sys.argv[2])
+count = [0]
+
+def hit():
+    count[0] += 1
+    if count[0] == at:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+if point == "step":  # mid-epoch: at the at-th training loss
+    real_ce = T.F.cross_entropy
+    def ce(*args, **kwargs):
+        if "reduction" not in kwargs:
+            hit()
+        return real_ce(*args, **kwargs)
+    T.F.cross_entropy = ce
+elif point == "eval":  # during the at-th evaluation
+    real_eval = T.evaluate
+    def evaluate(*args, **kwargs):
+        hit()
+        return real_eval(*args, **kwargs)
+    T.evaluate = evaluate
+elif point == "save":  # a checkpoint fully written to its temp file, not yet renamed
+    real_replace = io.os.replace
+    def replace(src, dst):
+        hit()
+        return real_replace(src, dst)
+    io.os.replace = replace
+sys.exit(main(sys.argv[3:]))
+"""
+KILL_ARGS = ["--dataset", "fashion-mnist", "--arch", "vgg", "--depth", "11", "--width", "0.0625",
+             "--limit-train", "192", "--limit-test", "96", "--batch-size", "32", "--epochs", "3",
+             "--lam", "1e-3", "--penalty", "tl1", "--device", "cpu"]
+
+
+@needs_fashion
+@pytest.mark.parametrize(("point", "at"), [("step", 9), ("eval", 2), ("save", 3)])
+def test_sigkill_anywhere_loses_nothing(tmp_path, point, at):
+    reference = tmp_path / "reference"
+    assert ncslim.cli.main(["train", *KILL_ARGS, "--out", str(reference)]) == 0
+    out = tmp_path / "killed"
+    killed = subprocess.run([sys.executable, "-c", KILLER, point, str(at), "train", *KILL_ARGS,
+                             "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr
+    if point == "save":  # the kill left the finished temp file, never the checkpoint itself
+        assert list(out.glob(".*.pt.*.tmp"))
+    for path in out.glob("*.pt"):  # whatever is on disk is whole and readable
+        assert isinstance(ncslim.io.safe_load(path), dict)
+    assert ncslim.cli.main(["train", *KILL_ARGS, "--out", str(out), "--resume"]) == 0
+    assert not list(out.glob(".*.tmp"))
+    final = ncslim.load_model(out / "model.pt").state_dict()
+    for key, value in ncslim.load_model(reference / "model.pt").state_dict().items():
+        assert torch.equal(final[key], value), key
+    acc = [json.loads(x)["test_acc"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    ref = [json.loads(x)["test_acc"] for x in
+           (reference / "metrics.jsonl").read_text().splitlines()]
+    assert acc == ref and len(acc) == 3
+
+
+@needs_fashion
+def test_a_full_disk_keeps_the_previous_checkpoint_and_says_so(tmp_path, monkeypatch, capsys):
+    import errno
+
+    real_save = torch.save
+    calls = [0]
+
+    def filling(obj, f, *args, **kwargs):
+        calls[0] += 1
+        if calls[0] >= 4:  # the disk fills after epoch 1's best.pt and last.pt
+            f.write(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(ncslim.io.torch, "save", filling)
+    out = tmp_path / "run"
+    code = ncslim.cli.main(["train", *KILL_ARGS, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("ncslim train: error: No space left on device") and "--resume" in last
+    assert ncslim.train.load_checkpoint(out / "last.pt")["epoch"] in (1, 2)  # whole, readable
+    assert not list(out.glob(".*.tmp"))
+    monkeypatch.undo()  # space is back: the run continues to the same end as an unbroken one
+    assert ncslim.cli.main(["train", *KILL_ARGS, "--out", str(out), "--resume"]) == 0
+    reference = tmp_path / "reference"
+    assert ncslim.cli.main(["train", *KILL_ARGS, "--out", str(reference)]) == 0
+    final = ncslim.load_model(out / "model.pt").state_dict()
+    for key, value in ncslim.load_model(reference / "model.pt").state_dict().items():
+        assert torch.equal(final[key], value), key

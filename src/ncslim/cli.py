@@ -227,6 +227,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"ncslim {args.command}: error: {_first_line(err)}", file=sys.stderr)
         return 2
+    except OSError as err:  # a full disk, a read-only directory, ...
+        where = f" ({err.filename})" if err.filename else ""
+        print(f"ncslim {args.command}: error: {err.strerror or _first_line(err)}{where}; files "
+              f"written before are intact; fix it and continue with --resume", file=sys.stderr)
+        return 2
     except torch.cuda.OutOfMemoryError:
         print(f"ncslim {args.command}: error: the GPU ran out of memory; lower --batch-size or "
               f"--width", file=sys.stderr)

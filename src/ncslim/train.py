@@ -195,6 +195,8 @@ class Trainer:
     def fit(self, resume: bool = False) -> StageResult:
         self.dir.mkdir(parents=True, exist_ok=True)
         if resume:
+            for stale in self.dir.glob(".*.pt.*.tmp"):  # a write cut short by a kill
+                stale.unlink()
             self._restore()
         elif (self.dir / "last.pt").exists():
             raise ValueError(f"{self.dir} already holds a run; pass --resume to continue it or "
