@@ -644,3 +644,38 @@ def test_batches_bad_args_fail_at_the_call():
         batches(images, labels[:3], 2, info=info, train=False)
     with pytest.raises(ValueError, match="channels"):
         batches(images, labels, 2, info=DATASETS["fashion-mnist"], train=False)
+
+
+def test_cifar_archive_members_never_reach_the_file_system(tmp_path, monkeypatch):
+    """Path traversal, absolute paths and links in an archive: nothing is extracted, ever."""
+    members, _ = cifar_members("cifar10", 2, 0)
+    hostile = {"../escaped.txt": b"x", f"{tmp_path}/absolute.txt": b"x", **members}
+    folder = tmp_path / "data" / "deep"
+    path = write_tar(folder / "cifar-10-python.tar.gz", hostile)
+    with tarfile.open(path, "r:gz") as tar:
+        names = tar.getnames()
+    assert "../escaped.txt" in names
+    monkeypatch.setitem(D.MD5, "cifar10", {"cifar-10-python.tar.gz": md5(path.read_bytes())})
+    data = load_dataset("cifar10", folder)
+    assert data.train_images.shape[0] == 10
+    assert not (folder.parent / "escaped.txt").exists()
+    assert not (tmp_path / "absolute.txt").exists()
+    assert sorted(p.name for p in folder.iterdir()) == ["cifar-10-python.tar.gz"]
+
+
+def test_a_link_in_place_of_a_cifar_batch_is_refused(tmp_path, monkeypatch):
+    members, _ = cifar_members("cifar10", 2, 0)
+    target = "cifar-10-batches-py/data_batch_1"
+    del members[target]
+    path = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        for member, raw in members.items():
+            info = tarfile.TarInfo(member)
+            info.size = len(raw)
+            tar.addfile(info, io.BytesIO(raw))
+        link = tarfile.TarInfo(target)
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(link)
+    monkeypatch.setitem(D.MD5, "cifar10", {"cifar-10-python.tar.gz": md5(path.read_bytes())})
+    with pytest.raises(DataError, match="lacks cifar-10-batches-py/data_batch_1: not the official"):
+        load_dataset("cifar10", tmp_path)
