@@ -84,3 +84,20 @@ def test_code_in_a_checkpoint_is_never_run(tmp_path):
     with pytest.raises(ncslim.ModelFileError):
         ncslim.load_model(path)
     assert not marker.exists()
+
+
+def test_code_in_a_resume_checkpoint_is_never_run(tmp_path):
+    """``--resume`` reads last.pt through the same weights-only path: a trap there runs nothing."""
+    from ncslim.train import load_checkpoint
+
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    path = tmp_path / "last.pt"
+    torch.save({"format": "ncslim.checkpoint", "optimizer": Exploit()}, path)
+    with pytest.raises(ncslim.ModelFileError):
+        load_checkpoint(path)
+    assert not marker.exists()
