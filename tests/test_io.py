@@ -72,32 +72,26 @@ def test_weights_that_do_not_fit_the_spec(tmp_path):
         ncslim.load_model(path)
 
 
-def test_code_in_a_checkpoint_is_never_run(tmp_path):
+class CodeCarrying:
+    """Unpickling this opens (creates) ``marker``: proof that code from the file ran."""
+
+    def __init__(self, marker) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize(("name", "payload", "loader"), [
+    ("evil.pt", {"format": "ncslim.model", "payload": None}, ncslim.load_model),
+    ("last.pt", {"format": "ncslim.checkpoint", "optimizer": None},
+     lambda path: __import__("ncslim.train").train.load_checkpoint(path)),  # --resume's path
+])
+def test_code_in_a_checkpoint_is_never_run(tmp_path, name, payload, loader):
     marker = tmp_path / "pwned"
-
-    class Exploit:
-        def __reduce__(self):
-            return (open, (str(marker), "w"))
-
-    path = tmp_path / "evil.pt"
-    torch.save({"format": "ncslim.model", "payload": Exploit()}, path)
+    key = next(k for k, v in payload.items() if v is None)
+    path = tmp_path / name
+    torch.save({**payload, key: CodeCarrying(marker)}, path)
     with pytest.raises(ncslim.ModelFileError):
-        ncslim.load_model(path)
-    assert not marker.exists()
-
-
-def test_code_in_a_resume_checkpoint_is_never_run(tmp_path):
-    """``--resume`` reads last.pt through the same weights-only path: a trap there runs nothing."""
-    from ncslim.train import load_checkpoint
-
-    marker = tmp_path / "pwned"
-
-    class Exploit:
-        def __reduce__(self):
-            return (open, (str(marker), "w"))
-
-    path = tmp_path / "last.pt"
-    torch.save({"format": "ncslim.checkpoint", "optimizer": Exploit()}, path)
-    with pytest.raises(ncslim.ModelFileError):
-        load_checkpoint(path)
+        loader(path)
     assert not marker.exists()

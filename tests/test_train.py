@@ -159,7 +159,8 @@ def test_training_never_holds_a_float_copy_of_the_dataset(tmp_path):
 
 
 def _hold_lock(out: Path) -> subprocess.Popen:
-    code = ("import sys, time\nfrom ncslim.io import run_lock\nwith run_lock(sys.argv[1]):\n"
+    code = ("import sys, time\nfrom ncslim.io import run_lock\n"
+            "with run_lock(sys.argv[1], fresh=False):\n"
             "    print('held', flush=True)\n    time.sleep(120)\n")
     holder = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE,
                               text=True)
@@ -172,12 +173,12 @@ def test_run_lock_refuses_a_live_holder_and_is_freed_by_sigkill(tmp_path):
     holder = _hold_lock(out)
     try:
         refused = rf"in use by another running ncslim process \(pid {holder.pid}\); wait for it"
-        with pytest.raises(ValueError, match=refused), run_lock(out):
+        with pytest.raises(ValueError, match=refused), run_lock(out, fresh=False):
             pass
     finally:
         holder.kill()
         holder.wait()
-    with run_lock(out):  # the kernel dropped the dead process's lock: no stale lock file
+    with run_lock(out, fresh=False):  # the kernel dropped the dead process's lock: none stale
         assert (out / ".lock").read_text().strip() == str(os.getpid())
 
 
@@ -238,7 +239,7 @@ def test_run_lock_on_a_file_system_without_locks_warns_and_runs(tmp_path, monkey
 
     monkeypatch.setattr(fcntl, "flock", no_locks)
     ran = False
-    with run_lock(tmp_path / "run"):
+    with run_lock(tmp_path / "run", fresh=True):
         ran = True
     assert ran and "cannot lock" in caplog.text
 

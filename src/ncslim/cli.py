@@ -168,8 +168,8 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     data = pipeline.load_data(cfg, device)
     pipeline.check_fits(model, data, args.checkpoint)
     out = Path(cfg.out)
-    with run_lock(out):
-        pipeline.write_config(cfg, out, "finetune", args.resume)
+    with run_lock(out, fresh=not args.resume):
+        pipeline.write_config(cfg, out, "finetune")
         model, acc = pipeline.finetune(model, data, cfg, out, resume=args.resume,
                                        from_scratch=args.from_scratch)
         save_model(model, out / "model.pt")

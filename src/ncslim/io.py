@@ -31,6 +31,7 @@ from .regularizer import unwrap
 FORMAT = "ncslim.model"
 CHECKPOINT_FORMAT = "ncslim.checkpoint"
 FORMAT_VERSION = 1
+_PARTIAL = ".tmp"  # atomic_save's temporary files: ".<name>.<random>.tmp" beside the target
 
 
 class ModelFileError(ValueError):
@@ -41,7 +42,7 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` to a temporary file beside ``path``, then rename it: never half-written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_PARTIAL, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
@@ -110,11 +111,13 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> S
 
 
 @contextmanager
-def run_lock(out: str | os.PathLike) -> Iterator[None]:
-    """Hold the run directory ``out`` for this process: a second live run there is refused.
+def run_lock(out: str | os.PathLike, fresh: bool) -> Iterator[None]:
+    """Claim the run directory ``out`` for this process.
 
-    An advisory ``flock`` on ``out/.lock``: the kernel releases it when the process ends, however
-    it ends (even SIGKILL), so a crashed run never leaves a stale lock behind.
+    A second live process is refused: an advisory ``flock`` on ``out/.lock``, which the kernel
+    releases when the process ends, however it ends (even SIGKILL), so no stale lock is left.
+    ``fresh`` asks for a directory that holds no earlier run (``--resume`` not given); otherwise
+    the half-written temporary files of a writer that was killed are removed.
     """
     import fcntl
 
@@ -123,24 +126,29 @@ def run_lock(out: str | os.PathLike) -> Iterator[None]:
     handle = (out / ".lock").open("a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as err:
-        if not isinstance(err, BlockingIOError):  # a file system without locks: run unguarded
-            logging.getLogger("ncslim").warning("cannot lock %s (%s); a second run there would "
-                                                "not be refused", out, err)
-            handle.close()
-            yield
-            return
+        locked = True
+    except BlockingIOError:
         handle.seek(0)
         holder = handle.read().strip()
         handle.close()
         who = f" (pid {holder})" if holder else ""
         raise ValueError(f"{out} is in use by another running ncslim process{who}; wait for it "
                          f"to finish or choose another --out") from None
+    except OSError as err:  # a file system without locks: run unguarded
+        logging.getLogger("ncslim").warning("cannot lock %s (%s); a second run there would not "
+                                            "be refused", out, err)
+        locked = False
     try:
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
+        if fresh and any(p.name != ".lock" for p in out.iterdir()):
+            raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose "
+                             f"another --out")
+        for partial in out.rglob(f".*{_PARTIAL}"):  # nothing else writes here: ours, cut short
+            partial.unlink()
+        if locked:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
         yield
     finally:
         handle.close()

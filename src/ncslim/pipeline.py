@@ -68,13 +68,8 @@ def check_fits(model: SlimmableNet, data: ImageData, source: str) -> None:
                          f"{info.num_classes} / {info.in_channels}; pick the matching --dataset")
 
 
-def write_config(cfg: Config, out: Path, command: str, resume: bool = False) -> None:
-    """Record the command and its config in ``out/config.json``; an earlier run's record is
-    only replaced when resuming it."""
+def write_config(cfg: Config, out: Path, command: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    if not resume and (out / "config.json").exists():
-        raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose "
-                         f"another --out")
     record = {"command": command, "config": cfg.to_dict(), "version": code_version()}
     (out / "config.json").write_text(json.dumps(record, indent=2) + "\n")
 
@@ -83,8 +78,8 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
     """Sparsity training: ``out/`` gets metrics.jsonl, last.pt, best.pt, model.pt."""
     out = Path(cfg.out)
     data = load_data(cfg, resolve_device(cfg.device))
-    with run_lock(out):
-        write_config(cfg, out, "train", resume)
+    with run_lock(out, fresh=not resume):
+        write_config(cfg, out, "train")
         model, test_acc = sparsity_stage(cfg, data, out, resume)
         save_model(model, out / "model.pt")
     return {"test_acc": test_acc, "model": str(out / "model.pt")}
@@ -198,8 +193,8 @@ def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
     started = time.perf_counter()
     out = Path(cfg.out)
     data = load_data(cfg, resolve_device(cfg.device))
-    with run_lock(out):
-        write_config(cfg, out, "run", resume)
+    with run_lock(out, fresh=not resume):
+        write_config(cfg, out, "run")
         model, sparse_acc = sparsity_stage(cfg, data, out / "train", resume)
         return prune_and_finetune(model, sparse_acc, data, cfg, out, resume, started)
 

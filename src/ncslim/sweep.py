@@ -151,8 +151,8 @@ def _execute(run: SweepRun, cache: dict[tuple[Any, ...], ImageData]) -> None:
         cache[key] = load_data(cfg, resolve_device(cfg.device))
     data = cache[key]
     log.info("sweep: %s", run.name)
-    with run_lock(run.dir):  # two shards given the same run never interleave in it
-        write_config(cfg, run.dir, "sweep", resume=True)
+    with run_lock(run.dir, fresh=False):  # two shards given the same run never interleave
+        write_config(cfg, run.dir, "sweep")
         model, sparse_acc = sparsity_stage(cfg, data, run.dir / "train", resume=True)
         for ratio in run.ratios:
             if (run.ratio_dir(ratio) / "results.json").exists():

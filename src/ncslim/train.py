@@ -170,9 +170,10 @@ class Trainer:
             scaler.update()
             if reg is not None and reg.mode == "proximal":
                 reg.proximal_step(lr)
-            loss_sum += loss.detach() * y.numel()
+            loss = loss.detach()
+            loss_sum += loss * y.numel()
             correct += (out.argmax(1) == y).sum()
-            first_bad = torch.where((first_bad < 0) & ~loss.detach().isfinite(), step, first_bad)
+            first_bad = torch.where((first_bad < 0) & ~loss.isfinite(), step, first_bad)
             seen += y.numel()
             progress.update(1)
             if step % LOG_EVERY == 0:
@@ -195,8 +196,6 @@ class Trainer:
     def fit(self, resume: bool = False) -> StageResult:
         self.dir.mkdir(parents=True, exist_ok=True)
         if resume:
-            for stale in self.dir.glob(".*.pt.*.tmp"):  # a write cut short by a kill
-                stale.unlink()
             self._restore()
         elif (self.dir / "last.pt").exists():
             raise ValueError(f"{self.dir} already holds a run; pass --resume to continue it or "
@@ -222,17 +221,17 @@ class Trainer:
                   "images_per_s": stats["images"] / seconds, **gamma_stats(self.model)}
         if self.reg is not None:
             record["penalty"] = float(self.reg.penalty_value())
-        self._check_finite(record, epoch)
+        self._check_gammas(epoch)
         self._save(record)
         log.info("%s epoch %d/%d  loss %.4f  train %.2f%%  test %.2f%%  lr %.3g  "
                  "|gamma|<1e-2 %.1f%%  %.1fs  %.0f img/s", self.dir.name, epoch + 1, self.epochs,
                  record["train_loss"], 100 * record["train_acc"], 100 * test_acc, lr,
                  100 * record["gamma_below_1e-2"], seconds, record["images_per_s"])
 
-    def _check_finite(self, record: dict[str, Any], epoch: int) -> None:
-        gammas_ok = all(torch.isfinite(g).all() for g in find_scales(self.model).values())
-        if not (math.isfinite(record["train_loss"]) and gammas_ok):
-            self._diverged("the loss" if gammas_ok else "the BN scaling factors", epoch, None)
+    def _check_gammas(self, epoch: int) -> None:
+        """The loss is watched step by step in :meth:`train_epoch`; the gammas once per epoch."""
+        if not all(torch.isfinite(g).all() for g in find_scales(self.model).values()):
+            self._diverged("the BN scaling factors", epoch, None)
 
     def _save(self, record: dict[str, Any]) -> None:
         """Metrics first, then the checkpoint: a crash in between is undone on resume."""

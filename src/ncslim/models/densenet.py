@@ -109,7 +109,7 @@ class DenseNet(SlimmableNet):
         self.head = PreActUnit(stream, select.get("head.bn"))
         self.pool = nn.AvgPool2d(8)
         self.fc = nn.Linear(self.head.width, num_classes)
-        unknown = sorted(set(outputs) - set(self._producers()))
+        unknown = sorted(set(outputs) - {w for writers, _ in self._blocks() for w in writers})
         if unknown:
             raise ValueError(f"densenet channels['outputs'] names convs it lacks: {unknown}")
         check_select(self, select)
@@ -131,15 +131,6 @@ class DenseNet(SlimmableNet):
     def channels_after(self, keep: dict[str, list[int]], stream_bias: bool) -> dict[str, Any]:
         return {**self.channels, "select": select_after(self, keep),
                 "stream_bias": stream_bias or self.channels["stream_bias"]}
-
-    def _producers(self) -> list[str]:
-        """The convs that write the streams, in order: stem, then each block's layers and its
-        transition."""
-        names = ["conv1"]
-        for b, n in enumerate(self.channels["layers"], start=1):
-            names += [f"dense{b}.{i}.conv" for i in range(n)]
-            names += [f"trans{b}.conv"] if b < 3 else []
-        return names
 
     def _blocks(self) -> list[tuple[list[str], list[tuple[str, PreActUnit]]]]:
         """Per dense block: the convs whose outputs make up its stream, in stream order, and the
