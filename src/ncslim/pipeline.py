@@ -126,10 +126,11 @@ def latency_table(original: nn.Module, pruned: nn.Module, input_shape: tuple[int
     return table
 
 
-def size_summary(original: SlimmableNet, pruned: SlimmableNet) -> dict[str, Any]:
-    shape = original.input_shape()
-    params = (count_params(original), count_params(pruned))
-    flops = (count_flops(original, shape), count_flops(pruned, shape))
+def size_summary(report: PruneReport) -> dict[str, Any]:
+    """Parameters, FLOPs and MACs before and after pruning, as the pruning counted them
+    (fine-tuning changes no shape)."""
+    params = (report.params_before, report.params_after)
+    flops = (report.flops_before, report.flops_after)
     return {
         "params": {"original": params[0], "pruned": params[1],
                    "removed": 1 - params[1] / params[0]},
@@ -169,7 +170,7 @@ def prune_and_finetune(model: SlimmableNet, sparse_acc: float, data: ImageData, 
         "config": cfg.to_dict(),
         "version": code_version(),
         "accuracy": {"sparse": sparse_acc, "pruned": pruned_acc, "finetuned": final_acc},
-        **size_summary(model, final),
+        **size_summary(report),
         "latency": {device.type: latency_table(model, final, model.input_shape(), device,
                                                (1, cfg.batch_size))},
         "prune": {k: v for k, v in report.to_dict().items() if k != "layers"},
