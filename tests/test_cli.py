@@ -179,3 +179,68 @@ def test_interrupted_run_resumes_without_redoing_finished_stages(tmp_path, monke
     assert [json.loads(x)["epoch"] for x in train_lines] == [1]
     assert [json.loads(x)["epoch"] for x in finetune_lines] == [1, 2]
     assert json.loads((out / "results.json").read_text())["accuracy"]["finetuned"] >= 0
+
+
+def _saved(path: Path, **kwargs) -> Path:
+    ncslim.save_model(ncslim.build_model("vgg", depth=11, width=0.0625, **kwargs), path)
+    return path
+
+
+def _one_line_error(argv: list[str], capsys) -> str:
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    return err
+
+
+@needs_fashion
+def test_a_model_for_another_class_count_or_input_is_named(tmp_path, capsys):
+    for kwargs, counts in (({"num_classes": 100, "in_channels": 1}, "100 classes / 1 input"),
+                           ({"num_classes": 10, "in_channels": 3}, "10 classes / 3 input")):
+        model = _saved(tmp_path / "m.pt", **kwargs)
+        for argv in (["finetune", "--checkpoint", str(model), *TINY, "--out",
+                      str(tmp_path / "f")],
+                     ["prune", "--checkpoint", str(model), "--evaluate", *TINY, "--out",
+                      str(tmp_path / "p")]):
+            err = _one_line_error(argv, capsys)
+            assert f"is a model for {counts} channels, but fashion-mnist has 10 / 1" in err
+            assert "pick the matching --dataset" in err
+    assert not (tmp_path / "f").exists() and not (tmp_path / "p" / "pruned.pt").exists()
+
+
+@needs_fashion
+def test_resuming_with_another_architecture_is_refused(tmp_path, capsys):
+    out = tmp_path / "t"
+    assert main(["train", *TINY, "--out", str(out)]) == 0
+    before = (out / "last.pt").read_bytes()
+    for change in (["--depth", "13"], ["--width", "0.125"], ["--arch", "resnet", "--depth", "20"]):
+        err = _one_line_error(["train", *TINY, *change, "--out", str(out), "--resume"], capsys)
+        assert re.search(r"last.pt holds another architecture or class count \(vgg, 10 classes, "
+                         r"1 input channel\(s\), [\d,]+ parameters\) than this run \(", err)
+        assert "config.json" in err
+    assert (out / "last.pt").read_bytes() == before
+
+
+def test_a_pruned_model_is_not_pruned_again_unless_asked(tmp_path, capsys):
+    full = _saved(tmp_path / "full.pt", num_classes=10, in_channels=1)
+    assert main(["prune", "--checkpoint", str(full), "--ratio", "0.5",
+                 "--out", str(tmp_path / "p1")]) == 0
+    pruned = tmp_path / "p1" / "pruned.pt"
+    record = ncslim.load_model(pruned).pruned_from
+    assert record["params"] == ncslim.count_params(ncslim.load_model(full))
+    for argv in (["prune", "--checkpoint", str(pruned), "--ratio", "0.5", "--out",
+                  str(tmp_path / "p2")],
+                 ["prune", "--checkpoint", str(pruned), "--dry-run", "--ratios", "0.3"]):
+        err = _one_line_error(argv, capsys)
+        assert f"{pruned} is already pruned (it keeps " in err
+        assert "prune the trained full model" in err and "--again" in err
+    assert not (tmp_path / "p2").exists()
+    assert main(["prune", "--checkpoint", str(pruned), "--ratio", "0.5", "--again",
+                 "--out", str(tmp_path / "p2")]) == 0
+    twice = ncslim.load_model(tmp_path / "p2" / "pruned.pt")
+    assert twice.pruned_from == record  # still the first full model's size
+    capsys.readouterr()
+    assert main(["info", "--checkpoint", str(tmp_path / "p2" / "pruned.pt"),
+                 "--batch-size", "2"]) == 0
+    assert f"pruned from a model of {record['params']:,} parameters" in capsys.readouterr().out

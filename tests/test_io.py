@@ -21,6 +21,7 @@ def test_round_trip_reproduces_outputs_exactly(arch, kwargs, pruned, tmp_path, i
     x = images(2, 1)
     assert torch.equal(loaded(x), model(x))
     assert [p.shape for p in loaded.parameters()] == [p.shape for p in model.parameters()]
+    assert loaded.pruned_from == model.pruned_from and (model.pruned_from is not None) == pruned
 
 
 def test_file_holds_plain_data_only(tmp_path):
@@ -70,6 +71,30 @@ def test_weights_that_do_not_fit_the_spec(tmp_path):
     torch.save(payload, path)
     with pytest.raises(ncslim.ModelFileError, match="do not fit together"):
         ncslim.load_model(path)
+
+
+@pytest.mark.parametrize("record", [{"params": 10}, {"params": -1, "flops": 1, "channels": 1},
+                                    "big", {"params": 1.5, "flops": 1, "channels": 1}])
+def test_a_bad_pruned_from_record_is_refused(tmp_path, record):
+    path = tmp_path / "m.pt"
+    ncslim.save_model(ncslim.prune_model(ncslim.build_model("vgg", width=0.125, depth=11),
+                                         ratio=0.3)[0], path)
+    payload = torch.load(path, weights_only=True)
+    torch.save({**payload, "pruned_from": record}, path)
+    with pytest.raises(ncslim.ModelFileError, match="'pruned_from' must hold positive"):
+        ncslim.load_model(path)
+
+
+@pytest.mark.parametrize("drop", ["model", "optimizer", "epoch"])
+def test_an_incomplete_training_checkpoint_is_named(tmp_path, drop):
+    from ncslim.train import load_checkpoint
+
+    state = {"format": "ncslim.checkpoint", "epoch": 1, "best_acc": 0.5, "optimizer": {},
+             "scaler": {}, "model": {}}
+    del state[drop]
+    torch.save(state, tmp_path / "last.pt")
+    with pytest.raises(ValueError, match=f"incomplete training checkpoint \\(lacks {drop}"):
+        load_checkpoint(tmp_path / "last.pt")
 
 
 class CodeCarrying:

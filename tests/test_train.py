@@ -195,6 +195,32 @@ def test_a_second_live_run_in_the_same_directory_is_refused(tmp_path):
         holder.wait()
 
 
+def test_prune_never_writes_into_a_live_run(tmp_path, capsys):
+    model = tmp_path / "m.pt"
+    ncslim.save_model(ncslim.build_model("vgg", depth=11, width=0.0625), model)
+    out = tmp_path / "live"
+    holder = _hold_lock(out)
+    try:
+        code = ncslim.cli.main(["prune", "--checkpoint", str(model), "--out", str(out)])
+        assert code == 2 and "in use by another running ncslim process" in capsys.readouterr().err
+        assert sorted(p.name for p in out.iterdir()) == [".lock"]
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_metrics_cut_mid_line_by_a_crash_are_dropped_on_resume(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"epoch": 1, "test_acc": 0.5}\n{"epoch": 2, "test_acc": 0.6}\n'
+                    '{"epoch": 3, "te')
+    assert ncslim.train._read_metrics(path, keep=2) == [{"epoch": 1, "test_acc": 0.5},
+                                                         {"epoch": 2, "test_acc": 0.6}]
+    assert path.read_text().count("\n") == 2
+    path.write_text('{"epoch": 1, "te\n{"epoch": 2, "test_acc": 0.6}\n')
+    with pytest.raises(ValueError, match="metrics.jsonl: line 1 is not JSON"):
+        ncslim.train._read_metrics(path, keep=2)
+
+
 @needs_fashion
 def test_a_refused_run_leaves_the_earlier_runs_config_alone(tmp_path):
     cfg = tiny_config(tmp_path, epochs=1)

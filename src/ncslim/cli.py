@@ -21,7 +21,8 @@ import torch
 
 from . import pipeline
 from .config import Config, config_fields, load_config, preset_names
-from .io import load_model, run_lock, save_model
+from .io import atomic_write_text, load_model, run_lock, save_model
+from .metrics import count_params
 from .models import build_model
 from .train import TrainingDiverged, resolve_device
 
@@ -80,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--ratios", help="with --dry-run: comma-separated ratios, e.g. 0.3,0.5,0.7")
     prune.add_argument("--evaluate", action="store_true",
                        help="measure test accuracy before and after pruning (needs the data)")
+    prune.add_argument("--again", action="store_true",
+                       help="prune an already pruned model further (the ratio then counts its "
+                            "remaining channels)")
     commands["finetune"].add_argument("--from-scratch", action="store_true",
                                       help="re-initialise the pruned architecture first")
     info = commands["info"]
@@ -103,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _config(args: argparse.Namespace, default_preset: str | None = None) -> Config:
     skip = {"command", "config", "resume", "checkpoint", "dry_run", "ratios", "evaluate",
-            "from_scratch"}
+            "from_scratch", "again"}
     overrides = {k: v for k, v in vars(args).items() if k not in skip}
     return load_config(args.config or default_preset, overrides)
 
@@ -125,6 +129,11 @@ def cmd_prune(args: argparse.Namespace) -> None:
     cfg = _config(args)
     device = resolve_device(cfg.device)
     model = load_model(args.checkpoint, device)
+    if model.pruned_from is not None and not args.again:
+        kept = count_params(model) / model.pruned_from["params"]
+        raise ValueError(f"{args.checkpoint} is already pruned (it keeps {kept:.1%} of its full "
+                         f"model's parameters); prune the trained full model (model.pt of the "
+                         f"training run), or pass --again to prune this one further")
     if args.dry_run:
         ratios = _ratios(args.ratios) if args.ratios else [cfg.ratio]
         for ratio, report in zip(ratios, pipeline.prune_dry_run(model, cfg, ratios)):
@@ -135,15 +144,15 @@ def cmd_prune(args: argparse.Namespace) -> None:
         return
     small, report = pipeline.prune(model, cfg)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     record: dict[str, Any] = report.to_dict()
     if args.evaluate:
         data = pipeline.load_data(cfg, device)
         pipeline.check_fits(model, data, args.checkpoint)
         record["accuracy_before"] = pipeline.evaluate(model, data)[0]
         record["accuracy_after"] = pipeline.evaluate(small, data)[0]
-    save_model(small, out / "pruned.pt")
-    (out / "prune.json").write_text(json.dumps(record, indent=2) + "\n")
+    with run_lock(out, fresh=False):  # rewrites its own outputs, never a live run's
+        save_model(small, out / "pruned.pt")
+        atomic_write_text(out / "prune.json", json.dumps(record, indent=2) + "\n")
     print(report)
     if args.evaluate:
         print(f"test accuracy {record['accuracy_before']:.2%} -> {record['accuracy_after']:.2%}")
@@ -190,6 +199,11 @@ def cmd_info(args: argparse.Namespace) -> None:
     print(f"{info['arch']}: {info['num_classes']} classes, {info['in_channels']} input channels")
     print(f"parameters {info['params']:,}; FLOPs {info['flops']:,} "
           f"(MACs {info['flops'] // 2:,}) per image")
+    if info["pruned_from"]:
+        full = info["pruned_from"]
+        print(f"pruned from a model of {full['params']:,} parameters and {full['flops']:,} FLOPs "
+              f"({1 - info['params'] / full['params']:.1%} / "
+              f"{1 - info['flops'] / full['flops']:.1%} removed)")
     for batch, ms in info["latency_ms"].items():
         print(f"latency {info['device']} {batch.replace('_', ' ')}: {ms:.2f} ms")
     print("channels per prunable layer:")

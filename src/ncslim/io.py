@@ -38,20 +38,32 @@ class ModelFileError(ValueError):
     """A file that is not a readable ncslim model (corrupt, truncated, or something else)."""
 
 
-def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename it: never half-written."""
-    path = Path(path)
+@contextmanager
+def _atomic(path: Path) -> Iterator[Any]:
+    """A binary file that becomes ``path`` only once fully written and synced (never half)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_PARTIAL, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then rename it: never half-written."""
+    with _atomic(Path(path)) as f:
+        torch.save(obj, f)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` the way :func:`atomic_save` writes checkpoints."""
+    with _atomic(Path(path)) as f:
+        f.write(text.encode())
 
 
 def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
@@ -72,8 +84,11 @@ def model_payload(model: nn.Module) -> dict[str, Any]:
     model = unwrap(model)
     if not isinstance(model, SlimmableNet):
         raise TypeError(f"save_model saves ncslim architectures; got {type(model).__name__}")
-    return {"format": FORMAT, "version": FORMAT_VERSION, "config": model.config(),
-            "state_dict": model.state_dict()}
+    payload = {"format": FORMAT, "version": FORMAT_VERSION, "config": model.config(),
+               "state_dict": model.state_dict()}
+    if model.pruned_from is not None:
+        payload["pruned_from"] = dict(model.pruned_from)
+    return payload
 
 
 def model_from_payload(payload: Any, source: str) -> SlimmableNet:
@@ -93,11 +108,22 @@ def model_from_payload(payload: Any, source: str) -> SlimmableNet:
         config = dict(payload["config"])
         model = build_model(config.pop("arch"), **config)
         model.load_state_dict(payload["state_dict"])
+        model.pruned_from = _pruned_from(payload.get("pruned_from"))
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelFileError(f"{source}: the stored architecture and weights do not fit "
                              f"together: {first}") from err
     return model
+
+
+def _pruned_from(record: Any) -> dict[str, int] | None:
+    if record is None:
+        return None
+    if not isinstance(record, dict) or set(record) != {"params", "flops", "channels"} or not all(
+            isinstance(v, int) and v > 0 for v in record.values()):
+        raise ValueError(f"'pruned_from' must hold positive params, flops and channels counts, "
+                         f"got {record!r}")
+    return {k: int(v) for k, v in record.items()}
 
 
 def save_model(model: nn.Module, path: str | os.PathLike) -> None:

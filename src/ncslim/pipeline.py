@@ -24,7 +24,7 @@ from torch import nn
 from . import __version__
 from .config import Config
 from .data import ImageData, load_dataset
-from .io import run_lock, save_model
+from .io import atomic_write_text, run_lock, save_model
 from .metrics import compare_latency, count_flops, count_params, measure_latency
 from .models import SlimmableNet, build_model
 from .pruning import PruneReport, prune_model, prune_to_flops
@@ -71,7 +71,7 @@ def check_fits(model: SlimmableNet, data: ImageData, source: str) -> None:
 def write_config(cfg: Config, out: Path, command: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     record = {"command": command, "config": cfg.to_dict(), "version": code_version()}
-    (out / "config.json").write_text(json.dumps(record, indent=2) + "\n")
+    atomic_write_text(out / "config.json", json.dumps(record, indent=2) + "\n")
 
 
 def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
@@ -106,8 +106,9 @@ def finetune(model: SlimmableNet, data: ImageData, cfg: Config, out: Path,
     """Retrain a (pruned) model without the penalty; ``from_scratch`` re-initialises it."""
     if from_scratch:
         torch.manual_seed(cfg.seed)
-        config = model.config()
+        config, pruned_from = model.config(), model.pruned_from
         model = build_model(config.pop("arch"), **config).to(data.train_images.device)
+        model.pruned_from = pruned_from
     epochs = cfg.epochs if cfg.finetune_epochs is None else cfg.finetune_epochs
     result = Trainer(model, data, cfg, out, epochs, sparsity=False).fit(resume)
     return result.model, result.test_acc
@@ -185,7 +186,7 @@ def prune_and_finetune(model: SlimmableNet, sparse_acc: float, data: ImageData, 
         results["latency"]["cpu"] = latency_table(
             copy.deepcopy(model).cpu(), copy.deepcopy(final).cpu(), model.input_shape(),
             torch.device("cpu"), (1,))
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
     return results
 
 
@@ -233,6 +234,7 @@ def describe(model: SlimmableNet, device: torch.device, batch_size: int = 64) ->
         "arch": model.arch, "num_classes": model.num_classes, "in_channels": model.in_channels,
         "params": count_params(model), "flops": count_flops(model, shape),
         "channels": {s.bn: modules[s.bn].num_features for s in model.prune_slots()},
+        "pruned_from": model.pruned_from,
         "latency_ms": {f"batch_{b}": 1e3 * measure_latency(model, shape, b, device)
                        for b in (1, batch_size)},
         "device": str(device),

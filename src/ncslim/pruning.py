@@ -287,6 +287,8 @@ def prune_model(
         params_before=count_params(model), params_after=count_params(small),
         flops_before=count_flops(model, shape), flops_after=count_flops(small, shape),
     )
+    small.pruned_from = model.pruned_from or {
+        "params": report.params_before, "flops": report.flops_before, "channels": total}
     return small, report
 
 

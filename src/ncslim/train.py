@@ -30,6 +30,7 @@ from .io import (
     CHECKPOINT_FORMAT,
     FORMAT_VERSION,
     atomic_save,
+    atomic_write_text,
     model_payload,
     safe_load,
 )
@@ -254,7 +255,10 @@ class Trainer:
             return
         state = load_checkpoint(path, self.device)
         if state["model"].get("config") != self.model.config():
-            raise ValueError(f"{path} holds another architecture than this run; use another --out")
+            raise ValueError(f"{path} holds another architecture or class count "
+                             f"({_describe(state['model'])}) than this run "
+                             f"({_describe(model_payload(self.model))}); resume with the settings "
+                             f"in its config.json or choose another --out")
         self.model.load_state_dict(state["model"]["state_dict"])
         self.opt.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
@@ -263,20 +267,46 @@ class Trainer:
         log.info("resumed %s at epoch %d/%d", self.dir, self.start_epoch, self.epochs)
 
 
+def _describe(payload: dict[str, Any]) -> str:
+    """"vgg, 10 classes, 1 input channel(s), 12,345 parameters" of a model payload."""
+    config = payload.get("config") or {}
+    params = sum(t.numel() for k, t in payload.get("state_dict", {}).items()
+                 if torch.is_tensor(t) and not k.endswith(("running_mean", "running_var",
+                                                           "num_batches_tracked")))
+    return (f"{config.get('arch')}, {config.get('num_classes')} classes, "
+            f"{config.get('in_channels')} input channel(s), {params:,} parameters")
+
+
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
     state = safe_load(path, device)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not an ncslim training checkpoint (last.pt of a run)")
+    missing = {"epoch", "best_acc", "model", "optimizer", "scaler"} - set(state)
+    if missing or not isinstance(state["model"], dict):
+        raise ValueError(f"{path}: an incomplete training checkpoint (lacks "
+                         f"{', '.join(sorted(missing)) or 'the model'}); start the run afresh in "
+                         f"another --out")
     return state
 
 
 def _read_metrics(path: Path, keep: int) -> list[dict[str, Any]]:
-    """The metrics of the first ``keep`` epochs; later lines (written before a crash) go."""
+    """The metrics of the first ``keep`` epochs; later lines (written before a crash) go.
+
+    A last line cut short by a crash mid-append is one of those later lines and goes too.
+    """
     if not path.exists():
         return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number < len(lines):
+                raise ValueError(f"{path}: line {number} is not JSON; the file was edited or "
+                                 f"damaged; start the run afresh in another --out") from None
     records = [r for r in records if r["epoch"] <= keep]
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
     return records
 
 

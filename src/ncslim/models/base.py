@@ -86,6 +86,8 @@ class SlimmableNet(nn.Module, abc.ABC):
         self.num_classes = num_classes
         self.in_channels = in_channels
         self.channels = channels
+        # set by pruning: the full model's size {"params", "flops", "channels"}; None when full
+        self.pruned_from: dict[str, int] | None = None
 
     @abc.abstractmethod
     def prune_slots(self) -> list[PruneSlot]:
