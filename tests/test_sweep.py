@@ -2,10 +2,13 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+import ncslim
 from ncslim import sweep
 from ncslim.cli import main
 from ncslim.report import report
@@ -128,3 +131,44 @@ def test_every_shipped_sweep_file_expands():
     for path in files:
         runs = sweep.expand(sweep.read_preset(str(path)), str(path))
         assert runs and len({r.name for r in runs}) == len(runs)
+
+
+KILLER = Path(__file__).with_name("killer.py")
+KILL_GRID = '[[grid]]\npenalty = ["l1", "tl1"]\n'  # 2 runs x 1 ratio; 4 steps per stage
+
+
+def _outcome(runs: Path) -> dict[str, tuple]:
+    """What a sweep produced, minus timings: accuracies, sizes, gammas and final weights."""
+    outcome = {}
+    for path in sorted(runs.rglob("results.json")):
+        r = json.loads(path.read_text())
+        final = ncslim.load_model(path.with_name("final.pt")).state_dict()
+        outcome[str(path.relative_to(runs))] = (
+            r["accuracy"], r["params"], r["flops"], r["channels"], r["gamma_values"],
+            {k: v.tolist() for k, v in final.items()})
+    return outcome
+
+
+@pytest.fixture(scope="module")
+def unbroken_sweep(tmp_path_factory) -> dict[str, tuple]:
+    root = tmp_path_factory.mktemp("unbroken")
+    assert main(["sweep", str(write_sweep(root, KILL_GRID, ratios="[0.5]"))]) == 0
+    return _outcome(root / "runs")
+
+
+@needs_fashion
+@pytest.mark.parametrize(("point", "at"), [("step", 6), ("step", 10), ("save", 9)])
+def test_a_sigkilled_sweep_resumes_to_the_unbroken_result(tmp_path, unbroken_sweep, point, at):
+    """Killed mid fine-tuning of the first run, mid training of the second, and between a
+    file's temporary write and its rename; rerunning the sweep ends where an unbroken one does."""
+    path = write_sweep(tmp_path, KILL_GRID, ratios="[0.5]")
+    killed = subprocess.run([sys.executable, KILLER, point, str(at), "--", "sweep", str(path)],
+                            capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -9, killed.stderr
+    runs = tmp_path / "runs"
+    assert len(_outcome(runs)) < 2
+    for stale in runs.rglob("*.pt"):  # whatever is on disk is whole and readable
+        assert isinstance(ncslim.io.safe_load(stale), dict)
+    assert main(["sweep", str(path)]) == 0
+    assert not list(runs.rglob(".*.tmp"))
+    assert _outcome(runs) == unbroken_sweep

@@ -270,53 +270,19 @@ def test_run_lock_on_a_file_system_without_locks_warns_and_runs(tmp_path, monkey
     assert ran and "cannot lock" in caplog.text
 
 
-KILLER = """
-import os, signal, sys
-import ncslim.io as io
-import ncslim.train as T
-from ncslim.cli import main
-
-point, at = sys.argv[1], int(sys.argv[2])
-count = [0]
-
-def hit():
-    count[0] += 1
-    if count[0] == at:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-if point == "step":  # mid-epoch: at the at-th training loss
-    real_ce = T.F.cross_entropy
-    def ce(*args, **kwargs):
-        if "reduction" not in kwargs:
-            hit()
-        return real_ce(*args, **kwargs)
-    T.F.cross_entropy = ce
-elif point == "eval":  # during the at-th evaluation
-    real_eval = T.evaluate
-    def evaluate(*args, **kwargs):
-        hit()
-        return real_eval(*args, **kwargs)
-    T.evaluate = evaluate
-elif point == "save":  # a checkpoint fully written to its temp file, not yet renamed
-    real_replace = io.os.replace
-    def replace(src, dst):
-        hit()
-        return real_replace(src, dst)
-    io.os.replace = replace
-sys.exit(main(sys.argv[3:]))
-"""
+KILLER = Path(__file__).with_name("killer.py")
 KILL_ARGS = ["--dataset", "fashion-mnist", "--arch", "vgg", "--depth", "11", "--width", "0.0625",
              "--limit-train", "192", "--limit-test", "96", "--batch-size", "32", "--epochs", "3",
              "--lam", "1e-3", "--penalty", "tl1", "--device", "cpu"]
 
 
 @needs_fashion
-@pytest.mark.parametrize(("point", "at"), [("step", 9), ("eval", 2), ("save", 3)])
+@pytest.mark.parametrize(("point", "at"), [("step", 9), ("eval", 2), ("save", 3), ("save", 5)])
 def test_sigkill_anywhere_loses_nothing(tmp_path, point, at):
     reference = tmp_path / "reference"
     assert ncslim.cli.main(["train", *KILL_ARGS, "--out", str(reference)]) == 0
     out = tmp_path / "killed"
-    killed = subprocess.run([sys.executable, "-c", KILLER, point, str(at), "train", *KILL_ARGS,
+    killed = subprocess.run([sys.executable, KILLER, point, str(at), "--", "train", *KILL_ARGS,
                              "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert killed.returncode == -9, killed.stderr
     if point == "save":  # the kill left the finished temp file, never the checkpoint itself

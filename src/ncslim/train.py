@@ -251,7 +251,8 @@ class Trainer:
 
     def _restore(self) -> None:
         path = self.dir / "last.pt"
-        if not path.exists():
+        if not path.exists():  # killed before its first checkpoint: metrics written since go
+            _read_metrics(self.dir / "metrics.jsonl", keep=0)
             return
         state = load_checkpoint(path, self.device)
         if state["model"].get("config") != self.model.config():
