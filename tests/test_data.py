@@ -8,10 +8,11 @@ import hashlib
 import io
 import os
 import pickle
+import re
 import struct
 import tarfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import pytest
 import torch
 
 from ncslim import data as D
+from ncslim.cli import main
 from ncslim.data import DATASETS, DataError, batches, candidate_dirs, load_dataset
 
 REAL_FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -99,6 +101,13 @@ def write_tar(path: Path, members: dict[str, bytes]) -> Path:
             info.size = len(raw)
             tar.addfile(info, io.BytesIO(raw))
     return path
+
+
+def write_members(folder: Path, members: dict[str, bytes]) -> None:
+    """Archive members as an extracted folder tree."""
+    for member, raw in members.items():
+        (folder / member).parent.mkdir(parents=True, exist_ok=True)
+        (folder / member).write_bytes(raw)
 
 
 def make_cifar(folder: Path, name: str = "cifar10", per_batch: int = 3, seed: int = 0,
@@ -184,9 +193,7 @@ def test_cifar_archive_layout_and_values(tmp_path, monkeypatch, name):
 
 def test_cifar_extracted_folder_matches_archive(tmp_path, monkeypatch):
     members, expected = cifar_members("cifar10", 2, seed=1)
-    for member, raw in members.items():
-        (tmp_path / member).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / member).write_bytes(raw)
+    write_members(tmp_path, members)
     data = load_dataset("cifar10", tmp_path)
     assert torch.equal(data.train_images, torch.from_numpy(expected[0]))
     assert torch.equal(data.test_labels, torch.from_numpy(expected[3]))
@@ -339,67 +346,160 @@ def test_unknown_name_and_bad_limits(tmp_path):
     assert D.dataset_names() == ["cifar10", "cifar100", "svhn", "fashion-mnist"]
 
 
-def test_checksum_mismatch(tmp_path, monkeypatch):
-    make_fashion(tmp_path, monkeypatch=monkeypatch)
-    path = tmp_path / "t10k-labels-idx1-ubyte.gz"
-    raw = bytearray(gzip.decompress(path.read_bytes()))
-    raw[-1] ^= 1
-    path.write_bytes(gzip.compress(bytes(raw)))
-    with pytest.raises(DataError) as err:
-        load_dataset("fashion-mnist", tmp_path)
-    msg = str(err.value)
-    assert "checksum mismatch" in msg and str(path) in msg and "--download" in msg
-    assert load_dataset("fashion-mnist", tmp_path, verify=False).test_images.shape[0] == 5
+def flip_middle(raw: bytes) -> bytes:
+    at = len(raw) // 2
+    return raw[:at] + bytes([raw[at] ^ 0xFF]) + raw[at + 1:]
 
 
-def test_cifar_checksum_and_truncation(tmp_path, monkeypatch):
-    make_cifar(tmp_path, monkeypatch=monkeypatch)
-    path = tmp_path / "cifar-10-python.tar.gz"
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    with pytest.raises(DataError, match=r"cifar-10-python.tar.gz checksum mismatch \(md5 "):
-        load_dataset("cifar10", tmp_path)
-    with pytest.raises(DataError, match="not a readable tar.gz archive"):
-        load_dataset("cifar10", tmp_path, verify=False)
+def tar_members(path: Path) -> dict[str, bytes]:
+    with tarfile.open(path) as tar:
+        return {m.name: tar.extractfile(m).read()  # type: ignore[union-attr]
+                for m in tar.getmembers() if m.isfile()}
 
 
-def test_corrupt_tar_and_missing_member(tmp_path):
-    path = tmp_path / "cifar-10-python.tar.gz"
-    path.write_bytes(gzip.compress(b"not a tar archive" * 100))
-    with pytest.raises(DataError, match=rf"{path} is not a readable tar.gz archive"):
-        load_dataset("cifar10", tmp_path, verify=False)
-    members, _ = cifar_members("cifar10", 1, 0)
-    del members["cifar-10-batches-py/test_batch"]
-    write_tar(path, members)
-    with pytest.raises(DataError, match="lacks cifar-10-batches-py/test_batch"):
-        load_dataset("cifar10", tmp_path, verify=False)
+def edit_content(path: Path) -> None:
+    """Flip the middle byte of the first batch (or of the IDX data) and rewrite a valid .gz."""
+    if path.name.endswith(".tar.gz"):
+        members = tar_members(path)
+        first = next(iter(members))
+        write_tar(path, {**members, first: flip_middle(members[first])})
+    else:
+        path.write_bytes(gzip.compress(flip_middle(gzip.decompress(path.read_bytes()))))
 
 
-def test_truncated_gzip(tmp_path, monkeypatch):
-    make_fashion(tmp_path, monkeypatch=monkeypatch)
-    path = tmp_path / "train-images-idx3-ubyte.gz"
-    path.write_bytes(path.read_bytes()[:-20])
-    for verify in (True, False):
-        with pytest.raises(DataError, match=rf"{path} is not a valid gzip file"):
-            load_dataset("fashion-mnist", tmp_path, verify=verify)
+def drop_test_batch(path: Path) -> None:
+    tests = {f"{folder}/{test[0]}" for folder, _, test, _ in D._CIFAR.values()}
+    write_tar(path, {k: v for k, v in tar_members(path).items() if k not in tests})
 
 
-def test_wrong_idx_magic_and_size(tmp_path, monkeypatch):
-    arrays = make_fashion(tmp_path, gz=False, monkeypatch=monkeypatch)
-    path = tmp_path / "train-labels-idx1-ubyte"
-    raw = idx_bytes(arrays["train-labels-idx1-ubyte"])
-    path.write_bytes(b"\x00\x00\x08\x03" + raw[4:])
-    with pytest.raises(DataError, match=rf"{path}: wrong IDX magic 00000803"):
-        load_dataset("fashion-mnist", tmp_path, verify=False)
-    path.write_bytes(raw[:-1])
-    with pytest.raises(DataError, match="truncated or corrupt"):
-        load_dataset("fashion-mnist", tmp_path, verify=False)
+CIFAR_BATCH, IMAGES, LABELS = ("cifar-10-batches-py/data_batch_2", "train-images-idx3-ubyte",
+                               "t10k-labels-idx1-ubyte")
+FAULTS: dict[str, Callable[[Path], object]] = {
+    "missing": lambda p: p.unlink(),
+    "empty": lambda p: p.write_bytes(b""),
+    "half": lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]),
+    "short": lambda p: p.write_bytes(p.read_bytes()[:-5]),  # e.g. the gzip trailer cut
+    "garbage": lambda p: p.write_bytes(  # the right size, no structure at all
+        (b"\xde\xad\xbe\xef" * p.stat().st_size)[: p.stat().st_size]),
+    "flipped": lambda p: p.write_bytes(flip_middle(p.read_bytes())),  # one byte, as stored
+    "edited": edit_content,  # one byte of the content; the .gz / .tar.gz itself is valid
+    "not-tar": lambda p: p.write_bytes(gzip.compress(b"not a tar archive" * 100)),
+    "lost-member": drop_test_batch,
+    "swapped": lambda p: p.write_bytes(p.with_name(p.name.replace(LABELS, IMAGES)).read_bytes()),
+}
+FORMATS: dict[str, tuple[str, Callable[[Path, pytest.MonkeyPatch], object]]] = {
+    "cifar10-tar": ("cifar10", lambda f, mp: make_cifar(f, "cifar10", monkeypatch=mp)),
+    "cifar100-tar": ("cifar100", lambda f, mp: make_cifar(f, "cifar100", monkeypatch=mp)),
+    "cifar10-folder": ("cifar10", lambda f, _: write_members(f, cifar_members("cifar10", 2, 0)[0])),
+    "svhn": ("svhn", lambda f, mp: make_svhn(f, {"train": 3, "test": 2, "extra": 2},
+                                             monkeypatch=mp)),
+    "fashion-gz": ("fashion-mnist", lambda f, mp: make_fashion(f, monkeypatch=mp)),
+    "fashion-raw": ("fashion-mnist", lambda f, mp: make_fashion(f, gz=False, monkeypatch=mp)),
+}
+NOT_FOUND, SUM = "data not found", "checksum mismatch"
+TAR, GZ = "is not a readable tar.gz archive", "is not a valid gzip file"
+MAT, PICKLE = "is not a readable MATLAB .mat file", "unreadable pickle"
+HEADER, SIZE = "IDX header: the file is truncated", "data bytes for IDX dimensions"
+MAGIC, SWAPPED = "wrong IDX magic deadbeef", "wrong IDX magic 00000803 (expected 00000801)"
+ONE_VALUE = "loads, with exactly one value changed"
+TARS = [("cifar10-tar", "cifar-10-python.tar.gz", "cifar-10-batches-py/test_batch"),
+        ("cifar100-tar", "cifar-100-python.tar.gz", "cifar-100-python/test")]
+# format, file, fault -> message with verify=True, with verify=False; the CLI runs the ones marked
+DAMAGED = [
+    *[(fmt, file, *row) for fmt, file, test in TARS for row in [
+        ("missing", NOT_FOUND, NOT_FOUND, fmt == "cifar100-tar"),
+        ("empty", SUM, TAR, False),
+        ("half", SUM, TAR, False),
+        ("short", SUM, TAR, fmt == "cifar10-tar"),
+        ("garbage", SUM, TAR, False),
+        ("flipped", SUM, TAR, False),
+        ("edited", SUM, ONE_VALUE, False),
+        ("not-tar", SUM, TAR, False),
+        ("lost-member", SUM, f"lacks {test}: not the official archive", False)]],
+    # an extracted folder has no checksum (none is published per batch): verify changes nothing
+    *[("cifar10-folder", CIFAR_BATCH, fault, on, off, cli) for fault, on, off, cli in [
+        ("missing", NOT_FOUND, NOT_FOUND, True),
+        ("empty", PICKLE, PICKLE, False),
+        ("half", PICKLE, PICKLE, False),
+        ("short", PICKLE, PICKLE, False),
+        ("garbage", PICKLE, PICKLE, True),
+        ("flipped", ONE_VALUE, ONE_VALUE, False)]],
+    *[("svhn", f"{split}_32x32.mat", fault, on, off, cli and split == "extra")
+      for split in ("train", "test", "extra") for fault, on, off, cli in [
+        ("missing", NOT_FOUND, NOT_FOUND, True),
+        ("empty", SUM, MAT, False),
+        ("half", SUM, MAT, True),
+        ("short", SUM, MAT, False),
+        ("garbage", SUM, MAT, False),
+        ("flipped", SUM, ONE_VALUE, False)]],
+    # the gzip CRC is checked before the md5 of the content
+    *[("fashion-gz", f"{stem}.gz", fault, on, off, cli and stem == IMAGES)
+      for stem in (IMAGES, LABELS) for fault, on, off, cli in [
+        ("missing", NOT_FOUND, NOT_FOUND, False),
+        ("empty", SUM, HEADER, False),
+        ("half", GZ, GZ, False),
+        ("short", GZ, GZ, False),
+        ("garbage", GZ, GZ, False),
+        ("flipped", GZ, GZ, True),
+        ("edited", SUM, ONE_VALUE if stem == IMAGES else SIZE, True)]],
+    *[("fashion-raw", stem, fault, on, off, cli and stem == LABELS)
+      for stem in (IMAGES, LABELS) for fault, on, off, cli in [
+        ("missing", NOT_FOUND, NOT_FOUND, True),
+        ("empty", SUM, HEADER, False),
+        ("half", SUM, SIZE if stem == IMAGES else HEADER, True),
+        ("short", SUM, SIZE, False),
+        ("garbage", SUM, MAGIC, False),
+        ("flipped", SUM, ONE_VALUE if stem == IMAGES else SIZE, False)]],
+    ("fashion-gz", f"{LABELS}.gz", "swapped", SUM, SWAPPED, False),  # images in their place
+    ("fashion-raw", LABELS, "swapped", SUM, SWAPPED, False),
+]
 
 
-def test_unreadable_mat(tmp_path, monkeypatch):
-    make_svhn(tmp_path, {"train": 2, "test": 2}, monkeypatch=monkeypatch)
-    (tmp_path / "test_32x32.mat").write_bytes(b"MATLAB 5.0 MAT-file" + b"\0" * 50)
-    with pytest.raises(DataError, match=r"test_32x32.mat is not a readable MATLAB .mat file"):
-        load_dataset("svhn", tmp_path, include_extra=False, verify=False)
+def changed_values(a: D.ImageData, b: D.ImageData) -> int:
+    fields = ("train_images", "train_labels", "test_images", "test_labels")
+    assert [getattr(a, f).shape for f in fields] == [getattr(b, f).shape for f in fields]
+    return sum(int((getattr(a, f) != getattr(b, f)).sum()) for f in fields)
+
+
+@pytest.mark.parametrize(("fmt", "file", "fault", "with_verify", "without_verify", "cli"),
+                         DAMAGED, ids=[f"{r[0]}-{r[1].rsplit('/')[-1]}-{r[2]}" for r in DAMAGED])
+def test_damaged_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                       capsys: pytest.CaptureFixture[str], fmt: str, file: str, fault: str,
+                       with_verify: str, without_verify: str, cli: bool) -> None:
+    """Every fault of every file format: one line naming the file and the fix, or (the bytes
+    still parse, no checksum is checked) a load with exactly the one damaged value changed."""
+    name, write = FORMATS[fmt]
+    folder = tmp_path / "data"
+    write(folder, monkeypatch)
+    intact = load_dataset(name, folder)
+    path = folder / file
+    FAULTS[fault](path)
+    messages: dict[bool, str] = {}
+    for verify, expected in ((True, with_verify), (False, without_verify)):
+        if expected == ONE_VALUE:
+            assert changed_values(load_dataset(name, folder, verify=verify), intact) == 1
+            continue
+        with pytest.raises(DataError) as err:
+            load_dataset(name, folder, verify=verify)
+        msg = messages[verify] = str(err.value)
+        assert "\n" not in msg and msg.startswith(f"{name}: ") and expected in msg
+        assert "--download" in msg
+        if expected == NOT_FOUND:
+            assert (f"need {file}" if fmt.endswith("-tar") else f"{folder} (lacks {file}") in msg
+            assert "--data-dir" in msg
+        else:
+            assert str(path) in msg
+        if expected == SUM:
+            assert re.search(rf"{re.escape(str(path))} checksum mismatch \((decompressed )?"
+                             rf"md5 [0-9a-f]{{32}}, expected [0-9a-f]{{32}}\)", msg)
+    if cli:
+        capsys.readouterr()
+        code = main(["train", "--dataset", name, "--data-dir", str(folder), "--device", "cpu",
+                     "--out", str(tmp_path / "out")])
+        err_text = capsys.readouterr().err
+        assert code == 2 and "Traceback" not in err_text
+        assert err_text == f"ncslim train: error: {messages[True]}\n"
+        assert not (tmp_path / "out").exists()
 
 
 class Evil:
@@ -425,9 +525,7 @@ def test_malicious_pickle_runs_no_code(tmp_path, monkeypatch, how, where):
         path = write_tar(tmp_path / "data" / "cifar-10-python.tar.gz", members)
         monkeypatch.setitem(D.MD5, "cifar10", {path.name: md5(path.read_bytes())})
     else:
-        for member, raw in members.items():
-            (tmp_path / "data" / member).parent.mkdir(parents=True, exist_ok=True)
-            (tmp_path / "data" / member).write_bytes(raw)
+        write_members(tmp_path / "data", members)
     with pytest.raises(DataError, match=r"data_batch_1: refused to unpickle \w+\.\w+"):
         load_dataset("cifar10", tmp_path / "data")
     assert not marker.exists()

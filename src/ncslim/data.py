@@ -223,10 +223,13 @@ def _scan(name: str, folder: Path, include_extra: bool) -> tuple[dict[str, Path]
     return found, missing
 
 
-def _cifar_folder(name: str, folder: Path) -> Path | None:
+def _cifar_lacks(name: str, folder: Path) -> list[str]:
     sub, train, test, _ = _CIFAR[name]
-    path = folder / sub
-    return path if all((path / m).is_file() for m in train + test) else None
+    return [f"{sub}/{m}" for m in train + test if not (folder / sub / m).is_file()]
+
+
+def _cifar_folder(name: str, folder: Path) -> Path | None:
+    return folder / _CIFAR[name][0] if not _cifar_lacks(name, folder) else None
 
 
 def _not_found(name: str, dirs: list[Path], include_extra: bool) -> DataError:
@@ -237,6 +240,8 @@ def _not_found(name: str, dirs: list[Path], include_extra: bool) -> DataError:
         if found and missing:
             partial = True
             looked.append(f"{d} (lacks {', '.join(missing)})")
+        elif name in _CIFAR and (d / _CIFAR[name][0]).is_dir():
+            looked.append(f"{d} (lacks {', '.join(_cifar_lacks(name, d))})")
         else:
             looked.append(str(d))
     what = ", ".join(_needed(name, include_extra))
@@ -364,17 +369,21 @@ def _unpickle_batch(info: DatasetInfo, where: str, raw: bytes) -> tuple[np.ndarr
 
 
 def _read_cifar_archive(name: str, path: Path, members: list[str]) -> dict[str, bytes]:
-    """The named members of a tar.gz, read in one sequential pass; nothing is extracted."""
+    """The named members of a tar.gz, read in one sequential pass; nothing is extracted.
+
+    The gzip stream is read to its end, so that its CRC and length are checked even when
+    ``verify=False`` (tarfile's own ``r|gz`` never checks them).
+    """
     wanted = set(members)
     out: dict[str, bytes] = {}
     try:
-        with tarfile.open(path, mode="r|gz") as tar:
+        with gzip.open(path) as gz, tarfile.open(fileobj=gz, mode="r|", bufsize=1 << 20) as tar:
             for member in tar:
                 key = member.name.removeprefix("./")
                 if key in wanted and member.isfile():
                     out[key] = tar.extractfile(member).read()  # type: ignore[union-attr]
-                    if len(out) == len(wanted):
-                        break
+            while gz.read(1 << 20):
+                pass
     except (tarfile.TarError, OSError, EOFError, zlib.error) as err:
         raise DataError(f"{name}: {path} is not a readable tar.gz archive ({_one_line(err)}): "
                         f"it is truncated or corrupt; {_FIX}") from None
@@ -467,7 +476,11 @@ def _read_idx(name: str, path: Path, official: str, ndim: int, verify: bool) -> 
     if verify:
         _check_md5(name, path, _md5_bytes(content), MD5[name][official], "decompressed ")
     head = 4 + 4 * ndim
-    if len(content) < head or content[:4] != bytes([0, 0, 0x08, ndim]):
+    magic = bytes([0, 0, 0x08, ndim])
+    if len(content) < head and magic.startswith(content[:4]):
+        raise DataError(f"{name}: {path}: {len(content)} bytes, shorter than the {head}-byte "
+                        f"IDX header: the file is truncated; {_FIX}")
+    if content[:4] != magic:
         raise DataError(f"{name}: {path}: wrong IDX magic {content[:4].hex() or 'none'} "
                         f"(expected 000008{ndim:02x}): not an IDX ubyte file; {_FIX}")
     dims = struct.unpack(f">{ndim}I", content[4:head])
