@@ -17,44 +17,48 @@ import ncslim.io as io
 import ncslim.train as T
 from ncslim.cli import main
 
-argv = sys.argv[1:]
-split = argv.index("--")
-point, at, *rank = argv[:split]
-count = [0]
-armed = not rank or os.environ.get("RANK", "0") == rank[0]
 
+def run() -> int:
+    argv = sys.argv[1:]
+    split = argv.index("--")
+    point, at, *rank = argv[:split]
+    count = [0]
+    armed = not rank or os.environ.get("RANK", "0") == rank[0]
 
-def hit() -> None:
-    count[0] += 1
-    if armed and count[0] == int(at):
-        os.kill(os.getpid(), signal.SIGKILL)
+    def hit() -> None:
+        count[0] += 1
+        if armed and count[0] == int(at):
+            os.kill(os.getpid(), signal.SIGKILL)
 
+    if point == "step":
+        real_ce = T.F.cross_entropy
 
-if point == "step":
-    real_ce = T.F.cross_entropy
+        def ce(*args, **kwargs):
+            if "reduction" not in kwargs:
+                hit()
+            return real_ce(*args, **kwargs)
 
-    def ce(*args, **kwargs):
-        if "reduction" not in kwargs:
+        T.F.cross_entropy = ce
+    elif point == "eval":
+        real_eval = T.evaluate
+
+        def evaluate(*args, **kwargs):
             hit()
-        return real_ce(*args, **kwargs)
+            return real_eval(*args, **kwargs)
 
-    T.F.cross_entropy = ce
-elif point == "eval":
-    real_eval = T.evaluate
+        T.evaluate = evaluate
+    elif point == "save":
+        real_replace = io.os.replace
 
-    def evaluate(*args, **kwargs):
-        hit()
-        return real_eval(*args, **kwargs)
+        def replace(src, dst):
+            hit()
+            return real_replace(src, dst)
 
-    T.evaluate = evaluate
-elif point == "save":
-    real_replace = io.os.replace
+        io.os.replace = replace
+    else:
+        sys.exit(f"unknown kill point {point!r}")
+    return main(argv[split + 1:])
 
-    def replace(src, dst):
-        hit()
-        return real_replace(src, dst)
 
-    io.os.replace = replace
-else:
-    sys.exit(f"unknown kill point {point!r}")
-sys.exit(main(argv[split + 1:]))
+if __name__ == "__main__":
+    sys.exit(run())

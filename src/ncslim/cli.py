@@ -13,13 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
 import torch
 
-from . import pipeline
+from . import distributed, pipeline
 from .config import Config, config_fields, load_config, preset_names
 from .io import atomic_write_text, load_model, run_lock, save_model
 from .metrics import count_params
@@ -28,6 +29,7 @@ from .train import TrainingDiverged, resolve_device
 
 log = logging.getLogger("ncslim")
 COMMANDS = ("run", "train", "prune", "finetune", "info", "sweep", "report")
+DISTRIBUTED = ("run", "train", "finetune")  # the commands torchrun may start several times
 _TYPES = {"int": int, "float": float, "str": str}
 
 
@@ -115,14 +117,16 @@ def _config(args: argparse.Namespace, default_preset: str | None = None) -> Conf
 def cmd_run(args: argparse.Namespace) -> None:
     cfg = _config(args, default_preset="demo")
     results = pipeline.run(cfg, resume=args.resume)
-    print(pipeline.format_results(results))
-    print(f"results: {Path(cfg.out) / 'results.json'}")
+    if distributed.is_main():
+        print(pipeline.format_results(results))
+        print(f"results: {Path(cfg.out) / 'results.json'}")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
     cfg = _config(args)
     result = pipeline.train(cfg, resume=args.resume)
-    print(f"test accuracy {result['test_acc']:.2%}; model: {result['model']}")
+    if distributed.is_main():
+        print(f"test accuracy {result['test_acc']:.2%}; model: {result['model']}")
 
 
 def cmd_prune(args: argparse.Namespace) -> None:
@@ -172,17 +176,18 @@ def _ratios(text: str) -> list[float]:
 
 def cmd_finetune(args: argparse.Namespace) -> None:
     cfg = _config(args)
-    device = resolve_device(cfg.device)
+    device = pipeline.setup_device(cfg)
     model = load_model(args.checkpoint, device)
     data = pipeline.load_data(cfg, device)
     pipeline.check_fits(model, data, args.checkpoint)
     out = Path(cfg.out)
-    with run_lock(out, fresh=not args.resume):
+    with pipeline.claim(out, fresh=not args.resume):
         pipeline.write_config(cfg, out, "finetune")
         model, acc = pipeline.finetune(model, data, cfg, out, resume=args.resume,
                                        from_scratch=args.from_scratch)
-        save_model(model, out / "model.pt")
-    print(f"test accuracy {acc:.2%}; model: {out / 'model.pt'}")
+        if distributed.is_main():
+            save_model(model, out / "model.pt")
+            print(f"test accuracy {acc:.2%}; model: {out / 'model.pt'}")
 
 
 def cmd_info(args: argparse.Namespace) -> None:
@@ -230,10 +235,15 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    quiet = distributed.launched() and os.environ.get("RANK", "0") != "0"  # rank 0 speaks
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s",
+                        stream=sys.stderr)
     handler = {"run": cmd_run, "train": cmd_train, "prune": cmd_prune, "finetune": cmd_finetune,
                "info": cmd_info, "sweep": cmd_sweep, "report": cmd_report}[args.command]
     try:
+        if distributed.launched() and args.command not in DISTRIBUTED:
+            raise ValueError(f"this command runs in one process; start it without torchrun "
+                             f"(only {', '.join(DISTRIBUTED)} use several)")
         handler(args)
     except TrainingDiverged as err:
         print(f"ncslim {args.command}: {err}", file=sys.stderr)
@@ -253,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"ncslim {args.command}: interrupted; continue with --resume", file=sys.stderr)
         return 130
+    finally:
+        distributed.shutdown()
     return 0
 
 

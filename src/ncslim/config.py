@@ -50,7 +50,8 @@ class Config:
     # optimisation
     epochs: int = _opt(160, "epochs of sparsity training")
     finetune_epochs: int | None = _opt(None, "epochs of fine-tuning (default: --epochs)")
-    batch_size: int = _opt(64, "training batch size")
+    batch_size: int = _opt(64, "training batch size (the global batch under torchrun: each of "
+                                "N processes takes 1/N of it)")
     lr: float = _opt(0.1, "initial learning rate")
     momentum: float = _opt(0.9, "SGD momentum")
     nesterov: bool = _opt(False, "Nesterov momentum")
@@ -77,6 +78,7 @@ class Config:
     amp: bool = _opt(False, "mixed precision (float16 on CUDA, bfloat16 on CPU)")
     channels_last: bool = _opt(False, "channels-last memory format")
     compile: bool = _opt(False, "torch.compile the model")
+    sync_bn: bool = _opt(False, "under torchrun: BatchNorm statistics over the global batch")
     seed: int = _opt(0, "random seed (runs are deterministic on CPU)")
     out: str = _opt("runs/latest", "run directory")
 

@@ -686,21 +686,29 @@ def _check_batch_args(images: Tensor, labels: Tensor, batch_size: int,
 
 def batches(images: Tensor, labels: Tensor, batch_size: int, *, info: DatasetInfo,
             train: bool, generator: torch.Generator | None = None, drop_last: bool = False,
-            channels_last: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
+            channels_last: bool = False,
+            part: tuple[int, int] = (0, 1)) -> Iterator[tuple[Tensor, Tensor]]:
     """Normalised float32 batches ``(x [B, C, H, W], y [B])`` on the images' device.
 
     ``train=True``: a fresh permutation per call (from ``generator``: same seed, same batches)
     and, if ``info.augment``, zero-pad 4 + random crop + random horizontal flip per image.
     ``train=False``: every image in order, no augmentation. ``drop_last`` drops a final partial
-    batch. Arguments are checked here, at the call, not at the first ``next``.
+    batch. ``part=(i, n)`` yields only the i-th of n equal slices of each batch (``batch_size``
+    must divide by n): the images and augmentation that process i of n trains on, the same as
+    in the whole batch. Arguments are checked here, at the call, not at the first ``next``.
     """
     _check_batch_args(images, labels, batch_size, info)
-    return _iterate(images, labels, batch_size, info, train, generator, drop_last, channels_last)
+    index, count = part
+    if not 0 <= index < count or batch_size % count:
+        raise ValueError(f"batch_size {batch_size} cannot be split into {count} equal parts "
+                         f"(part {index}); use a multiple of {count}")
+    return _iterate(images, labels, batch_size, info, train, generator, drop_last, channels_last,
+                    part)
 
 
 def _iterate(images: Tensor, labels: Tensor, batch_size: int, info: DatasetInfo, train: bool,
-             generator: torch.Generator | None, drop_last: bool,
-             channels_last: bool) -> Iterator[tuple[Tensor, Tensor]]:
+             generator: torch.Generator | None, drop_last: bool, channels_last: bool,
+             part: tuple[int, int] = (0, 1)) -> Iterator[tuple[Tensor, Tensor]]:
     n, channels = images.shape[:2]
     device = images.device
     std = torch.tensor(info.std, dtype=torch.float32, device=device).view(1, channels, 1, 1)
@@ -709,8 +717,12 @@ def _iterate(images: Tensor, labels: Tensor, batch_size: int, info: DatasetInfo,
     plan = _epoch_plan(n, device, generator, info.augment) if train else None
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     end = n - n % batch_size if drop_last else n
-    for start in range(0, end, batch_size):
-        stop = min(start + batch_size, n)
+    share = batch_size // part[1]
+    for first in range(0, end, batch_size):
+        start = first + part[0] * share
+        stop = min(start + share, first + batch_size, n)
+        if stop <= start:  # this part of a final partial batch is empty
+            continue
         if plan is None:
             x, y = images[start:stop], labels[start:stop]
         else:

@@ -15,13 +15,14 @@ import logging
 import platform
 import subprocess
 import time
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from . import __version__
+from . import __version__, distributed
 from .config import Config
 from .data import ImageData, load_dataset
 from .io import atomic_write_text, run_lock, save_model
@@ -47,6 +48,18 @@ def code_version() -> dict[str, Any]:
     return version
 
 
+def setup_device(cfg: Config) -> torch.device:
+    """This process's device; under torchrun it first joins the process group."""
+    device = resolve_device(cfg.device)
+    distributed.init(device)
+    return device
+
+
+def claim(out: Path, fresh: bool) -> AbstractContextManager[None]:
+    """:func:`~ncslim.io.run_lock` in the process that writes (rank 0 under torchrun)."""
+    return run_lock(out, fresh) if distributed.is_main() else nullcontext()
+
+
 def load_data(cfg: Config, device: torch.device) -> ImageData:
     data = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download,
                         limit_train=cfg.limit_train, limit_test=cfg.limit_test,
@@ -69,6 +82,8 @@ def check_fits(model: SlimmableNet, data: ImageData, source: str) -> None:
 
 
 def write_config(cfg: Config, out: Path, command: str) -> None:
+    if not distributed.is_main():
+        return
     out.mkdir(parents=True, exist_ok=True)
     record = {"command": command, "config": cfg.to_dict(), "version": code_version()}
     atomic_write_text(out / "config.json", json.dumps(record, indent=2) + "\n")
@@ -77,11 +92,12 @@ def write_config(cfg: Config, out: Path, command: str) -> None:
 def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
     """Sparsity training: ``out/`` gets metrics.jsonl, last.pt, best.pt, model.pt."""
     out = Path(cfg.out)
-    data = load_data(cfg, resolve_device(cfg.device))
-    with run_lock(out, fresh=not resume):
+    data = load_data(cfg, setup_device(cfg))
+    with claim(out, fresh=not resume):
         write_config(cfg, out, "train")
         model, test_acc = sparsity_stage(cfg, data, out, resume)
-        save_model(model, out / "model.pt")
+        if distributed.is_main():
+            save_model(model, out / "model.pt")
     return {"test_acc": test_acc, "model": str(out / "model.pt")}
 
 
@@ -156,15 +172,19 @@ def prune_and_finetune(model: SlimmableNet, sparse_acc: float, data: ImageData, 
 
     Writes ``pruned.pt``, ``finetune/``, ``final.pt`` and ``results.json`` into ``out``;
     ``seconds`` counts from ``started`` (a ``time.perf_counter()`` value; default: now).
+    Under torchrun every process prunes and fine-tunes; only rank 0 returns the results.
     """
     started = time.perf_counter() if started is None else started
     device = data.train_images.device
     pruned, report = prune(model, cfg)
-    save_model(pruned, out / "pruned.pt")
+    if distributed.is_main():
+        save_model(pruned, out / "pruned.pt")
     pruned_acc, _ = evaluate(pruned, data, cfg.channels_last)
     log.info("pruned %.1f%% of channels: test accuracy %.2f%% -> %.2f%%",
              100 * report.removed_fraction, 100 * sparse_acc, 100 * pruned_acc)
     final, final_acc = finetune(pruned, data, cfg, out / "finetune", resume)
+    if not distributed.is_main():
+        return {}  # rank 0 measures latency and writes the results
     save_model(final, out / "final.pt")
     gammas = torch.cat([g.detach().abs().flatten() for g in find_scales(model).values()])
     results = {
@@ -194,8 +214,8 @@ def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
     """The whole pipeline; returns (and writes to ``results.json``) every number it measured."""
     started = time.perf_counter()
     out = Path(cfg.out)
-    data = load_data(cfg, resolve_device(cfg.device))
-    with run_lock(out, fresh=not resume):
+    data = load_data(cfg, setup_device(cfg))
+    with claim(out, fresh=not resume):
         write_config(cfg, out, "run")
         model, sparse_acc = sparsity_stage(cfg, data, out / "train", resume)
         return prune_and_finetune(model, sparse_acc, data, cfg, out, resume, started)

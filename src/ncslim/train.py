@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import distributed
 from .config import Config
 from .data import ImageData, batches
 from .io import (
@@ -66,6 +67,8 @@ def resolve_device(name: str) -> torch.device:
                          f"(use cpu, cuda, cuda:N or auto)") from err
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA GPU is available here; use --device cpu")
+    if device.type == "cuda" and device.index is None and distributed.launched():
+        device = torch.device("cuda", distributed.local_rank())  # one GPU per process
     return device
 
 
@@ -89,13 +92,15 @@ def evaluate(model: nn.Module, data: ImageData, channels_last: bool = False,
     device = data.test_images.device
     loss = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
+    share = distributed.shard(data.test_labels.numel())  # under torchrun: this process's part
     with _autocast(device, amp):
-        for x, y in batches(data.test_images, data.test_labels, EVAL_BATCH, info=data.info,
-                            train=False, channels_last=channels_last):
+        for x, y in batches(data.test_images[share], data.test_labels[share], EVAL_BATCH,
+                            info=data.info, train=False, channels_last=channels_last):
             out = model(x).float()
             loss += F.cross_entropy(out, y, reduction="sum")
             correct += (out.argmax(1) == y).sum()
     model.train(was_training)
+    loss, correct = distributed.all_sum(loss, correct)
     n = data.test_labels.numel()
     return correct.item() / n, loss.item() / n  # sync point, once per evaluation
 
@@ -141,7 +146,17 @@ class Trainer:
                                    nesterov=cfg.nesterov and cfg.momentum > 0)
         use_scaler = cfg.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
-        self.forward = torch.compile(model) if cfg.compile else model
+        self.part = (distributed.rank(), distributed.world_size())
+        forward: nn.Module = model
+        if distributed.active():
+            if cfg.batch_size % self.part[1]:
+                raise ValueError(f"--batch-size {cfg.batch_size} (the global batch) must divide "
+                                 f"by the {self.part[1]} processes")
+            if cfg.sync_bn:
+                distributed.sync_batchnorm(model)
+            forward = nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device] if self.device.type == "cuda" else None)
+        self.forward = torch.compile(forward) if cfg.compile else forward
         self.start_epoch, self.best_acc, self.history = 0, -1.0, []
 
     def train_epoch(self, epoch: int, lr: float, progress: Any) -> dict[str, float]:
@@ -158,7 +173,7 @@ class Trainer:
         for step, (x, y) in enumerate(batches(
                 self.data.train_images, self.data.train_labels, cfg.batch_size,
                 info=self.data.info, train=True, generator=generator, drop_last=True,
-                channels_last=cfg.channels_last)):
+                channels_last=cfg.channels_last, part=self.part)):
             with _autocast(self.device, cfg.amp):
                 out = model(x)
                 loss = F.cross_entropy(out.float(), y)
@@ -184,6 +199,9 @@ class Trainer:
                     self._diverged("the loss", epoch, int(first_bad))
         if first_bad.item() >= 0:  # sync point, once per epoch
             self._diverged("the loss", epoch, int(first_bad))
+        loss_sum, correct, images = distributed.all_sum(
+            loss_sum, correct, torch.tensor(seen, device=self.device))
+        seen = int(images)
         return {"train_loss": loss_sum.item() / max(seen, 1),
                 "train_acc": correct.item() / max(seen, 1), "images": seen}
 
@@ -203,6 +221,7 @@ class Trainer:
                              f"choose another --out")
         for epoch in range(self.start_epoch, self.epochs):
             self._run_epoch(epoch)
+        distributed.plain_batchnorm(self.model)
         acc = self.history[-1]["test_acc"] if self.history else evaluate(
             self.model, self.data, self.cfg.channels_last, self.cfg.amp)[0]
         return StageResult(self.model, acc, self.epochs, self.history)
@@ -223,7 +242,9 @@ class Trainer:
         if self.reg is not None:
             record["penalty"] = float(self.reg.penalty_value())
         self._check_gammas(epoch)
-        self._save(record)
+        self.history.append(record)
+        if distributed.is_main():
+            self._save(record)
         log.info("%s epoch %d/%d  loss %.4f  train %.2f%%  test %.2f%%  lr %.3g  "
                  "|gamma|<1e-2 %.1f%%  %.1fs  %.0f img/s", self.dir.name, epoch + 1, self.epochs,
                  record["train_loss"], 100 * record["train_acc"], 100 * test_acc, lr,
@@ -236,7 +257,6 @@ class Trainer:
 
     def _save(self, record: dict[str, Any]) -> None:
         """Metrics first, then the checkpoint: a crash in between is undone on resume."""
-        self.history.append(record)
         with (self.dir / "metrics.jsonl").open("a") as f:
             f.write(json.dumps(record) + "\n")
         if record["test_acc"] > self.best_acc:
@@ -252,7 +272,7 @@ class Trainer:
     def _restore(self) -> None:
         path = self.dir / "last.pt"
         if not path.exists():  # killed before its first checkpoint: metrics written since go
-            _read_metrics(self.dir / "metrics.jsonl", keep=0)
+            _read_metrics(self.dir / "metrics.jsonl", keep=0, rewrite=distributed.is_main())
             return
         state = load_checkpoint(path, self.device)
         if state["model"].get("config") != self.model.config():
@@ -264,7 +284,8 @@ class Trainer:
         self.opt.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.start_epoch, self.best_acc = state["epoch"], state["best_acc"]
-        self.history = _read_metrics(self.dir / "metrics.jsonl", keep=self.start_epoch)
+        self.history = _read_metrics(self.dir / "metrics.jsonl", keep=self.start_epoch,
+                                     rewrite=distributed.is_main())
         log.info("resumed %s at epoch %d/%d", self.dir, self.start_epoch, self.epochs)
 
 
@@ -290,8 +311,9 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str,
     return state
 
 
-def _read_metrics(path: Path, keep: int) -> list[dict[str, Any]]:
-    """The metrics of the first ``keep`` epochs; later lines (written before a crash) go.
+def _read_metrics(path: Path, keep: int, rewrite: bool = True) -> list[dict[str, Any]]:
+    """The metrics of the first ``keep`` epochs; later lines (written before a crash) go
+    (from the file too, when ``rewrite``).
 
     A last line cut short by a crash mid-append is one of those later lines and goes too.
     """
@@ -307,7 +329,8 @@ def _read_metrics(path: Path, keep: int) -> list[dict[str, Any]]:
                 raise ValueError(f"{path}: line {number} is not JSON; the file was edited or "
                                  f"damaged; start the run afresh in another --out") from None
     records = [r for r in records if r["epoch"] <= keep]
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+    if rewrite:
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
     return records
 
 
@@ -315,4 +338,4 @@ def _progress(total: int, desc: str) -> Any:
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True,
-                disable=None, mininterval=1.0)
+                disable=None if distributed.is_main() else True, mininterval=1.0)
