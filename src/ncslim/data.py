@@ -253,7 +253,7 @@ def _not_found(name: str, dirs: list[Path], include_extra: bool) -> DataError:
     fixes.append("or use --download")
     extra = ""
     if name == "svhn" and include_extra and partial:
-        extra = " (or include_extra=False to train without extra_32x32.mat)"
+        extra = " (or --no-svhn-extra / include_extra=False to train without extra_32x32.mat)"
     return DataError(f"{name}: data not found (need {what}); looked in {', '.join(looked)}; "
                      f"{', '.join(fixes)}{extra}")
 
