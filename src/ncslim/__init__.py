@@ -4,6 +4,7 @@ Train with a sparsity penalty on the BatchNorm scaling factors, prune the weak c
 physically, fine-tune, and measure what was gained.
 """
 
+from .export import export_model
 from .io import ModelFileError, load_model, save_model
 from .metrics import count_flops, count_params
 from .models import PruneSlot, SlimmableNet, build_model, model_names
@@ -22,6 +23,7 @@ __all__ = [
     "build_model",
     "count_flops",
     "count_params",
+    "export_model",
     "load_model",
     "make_penalty",
     "model_names",

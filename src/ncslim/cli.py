@@ -4,6 +4,7 @@
     ncslim run --config vgg19-cifar10 --penalty tl1 --lam 1e-4 --out runs/vgg-tl1
     ncslim prune --checkpoint runs/x/model.pt --dry-run --ratios 0.3,0.5,0.7
     ncslim info --checkpoint runs/x/final.pt
+    ncslim export runs/x/final.pt --format onnx
 
 User errors (bad values, missing data, a wrong checkpoint) print one line and exit with status 2.
 """
@@ -22,15 +23,17 @@ import torch
 
 from . import distributed, pipeline
 from .config import Config, config_fields, load_config, preset_names
+from .export import FORMATS, SUFFIX, check_export, export_model
 from .io import atomic_write_text, load_model, run_lock, save_model
 from .metrics import count_params
 from .models import build_model
 from .train import TrainingDiverged, resolve_device
 
 log = logging.getLogger("ncslim")
-COMMANDS = ("run", "train", "prune", "finetune", "info", "sweep", "report")
+COMMANDS = ("run", "train", "prune", "finetune", "info", "sweep", "report", "export")
 DISTRIBUTED = ("run", "train", "finetune")  # the commands torchrun may start several times
 _TYPES = {"int": int, "float": float, "str": str}
+CHECK_TOLERANCE = 1e-4  # largest |output difference| accepted between an export and PyTorch
 
 
 class Parser(argparse.ArgumentParser):
@@ -67,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         "info": "parameters, FLOPs, channels per layer and latency of a model",
         "sweep": "run a grid of penalties x parameters x lam x seeds x prune ratios",
         "report": "table and figures from every results.json below a folder",
+        "export": "write a model as ONNX (checked in ONNX Runtime) or TorchScript",
     }
     commands = {name: sub.add_parser(name, help=helps[name], description=helps[name])
                 for name in COMMANDS}
@@ -101,6 +105,18 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("sweep_file", metavar="CONFIG", help="sweep TOML file")
     sweep.add_argument("--shard", help="I/N: run every N-th training run, starting at the I-th")
     sweep.add_argument("--dry-run", action="store_true", help="list the runs, run nothing")
+    export = commands["export"]
+    export.add_argument("model", metavar="MODEL", help="model file (model.pt, final.pt, ...)")
+    export.add_argument("--format", choices=FORMATS, default="onnx")
+    export.add_argument("--output", "-o", help="file to write (default: MODEL with the format's "
+                                               "suffix, .onnx or .ts)")
+    export.add_argument("--input-shape", help="B,C,H,W of the example input (default: "
+                                              "1,C,32,32 from the model)")
+    export.add_argument("--fixed-batch", action="store_true",
+                        help="ONNX: a fixed batch size instead of a dynamic one")
+    export.add_argument("--opset", type=int, help="ONNX opset version (default: the exporter's)")
+    export.add_argument("--no-check", action="store_true",
+                        help="skip comparing the exported file's outputs with PyTorch's")
     report = commands["report"]
     report.add_argument("runs_dir", metavar="RUNS_DIR", help="folder searched for results.json")
     report.add_argument("--out", help="where the table and figures go (default RUNS_DIR/report)")
@@ -233,13 +249,43 @@ def cmd_report(args: argparse.Namespace) -> None:
         print(f"{kind:<9} {path}")
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    model = load_model(args.model)
+    shape = _shape(args.input_shape) if args.input_shape else None
+    output = Path(args.output) if args.output else Path(args.model).with_suffix(
+        SUFFIX[args.format])
+    if output.resolve() == Path(args.model).resolve():
+        raise ValueError(f"--output {output} would overwrite the model itself; choose another")
+    export_model(model, output, args.format, shape, fixed_batch=args.fixed_batch,
+                 opset=args.opset)
+    print(f"{args.format}: {output} ({output.stat().st_size / 2**20:.2f} MiB)")
+    if not args.no_check:
+        diff = check_export(model, output, args.format, shape)
+        runtime = "ONNX Runtime" if args.format == "onnx" else "TorchScript"
+        if not diff <= CHECK_TOLERANCE:
+            raise ValueError(f"{output}: {runtime} outputs differ from PyTorch's by {diff:.3g} "
+                             f"(more than {CHECK_TOLERANCE}); the file is kept for inspection")
+        print(f"checked in {runtime}: outputs within {diff:.2g} of PyTorch's")
+
+
+def _shape(text: str) -> tuple[int, int, int, int]:
+    try:
+        shape = tuple(int(d) for d in text.split(","))
+    except ValueError:
+        raise ValueError(f"--input-shape must be B,C,H,W integers, got {text!r}") from None
+    if len(shape) != 4 or min(shape) < 1:
+        raise ValueError(f"--input-shape must be 4 positive integers B,C,H,W, got {text!r}")
+    return shape  # type: ignore[return-value]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet = distributed.launched() and os.environ.get("RANK", "0") != "0"  # rank 0 speaks
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s",
                         stream=sys.stderr)
     handler = {"run": cmd_run, "train": cmd_train, "prune": cmd_prune, "finetune": cmd_finetune,
-               "info": cmd_info, "sweep": cmd_sweep, "report": cmd_report}[args.command]
+               "info": cmd_info, "sweep": cmd_sweep, "report": cmd_report,
+               "export": cmd_export}[args.command]
     try:
         if distributed.launched() and args.command not in DISTRIBUTED:
             raise ValueError(f"this command runs in one process; start it without torchrun "

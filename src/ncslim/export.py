@@ -1,0 +1,160 @@
+"""Exporting a full or pruned model for deployment: ONNX (checked in ONNX Runtime) or TorchScript.
+
+    ncslim export runs/vgg/final.pt --format onnx            # -> runs/vgg/final.onnx, checked
+    >>> import ncslim, tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "m.ts")
+    >>> ncslim.export_model(ncslim.build_model("vgg", width=0.125, depth=11), path,
+    ...                     format="torchscript").name
+    'm.ts'
+
+ONNX goes through PyTorch's own exporter (``torch.onnx.export(dynamo=True)``, which needs the
+``onnx`` and ``onnxscript`` packages: ``pip install 'ncslim[export]'``); the batch dimension stays
+dynamic unless ``fixed_batch``. TorchScript is a trace (``torch.jit.trace``): our models have no
+data-dependent control flow. PyTorch marks TorchScript as deprecated; it remains here for
+LibTorch (C++) deployments that still load it. Both files are written atomically.
+
+An exported file is a program: ncslim writes these files but never loads one from a stranger.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .regularizer import unwrap
+
+FORMATS = ("onnx", "torchscript")
+SUFFIX = {"onnx": ".onnx", "torchscript": ".ts"}
+
+
+def _check_shape(input_shape: Any) -> tuple[int, int, int, int]:
+    shape = tuple(input_shape) if isinstance(input_shape, (tuple, list)) else ()
+    if len(shape) != 4 or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0
+                                  for d in shape):
+        raise ValueError(f"input_shape must be 4 positive ints (batch, channels, height, width), "
+                         f"got {input_shape!r}")
+    return shape  # type: ignore[return-value]
+
+
+def _input_shape(model: nn.Module, input_shape: Any) -> tuple[int, int, int, int]:
+    if input_shape is not None:
+        return _check_shape(input_shape)
+    if hasattr(model, "input_shape"):
+        return (1, *model.input_shape())
+    raise ValueError(f"input_shape is required to export a {type(model).__name__} (it is not an "
+                     f"ncslim architecture); e.g. input_shape=(1, 3, 224, 224)")
+
+
+def _needs(*modules: str) -> None:
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ValueError(f"this needs the package(s) {', '.join(missing)}: "
+                         f"pip install 'ncslim[export]'")
+
+
+def example_input(input_shape: tuple[int, ...]) -> torch.Tensor:
+    return torch.randn(input_shape, generator=torch.Generator().manual_seed(0))
+
+
+def export_model(model: nn.Module, path: str | os.PathLike, format: str = "onnx",
+                 input_shape: tuple[int, int, int, int] | None = None, *,
+                 fixed_batch: bool = False, opset: int | None = None) -> Path:
+    """Write ``model`` (in evaluation mode, on the CPU, float32) to ``path`` as ONNX or TorchScript.
+
+    ``input_shape`` is (batch, channels, height, width); it defaults to one image of the model's
+    own input size for ncslim architectures and is required for other models. The model given is
+    not changed. Returns the path written.
+    """
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+    model = unwrap(model)
+    shape = _input_shape(model, input_shape)
+    model = copy.deepcopy(model).float().cpu().eval()
+    try:
+        with torch.no_grad():
+            model(example_input(shape))
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise ValueError(f"the model does not take inputs of shape {shape}: {first}") from None
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        if format == "onnx":
+            _export_onnx(model, Path(tmp), shape, fixed_batch, opset)
+        else:
+            _export_torchscript(model, Path(tmp), shape)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _export_onnx(model: nn.Module, path: Path, shape: tuple[int, ...], fixed_batch: bool,
+                 opset: int | None) -> None:
+    _needs("onnx", "onnxscript")
+    # torch.export specialises a dimension whose example size is 1: trace a batch of 2 when the
+    # batch is to stay dynamic
+    example = example_input(shape if fixed_batch else (max(2, shape[0]), *shape[1:]))
+    dynamic = None if fixed_batch else ({0: torch.export.Dim("batch")},)
+    options: dict[str, Any] = {"opset_version": opset} if opset is not None else {}
+    registry_log = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registry_log.level
+    registry_log.setLevel(logging.ERROR)  # "torchvision is not installed": we never need it
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (example,), path, dynamo=True, input_names=["input"],
+                              output_names=["logits"], dynamic_shapes=dynamic,
+                              external_data=False, verbose=False, **options)
+    finally:
+        registry_log.setLevel(level)
+
+
+def _export_torchscript(model: nn.Module, path: Path, shape: tuple[int, ...]) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TorchScript's deprecation notice (see the module doc)
+        traced = torch.jit.trace(model, example_input(shape), check_trace=False)
+        traced.save(str(path))
+
+
+def check_export(model: nn.Module, path: str | os.PathLike, format: str,
+                 input_shape: tuple[int, int, int, int] | None = None) -> float:
+    """Largest |difference| between the exported file's outputs (ONNX Runtime or TorchScript)
+    and ``model``'s on a random batch of ``input_shape`` (batch at least 3)."""
+    model = copy.deepcopy(unwrap(model)).float().cpu().eval()
+    shape = _input_shape(model, input_shape)
+    x = example_input((max(3, shape[0]), *shape[1:])) if format == "onnx" else example_input(shape)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    if format == "onnx":
+        got = onnx_session(path).run(None, {"input": x.numpy()})[0]
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            got = torch.jit.load(str(path))(x).detach().numpy()
+    return float(np.abs(got - expected).max())
+
+
+def onnx_session(path: str | os.PathLike, threads: int | None = None) -> Any:
+    """An ONNX Runtime CPU session (``threads``: intra-op threads; default: its own choice)."""
+    _needs("onnxruntime")
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
