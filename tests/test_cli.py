@@ -210,16 +210,32 @@ def test_a_model_for_another_class_count_or_input_is_named(tmp_path, capsys):
 
 
 @needs_fashion
-def test_resuming_with_another_architecture_is_refused(tmp_path, capsys):
+def test_resuming_with_other_settings_or_another_architecture_is_refused(tmp_path, capsys):
     out = tmp_path / "t"
     assert main(["train", *TINY, "--out", str(out)]) == 0
-    before = (out / "last.pt").read_bytes()
-    for change in (["--depth", "13"], ["--width", "0.125"], ["--arch", "resnet", "--depth", "20"]):
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    changes = [(["--depth", "13"], "--depth 13 (the run has 11)"),
+               (["--lr", "0.05", "--lam", "1e-3"], "--lr 0.05 (the run has 0.1), --lam 0.001 "
+                                                   "(the run has 0.0001)"),
+               (["--arch", "resnet", "--depth", "20"], "--arch resnet (the run has vgg), "
+                                                       "--depth 20 (the run has 11)")]
+    for change, named in changes:
         err = _one_line_error(["train", *TINY, *change, "--out", str(out), "--resume"], capsys)
-        assert re.search(r"last.pt holds another architecture or class count \(vgg, 10 classes, "
-                         r"1 input channel\(s\), [\d,]+ parameters\) than this run \(", err)
-        assert "config.json" in err
-    assert (out / "last.pt").read_bytes() == before
+        assert f"resuming {out} with other settings: {named}; resume with the settings in" in err
+    err = _one_line_error(["run", *TINY, "--out", str(out), "--resume"], capsys)
+    assert f"{out} holds a run of ncslim train; continue it with ncslim train --resume" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    # how to compute may change: another device string, channels-last, no compile
+    assert main(["train", *TINY, "--channels-last", "--out", str(out), "--resume"]) == 0
+
+    (out / "config.json").unlink()  # without the record, the checkpoint itself is checked
+    err = _one_line_error(["train", *TINY, "--width", "0.125", "--out", str(out), "--resume"],
+                          capsys)
+    assert re.search(r"last.pt holds another architecture or class count \(vgg, 10 classes, "
+                     r"1 input channel\(s\), [\d,]+ parameters\) than this run \(", err)
+    (out / "config.json").write_text("{not json")
+    err = _one_line_error(["train", *TINY, "--out", str(out), "--resume"], capsys)
+    assert "config.json is damaged; the run there cannot be resumed safely" in err
 
 
 def test_a_pruned_model_is_not_pruned_again_unless_asked(tmp_path, capsys):
@@ -244,3 +260,14 @@ def test_a_pruned_model_is_not_pruned_again_unless_asked(tmp_path, capsys):
     assert main(["info", "--checkpoint", str(tmp_path / "p2" / "pruned.pt"),
                  "--batch-size", "2"]) == 0
     assert f"pruned from a model of {record['params']:,} parameters" in capsys.readouterr().out
+
+
+def test_a_corrupt_checkpoint_given_to_any_command_is_one_line(tmp_path, capsys):
+    good = _saved(tmp_path / "good.pt", num_classes=10, in_channels=1)
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    for argv in (["prune", "--checkpoint", str(bad)], ["info", "--checkpoint", str(bad)],
+                 ["finetune", "--checkpoint", str(bad), *TINY], ["export", str(bad)]):
+        err = _one_line_error([*argv, "--out", str(tmp_path / "o")] if argv[0] in (
+            "prune", "finetune") else argv, capsys)
+        assert f"{bad}: not a readable ncslim file (corrupt, truncated or not saved by" in err

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -330,3 +331,26 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_says_so(tmp_path, monkeyp
     final = ncslim.load_model(out / "model.pt").state_dict()
     for key, value in ncslim.load_model(reference / "model.pt").state_dict().items():
         assert torch.equal(final[key], value), key
+
+
+@needs_fashion
+def test_inf_gammas_stop_the_run_with_exit_status_3(tmp_path, monkeypatch, capsys):
+    real = ncslim.train.evaluate
+    calls = [0]
+
+    def poisons_a_gamma(model, *args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 2:  # after the second epoch's training, before its checkpoint
+            with torch.no_grad():
+                next(iter(ncslim.regularizer.find_scales(model).values()))[0] = float("inf")
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(ncslim.train, "evaluate", poisons_a_gamma)
+    out = tmp_path / "run"
+    code = ncslim.cli.main(["train", *KILL_ARGS, "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 3
+    assert re.fullmatch(r"ncslim train: the BN scaling factors became NaN/inf in epoch 2 of "
+                        r".*; the checkpoint of epoch 1 is kept; lower --lr or --lam and run "
+                        r"again", err)
+    assert ncslim.train.load_checkpoint(out / "last.pt")["epoch"] == 1

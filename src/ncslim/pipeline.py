@@ -81,12 +81,39 @@ def check_fits(model: SlimmableNet, data: ImageData, source: str) -> None:
                          f"{info.num_classes} / {info.in_channels}; pick the matching --dataset")
 
 
+# settings that say how to compute, not what: a resumed run may change them
+FREE_ON_RESUME = {"device", "data_dir", "download", "compile", "channels_last", "amp", "out"}
+
+
 def write_config(cfg: Config, out: Path, command: str) -> None:
+    """Record the run's settings in ``out/config.json``; a run already there must agree."""
     if not distributed.is_main():
         return
+    _check_same_run(cfg, out / "config.json", command)
     out.mkdir(parents=True, exist_ok=True)
     record = {"command": command, "config": cfg.to_dict(), "version": code_version()}
     atomic_write_text(out / "config.json", json.dumps(record, indent=2) + "\n")
+
+
+def _check_same_run(cfg: Config, path: Path, command: str) -> None:
+    if not path.exists():
+        return
+    try:
+        record = json.loads(path.read_text())
+        started, before = record["command"], record["config"]
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"{path} is damaged; the run there cannot be resumed safely; choose "
+                         f"another --out") from None
+    if started != command:
+        raise ValueError(f"{path.parent} holds a run of ncslim {started}; continue it with "
+                         f"ncslim {started} --resume, or choose another --out")
+    now = cfg.to_dict()
+    changed = [k for k in now if k not in FREE_ON_RESUME and before.get(k, now[k]) != now[k]]
+    if changed:
+        shown = ", ".join(f"--{k.replace('_', '-')} {now[k]} (the run has {before[k]})"
+                          for k in changed[:3])
+        raise ValueError(f"resuming {path.parent} with other settings: {shown}; resume with the "
+                         f"settings in {path} or choose another --out")
 
 
 def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
