@@ -144,6 +144,7 @@ def _check_ranges(cfg: Config) -> None:
         ("min_channels", isinstance(cfg.min_channels, int) and cfg.min_channels >= 1,
          "an integer >= 1"),
         ("round_to", isinstance(cfg.round_to, int) and cfg.round_to >= 1, "an integer >= 1"),
+        ("seed", isinstance(cfg.seed, int) and cfg.seed >= 0, "an integer >= 0"),
         ("limit_train", cfg.limit_train is None or (
             isinstance(cfg.limit_train, int) and cfg.limit_train >= 1), "an integer >= 1"),
         ("limit_test", cfg.limit_test is None or (
