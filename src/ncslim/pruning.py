@@ -15,6 +15,7 @@ zeros that proximal training leaves). The model family says which layers each BN
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -242,7 +243,9 @@ def prune_model(
     min_channels: int = 1,
     round_to: int = 1,
     compensate: bool = False,
-) -> tuple[SlimmableNet, PruneReport]:
+    example_inputs: torch.Tensor | None = None,
+    ignored_layers: Sequence[nn.Module | str] | None = None,
+) -> tuple[nn.Module, PruneReport]:
     """A new, smaller, dense model without the weak channels of ``model``, and a report.
 
     ``ratio`` removes that fraction of all prunable channels, lowest |gamma| first; ``threshold``
@@ -251,12 +254,20 @@ def prune_model(
     the average output of each removed channel into the layer that read it (a bias or the next
     BN's running mean), so the pruned network is closer to the original before fine-tuning.
     The original model is left untouched.
+
+    Any other CNN is pruned through Torch-Pruning's dependency graph (:mod:`ncslim.generic`),
+    traced from ``example_inputs`` (required then, e.g. ``torch.randn(1, 3, 224, 224)``);
+    ``ignored_layers`` (modules or their names) keep every input and output channel, and so does
+    every layer coupled to them. ``compensate`` is for ncslim architectures only.
     """
     model = unwrap(model)
-    if not isinstance(model, SlimmableNet):
-        raise TypeError(f"prune_model prunes ncslim architectures (build_model); "
-                        f"got {type(model).__name__}")
     _check_args(ratio, threshold, min_channels, round_to)
+    if not isinstance(model, SlimmableNet):
+        return _prune_other(model, ratio, threshold, min_channels, round_to, compensate,
+                            example_inputs, ignored_layers)
+    if ignored_layers:
+        raise ValueError("ignored_layers is for models that are not ncslim architectures; ours "
+                         "prune every BN-scored layer (use min_channels to keep some width)")
     slots = model.prune_slots()
     modules = dict(model.named_modules())
     layer_scores = [modules[slot.bn].weight.detach().abs().float() for slot in slots]
@@ -292,12 +303,38 @@ def prune_model(
     return small, report
 
 
+def _prune_other(model: nn.Module, ratio: float | None, threshold: float | None,
+                 min_channels: int, round_to: int, compensate: bool,
+                 example_inputs: torch.Tensor | None,
+                 ignored_layers: Sequence[nn.Module | str] | None) -> tuple[nn.Module, PruneReport]:
+    from .generic import prune_generic
+
+    if not isinstance(example_inputs, torch.Tensor):
+        raise ValueError(f"prune_model needs example_inputs (a tensor batch, e.g. "
+                         f"torch.randn(1, 3, 224, 224)) to prune a {type(model).__name__}: its "
+                         f"dependency graph is traced from them")
+    if compensate:
+        raise ValueError("compensate works for ncslim architectures only")
+    small, groups, cut, floored = prune_generic(model, example_inputs, ratio, threshold,
+                                                min_channels, round_to, ignored_layers)
+    layers = [LayerReport(name, len(kept), total, kept) for name, kept, total in groups]
+    shape = tuple(example_inputs[:1].shape)
+    report = PruneReport(
+        threshold=cut, ratio=ratio, layers=layers, floored=floored, compensated=False,
+        removed_fraction=1.0 - sum(la.kept for la in layers) / sum(la.total for la in layers),
+        params_before=count_params(model), params_after=count_params(small),
+        flops_before=count_flops(model, shape), flops_after=count_flops(small, shape),
+    )
+    return small, report
+
+
 def prune_to_flops(model: nn.Module, target: float, iterations: int = 14,
-                   **options: Any) -> tuple[SlimmableNet, PruneReport]:
+                   **options: Any) -> tuple[nn.Module, PruneReport]:
     """Prune the smallest global ratio whose FLOPs fall to ``target`` x the original or below.
 
     Bisection over the ratio (FLOPs fall as the ratio grows); ``options`` go to
-    :func:`prune_model` (``min_channels``, ``round_to``, ``compensate``).
+    :func:`prune_model` (``min_channels``, ``round_to``, ``compensate``, and for other models
+    ``example_inputs`` and ``ignored_layers``).
     """
     if not 0.0 < target <= 1.0:
         raise ValueError(f"target FLOPs fraction must be in (0, 1], got {target}")

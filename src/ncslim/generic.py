@@ -1,0 +1,154 @@
+"""Physical pruning of any CNN: our selection rule, Torch-Pruning's dependency graph.
+
+    small, report = ncslim.prune_model(my_resnet, ratio=0.5,
+                                       example_inputs=torch.randn(1, 3, 224, 224))
+
+For models that are not ncslim architectures (projection shortcuts, depthwise convolutions,
+concatenations, ...), the graph traced by Torch-Pruning (``pip install 'ncslim[generic]'``) says
+which channels are *coupled*: a conv's outputs, its BatchNorm, every layer that reads them, and
+every other layer bound to them through a residual addition or a depthwise convolution. Each such
+group is scored channel by channel by the largest |gamma| among its BatchNorms (a channel goes
+only when every BN it passes through has let it go), then the same global rule as for our own
+families (``ratio`` or ``threshold``, ``min_channels``, ``round_to``) decides what is removed.
+Groups without a BatchNorm (a classifier's outputs, for one) are never pruned.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+_BN = nn.modules.batchnorm._BatchNorm
+
+
+@dataclass
+class _Group:
+    name: str  # the root layer's name
+    root: nn.Module
+    handler: Any  # Torch-Pruning's pruning function for the root (output channels)
+    scores: torch.Tensor  # per root channel: the largest |gamma| of the group's BNs
+
+
+def _torch_pruning() -> Any:
+    if importlib.util.find_spec("torch_pruning") is None:
+        raise ValueError("pruning a model that is not an ncslim architecture needs Torch-Pruning: "
+                         "pip install 'ncslim[generic]'")
+    import torch_pruning
+
+    return torch_pruning
+
+
+def _resolve(model: nn.Module, original: nn.Module,
+             ignored: Sequence[nn.Module | str] | None) -> list[nn.Module]:
+    """The copy's modules for ``ignored`` (modules of the original model, or their names)."""
+    names = {id(m): n for n, m in original.named_modules()}
+    modules = dict(model.named_modules())
+    out = []
+    for item in ignored or []:
+        name = item if isinstance(item, str) else names.get(id(item))
+        if name is None or name not in modules:
+            shown = item if isinstance(item, str) else type(item).__name__
+            raise ValueError(f"ignored_layers: {shown} is not a layer of this model")
+        out.append(modules[name])
+    return out
+
+
+def _groups(graph: Any, model: nn.Module, ignored: list[nn.Module]) -> list[_Group]:
+    names = {m: n for n, m in model.named_modules()}
+    groups = []
+    for group in graph.get_all_groups(ignored_layers=ignored,
+                                      root_module_types=(nn.Conv2d, nn.Linear)):
+        if any(item.dep.target.module in ignored for item in group):
+            continue  # an ignored layer keeps its inputs and outputs whole
+        root = group[0].dep.target.module
+        scores = None
+        for item in group:
+            bn = item.dep.target.module
+            if not isinstance(bn, _BN) or bn.weight is None or not graph.is_out_channel_pruning_fn(
+                    item.dep.handler):
+                continue
+            local = bn.weight.detach().abs().float()[torch.as_tensor(item.idxs)]
+            if scores is None:
+                scores = torch.full((len(group[0].idxs),), -1.0, device=local.device)
+            index = torch.as_tensor(item.root_idxs, device=local.device)
+            scores[index] = torch.maximum(scores[index], local)
+        if scores is not None and bool((scores >= 0).all()):
+            groups.append(_Group(names[root], root, group[0].dep.handler, scores))
+    return groups
+
+
+def prune_generic(model: nn.Module, example_inputs: Any, ratio: float | None,
+                  threshold: float | None, min_channels: int, round_to: int,
+                  ignored_layers: Sequence[nn.Module | str] | None = None
+                  ) -> tuple[nn.Module, list[tuple[str, list[int], int]], float, list[str]]:
+    """Prune a copy of ``model``; returns it, (group, kept indices, total) per group, the
+    |gamma| threshold applied and the groups held at the ``min_channels`` floor."""
+    from .pruning import _global_keep, _layer_keep
+
+    tp = _torch_pruning()
+    small = copy.deepcopy(model)
+    ignored = _resolve(small, model, ignored_layers)
+    was_training = small.training
+    small.eval()
+    try:
+        with torch.enable_grad():  # the graph is traced through autograd
+            graph = tp.DependencyGraph().build_dependency(small, example_inputs=example_inputs,
+                                                          verbose=False)
+    except Exception as err:  # any failure to trace is the model's, reported in one line
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"Torch-Pruning cannot trace {type(model).__name__} on the example "
+                         f"inputs: {first}") from err
+    groups = _groups(graph, small, ignored)
+    if not groups:
+        raise ValueError(f"{type(model).__name__} has no prunable channels: no convolution or "
+                         f"linear layer feeds a BatchNorm that is not in ignored_layers")
+    mask, cut = _global_keep(torch.cat([g.scores for g in groups]), ratio, threshold)
+    layers, floored = [], []
+    for group, group_mask in zip(groups, mask.split([g.scores.numel() for g in groups])):
+        keep, hit_floor = _layer_keep(group.scores, group_mask, min_channels, round_to)
+        layers.append((group.name, keep.tolist(), group.scores.numel()))
+        if hit_floor:
+            floored.append(group.name)
+        gone = sorted(set(range(group.scores.numel())) - set(keep.tolist()))
+        if gone:  # the group is rebuilt from the root now, so concat offsets are current
+            graph.get_pruning_group(group.root, group.handler, gone).prune()
+    small.train(was_training)
+    _check_runs(small, model, example_inputs)
+    return small, layers, cut, floored
+
+
+def _check_runs(small: nn.Module, model: nn.Module, example_inputs: torch.Tensor) -> None:
+    """Run the pruned copy once; a failure names the innermost layer it happened in."""
+    names = {m: n for n, m in small.named_modules()}
+    inside: list[nn.Module] = []
+
+    def enter(module: nn.Module, _: Any) -> None:
+        inside.append(module)
+
+    def leave(module: nn.Module, _: Any, __: Any) -> None:
+        inside.pop()
+
+    hooks = [h for m in small.modules() for h in (m.register_forward_pre_hook(enter),
+                                                   m.register_forward_hook(leave))]
+    was_training = small.training
+    small.eval()
+    try:
+        with torch.no_grad():
+            small(example_inputs)
+    except RuntimeError as err:
+        culprit = inside[-1] if inside and names[inside[-1]] else None
+        where = f" in layer {names[culprit]} ({type(culprit).__name__})" if culprit else ""
+        first = str(err).strip().splitlines()[0]
+        raise ValueError(f"the pruned {type(model).__name__} fails{where}: {first}; Torch-Pruning "
+                         f"did not see how that layer couples channels: pass the layers whose "
+                         f"outputs reach it in ignored_layers") from err
+    finally:
+        for hook in hooks:
+            hook.remove()
+        small.train(was_training)
