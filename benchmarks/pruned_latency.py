@@ -1,13 +1,14 @@
 """Latency of pruned models against their originals, with the FLOPs ratio beside it.
 
     python benchmarks/pruned_latency.py
-    python benchmarks/pruned_latency.py --archs vgg --batches 64 --no-compile
+    python benchmarks/pruned_latency.py --archs vgg --batches 64 --backends eager,onnxruntime
 
 For each reference architecture at width 1 (CIFAR-10 shapes) and the paper's ratio (VGG-19 70 %,
 DenseNet-40 40 %, ResNet-164 40 %), the median forward latency of the original and of the pruned
-model, at each batch size, in PyTorch eager (NCHW and channels-last) and under ``torch.compile``;
-the speed-up next to the FLOPs ratio, and their quotient (1.0 = every removed FLOP shows up as
-saved time). The models are timed round-robin in one process, so the machine's drift hits all.
+model, at each batch size, in PyTorch eager (NCHW and channels-last), under ``torch.compile`` and
+exported to ONNX in ONNX Runtime; the speed-up next to the FLOPs ratio, and their quotient (1.0 =
+every removed FLOP shows up as saved time). The models are timed round-robin in one process, so
+the machine's drift hits all.
 
 No trained width-1 models exist on this machine, so the BN scaling factors are set, not learned.
 Which channels go decides how many FLOPs go, and after real sparsity training the late layers
@@ -24,6 +25,7 @@ import copy
 import math
 import os
 import statistics
+import tempfile
 import time
 
 os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the profiler's start/stop chatter
@@ -93,14 +95,31 @@ class ChannelsLast(nn.Module):
         return self.model(x.contiguous(memory_format=torch.channels_last))
 
 
-def prepare(model: nn.Module, backend: str) -> nn.Module:
+class OnnxRuntime:
+    """``model`` exported to ONNX (ncslim.export_model) and run by an ONNX Runtime CPU session
+    with as many threads as PyTorch uses."""
+
+    def __init__(self, model: nn.Module, folder: str) -> None:
+        from ncslim.export import onnx_session
+
+        path = ncslim.export_model(model, os.path.join(folder, f"{id(model)}.onnx"))
+        self.session = onnx_session(path, threads=torch.get_num_threads())
+
+    def __call__(self, x: torch.Tensor) -> object:
+        return self.session.run(None, {"input": x.numpy()})[0]
+
+
+def prepare(model: nn.Module, backend: str) -> nn.Module | OnnxRuntime:
     if backend == "eager":
         return model
     if backend == "channels_last":
         return ChannelsLast(model)
     if backend == "compile":
         return torch.compile(model)
-    raise SystemExit(f"unknown backend {backend!r}; use eager, channels_last or compile")
+    if backend == "onnxruntime":
+        return OnnxRuntime(model, tempfile.mkdtemp(prefix="ncslim-bench-"))
+    raise SystemExit(f"unknown backend {backend!r}; use eager, channels_last, compile or "
+                     f"onnxruntime")
 
 
 def gather_share(model: nn.Module, batch: int, shape: tuple[int, ...]) -> float:
@@ -126,8 +145,9 @@ def main() -> None:
     parser.add_argument("--batches", default="1,64")
     parser.add_argument("--profiles", default="paper,uniform")
     parser.add_argument("--round-to", default="1,8", help="round_to values to prune with")
-    parser.add_argument("--backends", default="eager,channels_last,compile",
-                        help="eager (NCHW), channels_last (eager, NHWC), compile (torch.compile)")
+    parser.add_argument("--backends", default="eager,channels_last,compile,onnxruntime",
+                        help="eager (NCHW), channels_last (eager, NHWC), compile (torch.compile), "
+                             "onnxruntime (exported to ONNX, ONNX Runtime CPU)")
     parser.add_argument("--budget", type=float, default=3.0, help="seconds per measurement")
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
@@ -157,7 +177,8 @@ def main() -> None:
                     for name, model in variants:
                         t = measured[name]
                         share = (gather_share(runs[name], batch, shape)
-                                 if backend != "compile" and arch != "vgg" else 0.0)
+                                 if backend in ("eager", "channels_last") and arch != "vgg"
+                                 else 0.0)
                         row = {
                             "arch": arch, "profile": profile_name, "decay": decay,
                             "variant": name, "params": ncslim.count_params(model),
