@@ -205,8 +205,9 @@ def test_bad_prune_arguments(kwargs, match):
         ncslim.prune_model(model, **kwargs)
 
 
-def test_foreign_model_is_refused():
-    with pytest.raises(TypeError, match="prunes ncslim architectures"):
+def test_a_model_that_is_not_ours_needs_example_inputs():
+    with pytest.raises(ValueError, match="needs example_inputs .* to prune a Sequential: its "
+                                         "dependency graph is traced from them"):
         ncslim.prune_model(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)), ratio=0.5)
 
 
