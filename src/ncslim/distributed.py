@@ -115,6 +115,8 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and active()):
             return super().forward(x)
+        dtype = x.dtype
+        x = x.float()  # statistics in float32 under autocast, as BatchNorm2d keeps them
         channels = x.shape[1]
         count = torch.tensor([x.numel() / channels], device=x.device, dtype=x.dtype)
         summed = _sum_over_processes(torch.cat([x.sum((0, 2, 3)), count]))
@@ -133,7 +135,8 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
         if self.affine:
             scale = scale * self.weight
         out = centred * scale.view(1, -1, 1, 1)
-        return out + self.bias.view(1, -1, 1, 1) if self.affine else out
+        out = out + self.bias.view(1, -1, 1, 1) if self.affine else out
+        return out.to(dtype)
 
 
 def _swap_batchnorm(model: nn.Module, make: Callable[[nn.BatchNorm2d], nn.BatchNorm2d],
