@@ -39,8 +39,10 @@ def test_step_schedule_and_cosine():
 
 
 @needs_fashion
-def test_same_seed_same_result_and_resume_is_identical(tmp_path, monkeypatch):
-    cfg = tiny_config(tmp_path, epochs=3, penalty="tl1", mode="subgradient")
+@pytest.mark.parametrize("penalty", ["tl1", "vcp"])
+def test_same_seed_same_result_and_resume_is_identical(tmp_path, monkeypatch, penalty):
+    cfg = tiny_config(tmp_path, epochs=3, penalty=penalty, mode="subgradient",
+                      vcp_kl_weight=1e-4)
     data = pipeline.load_data(cfg, torch.device("cpu"))
 
     def trained(out: Path, crash_after: int | None = None) -> Trainer:
@@ -69,6 +71,9 @@ def test_same_seed_same_result_and_resume_is_identical(tmp_path, monkeypatch):
     for other in (again, resumed):
         for a, b in zip(straight.model.state_dict().values(), other.model.state_dict().values()):
             assert torch.equal(a, b)
+        if penalty == "vcp":  # the sigmas, and the noise drawn from (seed, epoch), resume too
+            for name, sigma in straight.model.vcp_sigma.items():
+                assert torch.equal(sigma, other.model.vcp_sigma[name])
     lines = [json.loads(x) for x in (tmp_path / "c" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [1, 2, 3]
     reference = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]

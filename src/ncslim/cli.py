@@ -237,7 +237,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
     listing = run_sweep(args.sweep_file, parse_shard(args.shard), dry_run=args.dry_run)
     for run, status in listing:
-        ratios = ",".join(f"{r:g}" for r in run.ratios)
+        ratios = ",".join("VCP rule" if r is None else f"{r:g}" for r in run.ratios)
         print(f"{status:<8} {run.name:<44} ratios {ratios}  -> {run.dir}")
     print(f"{len(listing)} training run(s) in this shard")
 

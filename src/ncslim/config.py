@@ -25,7 +25,7 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 PRESET_DIR = Path(__file__).parent / "configs"
-PENALTY_CHOICES = ("none", "l1", "lp", "tl1", "mcp", "scad")
+PENALTY_CHOICES = ("none", "l1", "lp", "tl1", "mcp", "scad", "vcp")
 
 
 def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -59,13 +59,19 @@ class Config:
     schedule: str = _opt("step", "learning-rate schedule: step (/10 at 50%% and 75%%) or cosine",
                          ("step", "cosine"))
     # sparsity
-    penalty: str = _opt("l1", "sparsity penalty on the BN scaling factors", PENALTY_CHOICES)
+    penalty: str = _opt("l1", "sparsity penalty on the BN scaling factors (vcp: the Bayesian "
+                              "baseline, variational channel pruning)", PENALTY_CHOICES)
     lam: float = _opt(1e-4, "penalty strength lambda")
     p: float = _opt(0.5, "lp: exponent p in (0, 1)")
     a: float | None = _opt(None, "tl1: a > 0 (default 1.0); scad: a > 2 (default 3.7)")
     gamma: float = _opt(3.0, "mcp: gamma > 1")
     mode: str = _opt("subgradient", "how the penalty acts", ("subgradient", "proximal"))
     decay_gammas: bool = _opt(True, "apply weight decay to the BN scaling factors too")
+    vcp_kl_weight: float | None = _opt(None, "vcp: weight of the KL term against the mean "
+                                             "cross-entropy (default 1/N_train)")
+    vcp_sigma_init: float = _opt(0.01, "vcp: initial sigma of every BN scale")
+    vcp_mu: float = _opt(0.02, "vcp: prune channels with |mu| <= this and sigma <= --vcp-sigma")
+    vcp_sigma: float = _opt(0.01, "vcp: the sigma threshold of that rule")
     # pruning
     ratio: float | None = _opt(0.5, "prune this fraction of channels (global |gamma| ranking)")
     threshold: float | None = _opt(None, "prune channels with |gamma| <= this instead of --ratio")
@@ -92,7 +98,10 @@ class Config:
         return extra.get(self.penalty, {})
 
     def prune_rule(self) -> dict[str, float | None]:
-        """Exactly one of ratio / threshold / target_flops (threshold and target win over ratio)."""
+        """Exactly one of ratio / threshold / target_flops (threshold and target win over ratio).
+
+        With ``penalty = "vcp"`` the pruning follows VCP's own rule instead (``pipeline.prune``).
+        """
         if self.threshold is not None:
             return {"threshold": self.threshold}
         if self.target_flops is not None:
@@ -102,7 +111,10 @@ class Config:
     def validate(self) -> Config:
         _check_choices(self)
         _check_ranges(self)
-        if self.penalty != "none":
+        if self.penalty == "vcp" and self.sync_bn:
+            raise ValueError("--penalty vcp samples each BN scale itself and does not work with "
+                             "--sync-bn; leave --sync-bn out")
+        if self.penalty not in ("none", "vcp"):
             from .penalties import make_penalty
 
             make_penalty(self.penalty, self.lam, **self.penalty_params())
@@ -149,6 +161,11 @@ def _check_ranges(cfg: Config) -> None:
             isinstance(cfg.limit_train, int) and cfg.limit_train >= 1), "an integer >= 1"),
         ("limit_test", cfg.limit_test is None or (
             isinstance(cfg.limit_test, int) and cfg.limit_test >= 1), "an integer >= 1"),
+        ("vcp_kl_weight", cfg.vcp_kl_weight is None or (
+            _finite(cfg.vcp_kl_weight) and cfg.vcp_kl_weight >= 0), "a finite number >= 0"),
+        ("vcp_sigma_init", _finite(cfg.vcp_sigma_init) and cfg.vcp_sigma_init > 0, "a number > 0"),
+        ("vcp_mu", _finite(cfg.vcp_mu) and cfg.vcp_mu > 0, "a number > 0"),
+        ("vcp_sigma", _finite(cfg.vcp_sigma) and cfg.vcp_sigma > 0, "a number > 0"),
     ]
     for name, ok, allowed in rules:
         if not ok:

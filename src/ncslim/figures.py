@@ -35,6 +35,9 @@ def _styles(rows: Rows) -> dict[str, dict[str, Any]]:
     for row in rows:
         if row["penalty"] == "none":
             styles[row["setting"]] = {"color": "black", "linestyle": ":", "marker": "x"}
+        elif row["penalty"] == "vcp":
+            styles[row["setting"]] = {"color": colour[(row["penalty"], row["params"])],
+                                      "linestyle": "-.", "marker": "D"}
         else:
             proximal = row["mode"] == "proximal"
             styles[row["setting"]] = {"color": colour[(row["penalty"], row["params"])],
@@ -93,7 +96,9 @@ def accuracy_vs_ratio(rows: Rows, path: Path) -> Path:
     for setting, group in _by_setting(rows).items():
         points: dict[float, list[float]] = defaultdict(list)
         for row in group:
-            points[row["ratio"]].append(100 * row["acc_pruned"])
+            # VCP's ratio is an outcome: drawn at the share of channels its rule removed
+            x = row["channels_removed"] if row["ratio"] is None else row["ratio"]
+            points[x].append(100 * row["acc_pruned"])
         ratios = sorted(points)
         means = [sum(points[r]) / len(points[r]) for r in ratios]
         ax.plot([100 * r for r in ratios], means, label=setting, **styles[setting])

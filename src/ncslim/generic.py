@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,8 +59,12 @@ def _resolve(model: nn.Module, original: nn.Module,
     return out
 
 
-def _groups(graph: Any, model: nn.Module, ignored: list[nn.Module]) -> list[_Group]:
-    names = {m: n for n, m in model.named_modules()}
+def _groups(graph: Any, model: nn.Module, ignored: list[nn.Module],
+            given: Mapping[str, torch.Tensor] | None) -> list[_Group]:
+    from .pruning import _scores
+
+    modules = dict(model.named_modules())
+    names = {m: n for n, m in modules.items()}
     groups = []
     for group in graph.get_all_groups(ignored_layers=ignored,
                                       root_module_types=(nn.Conv2d, nn.Linear)):
@@ -73,7 +77,7 @@ def _groups(graph: Any, model: nn.Module, ignored: list[nn.Module]) -> list[_Gro
             if not isinstance(bn, _BN) or bn.weight is None or not graph.is_out_channel_pruning_fn(
                     item.dep.handler):
                 continue
-            local = bn.weight.detach().abs().float()[torch.as_tensor(item.idxs)]
+            local = _scores(modules, names[bn], given)[torch.as_tensor(item.idxs)]
             if scores is None:
                 scores = torch.full((len(group[0].idxs),), -1.0, device=local.device)
             index = torch.as_tensor(item.root_idxs, device=local.device)
@@ -85,7 +89,8 @@ def _groups(graph: Any, model: nn.Module, ignored: list[nn.Module]) -> list[_Gro
 
 def prune_generic(model: nn.Module, example_inputs: Any, ratio: float | None,
                   threshold: float | None, min_channels: int, round_to: int,
-                  ignored_layers: Sequence[nn.Module | str] | None = None
+                  ignored_layers: Sequence[nn.Module | str] | None = None,
+                  scores: Mapping[str, torch.Tensor] | None = None,
                   ) -> tuple[nn.Module, list[tuple[str, list[int], int]], float, list[str]]:
     """Prune a copy of ``model``; returns it, (group, kept indices, total) per group, the
     |gamma| threshold applied and the groups held at the ``min_channels`` floor."""
@@ -104,7 +109,7 @@ def prune_generic(model: nn.Module, example_inputs: Any, ratio: float | None,
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"Torch-Pruning cannot trace {type(model).__name__} on the example "
                          f"inputs: {first}") from err
-    groups = _groups(graph, small, ignored)
+    groups = _groups(graph, small, ignored, scores)
     if not groups:
         raise ValueError(f"{type(model).__name__} has no prunable channels: no convolution or "
                          f"linear layer feeds a BatchNorm that is not in ignored_layers")

@@ -103,6 +103,8 @@ def model_payload(model: nn.Module) -> dict[str, Any]:
                "state_dict": model.state_dict()}
     if model.pruned_from is not None:
         payload["pruned_from"] = dict(model.pruned_from)
+    if model.vcp_sigma is not None:
+        payload["vcp_sigma"] = {k: v.detach().cpu() for k, v in model.vcp_sigma.items()}
     return payload
 
 
@@ -124,6 +126,7 @@ def model_from_payload(payload: Any, source: str) -> SlimmableNet:
         model = build_model(config.pop("arch"), **config)
         model.load_state_dict(payload["state_dict"])
         model.pruned_from = _pruned_from(payload.get("pruned_from"))
+        model.vcp_sigma = _vcp_sigma(model, payload.get("vcp_sigma"))
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelFileError(f"{source}: the stored architecture and weights do not fit "
@@ -139,6 +142,18 @@ def _pruned_from(record: Any) -> dict[str, int] | None:
         raise ValueError(f"'pruned_from' must hold positive params, flops and channels counts, "
                          f"got {record!r}")
     return {k: int(v) for k, v in record.items()}
+
+
+def _vcp_sigma(model: SlimmableNet, record: Any) -> dict[str, torch.Tensor] | None:
+    if record is None:
+        return None
+    modules = dict(model.named_modules())
+    if not isinstance(record, dict) or not all(
+            isinstance(v, torch.Tensor) and k in modules
+            and getattr(modules[k], "weight", None) is not None
+            and v.shape == modules[k].weight.shape for k, v in record.items()):
+        raise ValueError("'vcp_sigma' must map BN layer names to sigmas of their shape")
+    return dict(record)
 
 
 def save_model(model: nn.Module, path: str | os.PathLike) -> None:

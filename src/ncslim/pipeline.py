@@ -31,6 +31,7 @@ from .models import SlimmableNet, build_model
 from .pruning import PruneReport, prune_model, prune_to_flops
 from .regularizer import find_scales
 from .train import Trainer, evaluate, gamma_stats, resolve_device
+from .vcp import vcp_scores
 
 log = logging.getLogger("ncslim")
 
@@ -132,10 +133,22 @@ def prune(model: nn.Module, cfg: Config) -> tuple[SlimmableNet, PruneReport]:
     """Prune by the config's rule: ``threshold``, else ``target_flops``, else ``ratio``."""
     options = {"min_channels": cfg.min_channels, "round_to": cfg.round_to,
                "compensate": cfg.compensate}
+    if cfg.penalty == "vcp":  # VCP's own rule: |mu| <= vcp_mu and sigma <= vcp_sigma
+        return prune_model(model, threshold=1.0, scores=vcp_rule_scores(model, cfg), **options)
     rule = cfg.prune_rule()
     if "target_flops" in rule:
         return prune_to_flops(model, rule["target_flops"], **options)
     return prune_model(model, **rule, **options)
+
+
+def vcp_rule_scores(model: nn.Module, cfg: Config) -> dict[str, torch.Tensor]:
+    """Scores that ``threshold=1.0`` turns into VCP's pruning rule, from the model's sigmas."""
+    sigmas = getattr(model, "vcp_sigma", None)
+    if sigmas is None:
+        raise ValueError("--penalty vcp prunes by VCP's rule, which needs the sigmas of a model "
+                         "trained with --penalty vcp; this model has none (prune it with "
+                         "another --penalty, or train it with vcp)")
+    return vcp_scores(find_scales(model), sigmas, cfg.vcp_mu, cfg.vcp_sigma)
 
 
 def prune_dry_run(model: SlimmableNet, cfg: Config, ratios: list[float]) -> list[PruneReport]:

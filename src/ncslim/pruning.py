@@ -15,7 +15,7 @@ zeros that proximal training leaves). The model family says which layers each BN
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -245,6 +245,7 @@ def prune_model(
     compensate: bool = False,
     example_inputs: torch.Tensor | None = None,
     ignored_layers: Sequence[nn.Module | str] | None = None,
+    scores: Mapping[str, torch.Tensor] | None = None,
 ) -> tuple[nn.Module, PruneReport]:
     """A new, smaller, dense model without the weak channels of ``model``, and a report.
 
@@ -259,18 +260,21 @@ def prune_model(
     traced from ``example_inputs`` (required then, e.g. ``torch.randn(1, 3, 224, 224)``);
     ``ignored_layers`` (modules or their names) keep every input and output channel, and so does
     every layer coupled to them. ``compensate`` is for ncslim architectures only.
+
+    ``scores`` (per-channel tensors keyed by BN name) are ranked instead of |gamma|, e.g. VCP's
+    ``VariationalScales.scores()`` with ``threshold=1.0``.
     """
     model = unwrap(model)
     _check_args(ratio, threshold, min_channels, round_to)
     if not isinstance(model, SlimmableNet):
         return _prune_other(model, ratio, threshold, min_channels, round_to, compensate,
-                            example_inputs, ignored_layers)
+                            example_inputs, ignored_layers, scores)
     if ignored_layers:
         raise ValueError("ignored_layers is for models that are not ncslim architectures; ours "
                          "prune every BN-scored layer (use min_channels to keep some width)")
     slots = model.prune_slots()
     modules = dict(model.named_modules())
-    layer_scores = [modules[slot.bn].weight.detach().abs().float() for slot in slots]
+    layer_scores = [_scores(modules, slot.bn, scores) for slot in slots]
     mask, cut = _global_keep(torch.cat(layer_scores), ratio, threshold)
     keep: Keep = {}
     floored: list[str] = []
@@ -303,10 +307,23 @@ def prune_model(
     return small, report
 
 
+def _scores(modules: dict[str, nn.Module], bn: str,
+            scores: Mapping[str, torch.Tensor] | None) -> torch.Tensor:
+    """The ranking scores of one BN's channels: ``scores[bn]`` if given, else |gamma|."""
+    weight = modules[bn].weight.detach()
+    if scores is None:
+        return weight.abs().float()
+    if bn not in scores or scores[bn].numel() != weight.numel():
+        raise ValueError(f"scores must hold {weight.numel()} values for BN {bn}, got "
+                         f"{'none' if bn not in scores else scores[bn].numel()}")
+    return scores[bn].detach().to(weight.device).float().flatten()
+
+
 def _prune_other(model: nn.Module, ratio: float | None, threshold: float | None,
                  min_channels: int, round_to: int, compensate: bool,
                  example_inputs: torch.Tensor | None,
-                 ignored_layers: Sequence[nn.Module | str] | None) -> tuple[nn.Module, PruneReport]:
+                 ignored_layers: Sequence[nn.Module | str] | None,
+                 scores: Mapping[str, torch.Tensor] | None) -> tuple[nn.Module, PruneReport]:
     from .generic import prune_generic
 
     if not isinstance(example_inputs, torch.Tensor):
@@ -316,7 +333,7 @@ def _prune_other(model: nn.Module, ratio: float | None, threshold: float | None,
     if compensate:
         raise ValueError("compensate works for ncslim architectures only")
     small, groups, cut, floored = prune_generic(model, example_inputs, ratio, threshold,
-                                                min_channels, round_to, ignored_layers)
+                                                min_channels, round_to, ignored_layers, scores)
     layers = [LayerReport(name, len(kept), total, kept) for name, kept, total in groups]
     shape = tuple(example_inputs[:1].shape)
     report = PruneReport(

@@ -26,7 +26,11 @@ COLUMNS = ["setting", "penalty", "params", "lam", "mode", "ratio", "seed", "acc_
 
 def _penalty_label(config: dict[str, Any]) -> tuple[str, str]:
     """(penalty, its parameters as text, defaults filled in) for a run's config."""
-    params = Config(**config).penalty_params()
+    cfg = Config(**config)
+    if cfg.penalty == "vcp":
+        kl = "1/N" if cfg.vcp_kl_weight is None else f"{cfg.vcp_kl_weight:g}"
+        return "vcp", f"kl={kl} sigma0={cfg.vcp_sigma_init:g}"
+    params = cfg.penalty_params()
     return config["penalty"], " ".join(f"{k}={v:g}" for k, v in params.items())
 
 
@@ -34,7 +38,7 @@ def _setting(row: dict[str, Any]) -> str:
     if row["penalty"] == "none":
         return "none"
     name = f"{row['penalty']}({row['params']})" if row["params"] else row["penalty"]
-    return f"{name} {row['mode']}"
+    return name if row["penalty"] == "vcp" else f"{name} {row['mode']}"
 
 
 def collect(runs_dir: str | Path) -> list[dict[str, Any]]:
@@ -85,8 +89,8 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
     """Markdown: one line per (setting, lam, ratio), mean ± std over seeds, in percent."""
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
-        groups[(row["setting"], row["lam"] if row["penalty"] != "none" else 0.0,
-                row["ratio"])].append(row)
+        lam = row["lam"] if row["penalty"] not in ("none", "vcp") else 0.0
+        groups[(row["setting"], lam, row["ratio"])].append(row)
     head = ("| setting | lam | ratio | seeds | acc. sparse | acc. pruned | acc. fine-tuned "
             "| params removed | FLOPs removed | speed-up |")
     lines = [head, "|" + "---|" * 10]
@@ -96,7 +100,8 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
                  ("acc_sparse", "acc_pruned", "acc_finetuned", "params_removed", "flops_removed")]
         speedup = statistics.mean(r["speedup"] for r in group)
         lam_text = f"{lam:g}" if lam else "—"
-        lines.append(f"| {setting} | {lam_text} | {ratio:g} | {len(group)} | "
+        ratio_text = "VCP rule" if ratio is None else f"{ratio:g}"
+        lines.append(f"| {setting} | {lam_text} | {ratio_text} | {len(group)} | "
                      + " | ".join(cells) + f" | x{speedup:.2f} |")
     return "\n".join(lines) + "\n"
 

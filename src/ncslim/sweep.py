@@ -48,14 +48,14 @@ class SweepRun:
 
     name: str
     config: Config
-    ratios: tuple[float, ...]
+    ratios: tuple[float | None, ...]  # (None,) for VCP: its own rule decides
 
     @property
     def dir(self) -> Path:
         return Path(self.config.out)
 
-    def ratio_dir(self, ratio: float) -> Path:
-        return self.dir / f"ratio-{ratio:g}"
+    def ratio_dir(self, ratio: float | None) -> Path:
+        return self.dir / ("vcp-rule" if ratio is None else f"ratio-{ratio:g}")
 
     def status(self) -> str:
         done = sum((self.ratio_dir(r) / "results.json").exists() for r in self.ratios)
@@ -71,8 +71,9 @@ def _as_list(value: Any) -> list[Any]:
 def _run_name(values: dict[str, Any], seed: int) -> str:
     parts = [str(values.get("penalty", "l1"))]
     for key in sorted(k for k in values if k not in ("penalty", "mode")):
-        parts.append(f"{key}{values[key]:g}" if isinstance(values[key], float)
-                     else f"{key}{values[key]}")
+        short = key.removeprefix("vcp_")
+        parts.append(f"{short}{values[key]:g}" if isinstance(values[key], float)
+                     else f"{short}{values[key]}")
     if "mode" in values:
         parts.append(str(values["mode"]))
     return "_".join(parts + [f"s{seed}"])
@@ -104,7 +105,7 @@ def expand(spec: dict[str, Any], source: str = "sweep") -> list[SweepRun]:
                     raise ValueError(f"{source}: run {name}: {err}") from err
                 for ratio in ratios:
                     replace(cfg, ratio=ratio).validate()
-                runs[name] = SweepRun(name, cfg, ratios)
+                runs[name] = SweepRun(name, cfg, (None,) if cfg.penalty == "vcp" else ratios)
     return [runs[name] for name in sorted(runs)]
 
 

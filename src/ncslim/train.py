@@ -37,6 +37,7 @@ from .io import (
 )
 from .penalties import make_penalty
 from .regularizer import SparsityRegularizer, find_scales
+from .vcp import VariationalScales
 
 log = logging.getLogger("ncslim")
 
@@ -135,8 +136,12 @@ class Trainer:
         self.device = data.train_images.device
         if cfg.channels_last:
             model.to(memory_format=torch.channels_last)
-        self.reg = None
-        if sparsity and cfg.penalty != "none":
+        self.reg: SparsityRegularizer | VariationalScales | None = None
+        if sparsity and cfg.penalty == "vcp":
+            kl_weight = (1.0 / data.train_labels.numel() if cfg.vcp_kl_weight is None
+                         else cfg.vcp_kl_weight)
+            self.reg = VariationalScales(model, kl_weight, cfg.vcp_sigma_init, seed=cfg.seed)
+        elif sparsity and cfg.penalty != "none":
             penalty = make_penalty(cfg.penalty, cfg.lam, **cfg.penalty_params())
             self.reg = SparsityRegularizer(model, penalty, cfg.mode,
                                            decay_gammas=cfg.decay_gammas)
@@ -170,6 +175,9 @@ class Trainer:
         first_bad = torch.full((), -1, device=self.device, dtype=torch.long)  # first NaN/inf step
         seen = 0
         generator = epoch_generator(self.device, cfg.seed, epoch)
+        variational = isinstance(reg, VariationalScales)
+        if variational:
+            reg.reseed(cfg.seed, epoch)
         for step, (x, y) in enumerate(batches(
                 self.data.train_images, self.data.train_labels, cfg.batch_size,
                 info=self.data.info, train=True, generator=generator, drop_last=True,
@@ -178,7 +186,9 @@ class Trainer:
                 out = model(x)
                 loss = F.cross_entropy(out.float(), y)
             opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            scaler.scale(loss + reg.kl() if variational else loss).backward()
+            if variational:
+                reg.average_gradients()  # under torchrun: log sigma lives outside DDP's model
             if reg is not None and reg.mode == "subgradient":
                 scaler.unscale_(opt)  # the penalty must see true gradients, not scaled ones
                 reg.apply_gradient()
@@ -222,6 +232,9 @@ class Trainer:
         for epoch in range(self.start_epoch, self.epochs):
             self._run_epoch(epoch)
         distributed.plain_batchnorm(self.model)
+        if isinstance(self.reg, VariationalScales):  # sampling ends; the sigmas go with the model
+            self.reg.remove()
+            self.model.vcp_sigma = self.reg.sigmas()
         acc = self.history[-1]["test_acc"] if self.history else evaluate(
             self.model, self.data, self.cfg.channels_last, self.cfg.amp)[0]
         return StageResult(self.model, acc, self.epochs, self.history)
@@ -259,14 +272,18 @@ class Trainer:
         """Metrics first, then the checkpoint: a crash in between is undone on resume."""
         with (self.dir / "metrics.jsonl").open("a") as f:
             f.write(json.dumps(record) + "\n")
+        payload = model_payload(self.model)
+        if isinstance(self.reg, VariationalScales):
+            payload["vcp_sigma"] = self.reg.sigmas()
         if record["test_acc"] > self.best_acc:
             self.best_acc = record["test_acc"]
-            atomic_save({**model_payload(self.model), "metrics": record}, self.dir / "best.pt")
+            atomic_save({**payload, "metrics": record}, self.dir / "best.pt")
         atomic_save({
             "format": CHECKPOINT_FORMAT, "version": FORMAT_VERSION, "epoch": record["epoch"],
             "epochs": self.epochs, "best_acc": self.best_acc, "config": self.cfg.to_dict(),
-            "model": model_payload(self.model), "optimizer": self.opt.state_dict(),
+            "model": payload, "optimizer": self.opt.state_dict(),
             "scaler": self.scaler.state_dict(), "sparsity": self.reg is not None,
+            "vcp": self.reg.state_dict() if isinstance(self.reg, VariationalScales) else None,
         }, self.dir / "last.pt")
 
     def _restore(self) -> None:
@@ -283,6 +300,11 @@ class Trainer:
         self.model.load_state_dict(state["model"]["state_dict"])
         self.opt.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
+        if isinstance(self.reg, VariationalScales):
+            if not state.get("vcp"):
+                raise ValueError(f"{path} was not trained with --penalty vcp; resume it with its "
+                                 f"own settings (config.json) or choose another --out")
+            self.reg.load_state_dict(state["vcp"])
         self.start_epoch, self.best_acc = state["epoch"], state["best_acc"]
         self.history = _read_metrics(self.dir / "metrics.jsonl", keep=self.start_epoch,
                                      rewrite=distributed.is_main())
