@@ -98,8 +98,9 @@ def test_one_sample_is_mu_plus_sigma_eps_per_channel(images):
     torch.testing.assert_close(net(x), expected)
 
 
-def test_the_pruning_rule_and_the_pruned_model_equals_the_masked_original(images):
-    model = tiny_model("resnet").eval()
+@pytest.mark.parametrize("arch", ["vgg", "densenet", "resnet"])
+def test_the_pruning_rule_and_the_pruned_model_equals_the_masked_original(images, arch):
+    model = tiny_model(arch).eval()
     vcp = VariationalScales(model, kl_weight=1e-4)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
