@@ -5,8 +5,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -172,6 +170,10 @@ def test_run_with_vcp_end_to_end_then_prune_and_resume(tmp_path, capsys):
                             "--penalty", "vcp", "--out", str(tmp_path / "p")]) == 0
     again = json.loads((tmp_path / "p" / "prune.json").read_text())
     assert again["params_after"] == results["params"]["pruned"]
+    capsys.readouterr()
+    assert ncslim.cli.main(["prune", "--checkpoint", str(out / "train" / "last.pt"),
+                            "--penalty", "vcp", "--dry-run"]) == 0
+    assert capsys.readouterr().out.startswith("--- VCP rule\n")
     plain = tmp_path / "plain.pt"
     ncslim.save_model(ncslim.build_model("vgg", depth=11, width=0.0625, in_channels=1), plain)
     capsys.readouterr()
@@ -214,11 +216,11 @@ print("ok", rank)
 
 
 def test_log_sigma_gradients_are_averaged_over_processes(tmp_path):
+    from test_distributed import torchrun
+
     script = tmp_path / "average.py"
     script.write_text(textwrap.dedent(AVERAGE_CHECK))
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           "--nproc-per-node", "2", str(script)], capture_output=True, text=True,
-                          timeout=300)
+    done = torchrun(str(script))
     assert done.returncode == 0, done.stderr[-3000:]
     assert sorted(line for line in done.stdout.splitlines() if line.startswith("ok")) == [
         "ok 0", "ok 1"]

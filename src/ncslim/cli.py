@@ -154,6 +154,9 @@ def cmd_prune(args: argparse.Namespace) -> None:
         raise ValueError(f"{args.checkpoint} is already pruned (it keeps {kept:.1%} of its full "
                          f"model's parameters); prune the trained full model (model.pt of the "
                          f"training run), or pass --again to prune this one further")
+    if args.dry_run and cfg.penalty == "vcp":  # one outcome: VCP's rule has no ratio
+        print(f"--- VCP rule\n{pipeline.prune(model, cfg)[1]}")
+        return
     if args.dry_run:
         ratios = _ratios(args.ratios) if args.ratios else [cfg.ratio]
         for ratio, report in zip(ratios, pipeline.prune_dry_run(model, cfg, ratios)):
