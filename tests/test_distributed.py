@@ -32,6 +32,16 @@ def torchrun(*args: str, nproc: int = 2, timeout: int = 300) -> subprocess.Compl
                           capture_output=True, text=True, timeout=timeout)
 
 
+def passes_on_two_ranks(tmp_path: Path, code: str) -> bool:
+    """Run ``code`` (which ends by printing "ok RANK") on 2 gloo processes; True if both did."""
+    script = tmp_path / "check.py"
+    script.write_text(textwrap.dedent(code))
+    done = torchrun(str(script))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return sorted(line for line in done.stdout.splitlines() if line.startswith("ok")) == [
+        "ok 0", "ok 1"]
+
+
 def ncslim_run(*args: str, nproc: int = 2) -> subprocess.CompletedProcess:
     return torchrun("-m", "ncslim", *args, nproc=nproc)
 
@@ -107,12 +117,7 @@ print("ok", rank)
 
 
 def test_global_batchnorm_equals_batchnorm_over_the_whole_batch(tmp_path):
-    script = tmp_path / "bn_check.py"
-    script.write_text(textwrap.dedent(BN_CHECK))
-    done = torchrun(str(script))
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert sorted(line for line in done.stdout.splitlines() if line.startswith("ok")) == [
-        "ok 0", "ok 1"]
+    assert passes_on_two_ranks(tmp_path, BN_CHECK)
 
 
 @needs_fashion

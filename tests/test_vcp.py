@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -216,14 +215,9 @@ print("ok", rank)
 
 
 def test_log_sigma_gradients_are_averaged_over_processes(tmp_path):
-    from test_distributed import torchrun
+    from test_distributed import passes_on_two_ranks
 
-    script = tmp_path / "average.py"
-    script.write_text(textwrap.dedent(AVERAGE_CHECK))
-    done = torchrun(str(script))
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert sorted(line for line in done.stdout.splitlines() if line.startswith("ok")) == [
-        "ok 0", "ok 1"]
+    assert passes_on_two_ranks(tmp_path, AVERAGE_CHECK)
 
 
 @needs_fashion

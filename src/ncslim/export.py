@@ -22,7 +22,6 @@ import copy
 import importlib.util
 import logging
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .io import atomic_path
 from .regularizer import unwrap
 
 FORMATS = ("onnx", "torchscript")
@@ -86,20 +86,12 @@ def export_model(model: nn.Module, path: str | os.PathLike, format: str = "onnx"
     except RuntimeError as err:
         first = str(err).strip().splitlines()[0]
         raise ValueError(f"the model does not take inputs of shape {shape}: {first}") from None
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         if format == "onnx":
-            _export_onnx(model, Path(tmp), shape, fixed_batch, opset)
+            _export_onnx(model, tmp, shape, fixed_batch, opset)
         else:
-            _export_torchscript(model, Path(tmp), shape)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+            _export_torchscript(model, tmp, shape)
+    return Path(path)
 
 
 def _export_onnx(model: nn.Module, path: Path, shape: tuple[int, ...], fixed_batch: bool,

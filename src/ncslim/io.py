@@ -39,20 +39,30 @@ class ModelFileError(ValueError):
 
 
 @contextmanager
-def _atomic(path: Path) -> Iterator[Any]:
-    """A binary file that becomes ``path`` only once fully written and synced (never half)."""
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside ``path``; once the block has written it, it is synced and renamed
+    to ``path`` (never half-written); if the block fails, it is removed."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_PARTIAL, dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_PARTIAL, dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
+        yield tmp
+        with tmp.open("rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     _sync_directory(path.parent)
+
+
+@contextmanager
+def _atomic(path: Path) -> Iterator[Any]:
+    """A binary file that becomes ``path`` only once fully written (see :func:`atomic_path`)."""
+    with atomic_path(path) as tmp, tmp.open("wb") as f:
+        yield f
 
 
 def _sync_directory(folder: Path) -> None:

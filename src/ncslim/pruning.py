@@ -294,17 +294,23 @@ def prune_model(
     small = small.compact()  # drop stream channels that no pruned layer reads any more
     layers = [LayerReport(s.bn, keep[s.bn].numel(), sc.numel(), keep[s.bn].tolist())
               for s, sc in zip(slots, layer_scores)]
-    total = sum(layer.total for layer in layers)
-    shape = model.input_shape()
-    report = PruneReport(
-        threshold=cut, ratio=ratio, layers=layers, floored=floored, compensated=compensate,
-        removed_fraction=1.0 - sum(layer.kept for layer in layers) / total,
+    report = _report(model, small, model.input_shape(), layers, floored, cut, ratio, compensate)
+    small.pruned_from = model.pruned_from or {
+        "params": report.params_before, "flops": report.flops_before,
+        "channels": sum(layer.total for layer in layers)}
+    return small, report
+
+
+def _report(model: nn.Module, small: nn.Module, shape: Sequence[int], layers: list[LayerReport],
+            floored: list[str], cut: float, ratio: float | None,
+            compensated: bool) -> PruneReport:
+    """The report of one pruning: sizes counted on both models, channels from ``layers``."""
+    return PruneReport(
+        threshold=cut, ratio=ratio, layers=layers, floored=floored, compensated=compensated,
+        removed_fraction=1.0 - sum(la.kept for la in layers) / sum(la.total for la in layers),
         params_before=count_params(model), params_after=count_params(small),
         flops_before=count_flops(model, shape), flops_after=count_flops(small, shape),
     )
-    small.pruned_from = model.pruned_from or {
-        "params": report.params_before, "flops": report.flops_before, "channels": total}
-    return small, report
 
 
 def _scores(modules: dict[str, nn.Module], bn: str,
@@ -336,13 +342,7 @@ def _prune_other(model: nn.Module, ratio: float | None, threshold: float | None,
                                                 min_channels, round_to, ignored_layers, scores)
     layers = [LayerReport(name, len(kept), total, kept) for name, kept, total in groups]
     shape = tuple(example_inputs[:1].shape)
-    report = PruneReport(
-        threshold=cut, ratio=ratio, layers=layers, floored=floored, compensated=False,
-        removed_fraction=1.0 - sum(la.kept for la in layers) / sum(la.total for la in layers),
-        params_before=count_params(model), params_after=count_params(small),
-        flops_before=count_flops(model, shape), flops_after=count_flops(small, shape),
-    )
-    return small, report
+    return small, _report(model, small, shape, layers, floored, cut, ratio, False)
 
 
 def prune_to_flops(model: nn.Module, target: float, iterations: int = 14,

@@ -232,9 +232,9 @@ class Trainer:
         for epoch in range(self.start_epoch, self.epochs):
             self._run_epoch(epoch)
         distributed.plain_batchnorm(self.model)
-        if isinstance(self.reg, VariationalScales):  # sampling ends; the sigmas go with the model
+        if isinstance(self.reg, VariationalScales):  # sampling ends; the sigmas stay on the model
             self.reg.remove()
-            self.model.vcp_sigma = self.reg.sigmas()
+            self.model.vcp_sigma = self.reg.sigmas()  # also when a resume had no epoch left
         acc = self.history[-1]["test_acc"] if self.history else evaluate(
             self.model, self.data, self.cfg.channels_last, self.cfg.amp)[0]
         return StageResult(self.model, acc, self.epochs, self.history)
@@ -254,6 +254,8 @@ class Trainer:
                   "images_per_s": stats["images"] / seconds, **gamma_stats(self.model)}
         if self.reg is not None:
             record["penalty"] = float(self.reg.penalty_value())
+        if isinstance(self.reg, VariationalScales):  # they travel in every model payload
+            self.model.vcp_sigma = self.reg.sigmas()
         self._check_gammas(epoch)
         self.history.append(record)
         if distributed.is_main():
@@ -273,8 +275,6 @@ class Trainer:
         with (self.dir / "metrics.jsonl").open("a") as f:
             f.write(json.dumps(record) + "\n")
         payload = model_payload(self.model)
-        if isinstance(self.reg, VariationalScales):
-            payload["vcp_sigma"] = self.reg.sigmas()
         if record["test_acc"] > self.best_acc:
             self.best_acc = record["test_acc"]
             atomic_save({**payload, "metrics": record}, self.dir / "best.pt")
