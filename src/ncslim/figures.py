@@ -1,6 +1,8 @@
-"""The comparison figures of ``ncslim report`` (matplotlib, written as PNG).
+"""The figures of ``ncslim report`` (matplotlib, written as PNG).
 
-Rows are those of :func:`ncslim.report.collect`: one per pruned-and-fine-tuned run.
+Rows are those of :func:`ncslim.report.collect`: one per pruned-and-fine-tuned run. Several runs
+get comparison figures (one without two points to compare is left out); a single run gets the
+figures of that run (:func:`draw_run`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from .report import RunCurves, channel_bars, gamma_histogram, run_curves  # noqa: E402
 
 DPI = 130
 Rows = list[dict[str, Any]]
@@ -89,16 +94,24 @@ def gamma_distribution(rows: Rows, path: Path) -> Path:
     return _save(fig, path)
 
 
-def accuracy_vs_ratio(rows: Rows, path: Path) -> Path:
-    """Test accuracy right after pruning (no fine-tuning) against the prune ratio."""
-    fig, ax = plt.subplots(figsize=(8, 6))
-    styles = _styles(rows)
+def _ratio_points(rows: Rows) -> dict[str, dict[float, list[float]]]:
+    """Per setting: accuracy right after pruning (%) of each run, by share of channels pruned."""
+    out: dict[str, dict[float, list[float]]] = {}
     for setting, group in _by_setting(rows).items():
         points: dict[float, list[float]] = defaultdict(list)
         for row in group:
             # VCP's ratio is an outcome: drawn at the share of channels its rule removed
             x = row["channels_removed"] if row["ratio"] is None else row["ratio"]
             points[x].append(100 * row["acc_pruned"])
+        out[setting] = points
+    return out
+
+
+def accuracy_vs_ratio(rows: Rows, path: Path) -> Path:
+    """Test accuracy right after pruning (no fine-tuning) against the prune ratio."""
+    fig, ax = plt.subplots(figsize=(8, 6))
+    styles = _styles(rows)
+    for setting, points in _ratio_points(rows).items():
         ratios = sorted(points)
         means = [sum(points[r]) / len(points[r]) for r in ratios]
         ax.plot([100 * r for r in ratios], means, label=setting, **styles[setting])
@@ -157,10 +170,195 @@ def training_curves(rows: Rows, path: Path) -> Path:
 
 
 def draw_all(rows: Rows, out: Path) -> dict[str, Path]:
-    return {
-        "gamma": gamma_distribution(rows, out / "gamma_distribution.png"),
-        "pruned": accuracy_vs_ratio(rows, out / "accuracy_after_pruning.png"),
-        "params": frontier(rows, out / "frontier_params.png", "params"),
-        "flops": frontier(rows, out / "frontier_flops.png", "flops"),
-        "curves": training_curves(rows, out / "training_curves.png"),
-    }
+    """The figures of a report: those of the run for one run, else the comparisons."""
+    if len(rows) == 1:
+        return draw_run(rows[0], out)
+    files = {"gamma": gamma_distribution(rows, out / "gamma_distribution.png")}
+    if sum(len(points) for points in _ratio_points(rows).values()) >= 2:
+        files["pruned"] = accuracy_vs_ratio(rows, out / "accuracy_after_pruning.png")
+    files["params"] = frontier(rows, out / "frontier_params.png", "params")
+    files["flops"] = frontier(rows, out / "frontier_flops.png", "flops")
+    files["curves"] = training_curves(rows, out / "training_curves.png")
+    return files
+
+
+# ----------------------------------------------------------------------------- one run
+
+RUN_FIGURES = {"curves": "run_training_curves.png", "gamma": "run_gamma_histogram.png",
+               "channels": "run_channels_kept.png"}
+# (title, y label, y scale, [(metrics key, legend label, factor, colour)]); a panel is drawn if
+# any of its keys is in the metrics. "share": a percentage that may stay at 0 throughout.
+TEST, TRAIN = "tab:blue", "tab:orange"
+CURVE_PANELS = [
+    ("Accuracy", "accuracy (%)", "linear",
+     [("test_acc", "test", 100, TEST), ("train_acc", "train", 100, TRAIN)]),
+    # "log" where the values span more than a decade: the first fine-tuning epoch's test loss
+    # can be ten times the rest
+    ("Loss", "cross-entropy loss", "log",
+     [("test_loss", "test", 1, TEST), ("train_loss", "train", 1, TRAIN)]),
+    ("Small scaling factors", "share of the channels present (%)", "share",
+     [("gamma_below_1e-2", "|gamma| < 1e-2", 100, "tab:purple"),
+      ("gamma_below_1e-3", "|gamma| < 1e-3", 100, "tab:brown")]),
+    ("Sparsity penalty", "penalty term (lam included)", "linear",
+     [("penalty", "penalty", 1, "tab:gray")]),
+]
+
+
+def _run_title(row: dict[str, Any]) -> str:
+    config = row["_results"]["config"]
+    lam = f", lam {row['lam']:g}" if row["penalty"] not in ("none", "vcp") else ""
+    if row["ratio"] is not None:
+        rule = f"ratio {row['ratio']:g}"
+    elif row["penalty"] == "vcp":
+        rule = "VCP rule"
+    elif config.get("target_flops") is not None:
+        rule = f"FLOPs target {config['target_flops']:g}"
+    else:
+        rule = f"threshold {config.get('threshold')}"
+    depth = f"-{config['depth']}" if config.get("depth") else ""
+    return (f"{row['setting']}{lam}, {rule} — {config['arch']}{depth} "
+            f"on {config['dataset']}, seed {row['seed']}")
+
+
+def _top_legend(ax: Any, ncol: int = 4) -> None:
+    """Legend in a strip above the axes, so it never hides data."""
+    ax.legend(loc="lower left", bbox_to_anchor=(0, 1.0), ncol=ncol, fontsize=8, frameon=False)
+
+
+def _curve_panel(ax: Any, curves: RunCurves, keys: list[tuple[str, str, int, str]]) -> None:
+    for key, label, factor, colour in keys:
+        xs, ys = curves.series(key, "train")
+        ax.plot(xs, [factor * y for y in ys], color=colour, marker="o", ms=3, label=label)
+        fx, fy = curves.series(key, "finetune")
+        fy = [factor * y for y in fy]
+        if key == "test_acc" and curves.acc_pruned is not None and xs:
+            drop = 100 * curves.acc_pruned
+            ax.plot([xs[-1], xs[-1]], [factor * ys[-1], drop], color="tab:red", linestyle=":")
+            ax.plot([xs[-1]], [drop], color="tab:red", marker="v", linestyle="none", zorder=3,
+                    label="test, right after pruning")
+            fx, fy = [xs[-1], *fx], [drop, *fy]
+        ax.plot(fx, fy, color=colour, marker="o", ms=3, label=None if xs else label)
+
+
+def _spans_a_decade(curves: RunCurves, keys: list[tuple[str, str, int, str]]) -> bool:
+    values = [v for key, *_ in keys for stage in ("train", "finetune")
+              for v in curves.series(key, stage)[1] if v > 0]
+    return bool(values) and max(values) > 10 * min(values)
+
+
+def _epoch_label(curves: RunCurves) -> str:
+    if not curves.finetune:
+        return "epoch of sparsity training (no fine-tuning metrics)"
+    if not curves.train:
+        return "epoch of fine-tuning (no sparsity-training metrics)"
+    return f"epoch: sparsity training 1–{curves.boundary}, then fine-tuning (shaded)"
+
+
+def run_training_curves(row: dict[str, Any], path: Path) -> Path | None:
+    """Sparsity training then fine-tuning on one epoch axis, the pruning marked between them."""
+    curves = run_curves(row["_dir"], row["_results"])
+    panels = [p for p in CURVE_PANELS if any(curves.has(k[0]) for k in p[3])]
+    if not (curves.train or curves.finetune) or not panels:
+        return None
+    cols = 2 if len(panels) > 1 else 1
+    nrows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(6 * cols, 4 * nrows + 0.8), squeeze=False,
+                             sharex=True)
+    last = curves.boundary + (curves.finetune[-1]["epoch"] if curves.finetune else 0)
+    for ax, (title, ylabel, scale, keys) in zip(axes.flat, panels):
+        if curves.finetune:
+            ax.axvspan(curves.boundary, last + 0.3, color="0.93", zorder=0)
+        if curves.train and curves.finetune:
+            ax.axvline(curves.boundary, color="0.5", linestyle="--", linewidth=1, zorder=1)
+        _curve_panel(ax, curves, keys)
+        if keys[0][0] == "penalty" and curves.has("lam"):
+            twin = ax.twinx()
+            twin.plot(*curves.series("lam", "train"), color="tab:green", marker="s", ms=3)
+            twin.set_ylabel("lam", color="tab:green")
+            twin.set_ylim(0, 1.2 * max(curves.series("lam", "train")[1], default=1.0))
+            ax.plot([], [], color="tab:green", marker="s", ms=3, label="lam (right axis)")
+        ax.set_title(title, fontsize=10, pad=20)
+        ax.set_ylabel(ylabel)
+        if scale == "share":
+            ax.set_ylim(0, max(5.0, ax.get_ylim()[1]))
+        elif scale == "log" and _spans_a_decade(curves, keys):
+            ax.set_yscale("log")
+            ax.set_ylabel(f"{ylabel} (log scale)")
+        ax.tick_params(labelbottom=True)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        _top_legend(ax)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    for i, ax in enumerate(axes.flat[:len(panels)]):
+        if i + cols >= len(panels):  # the lowest panel of its column
+            ax.set_xlabel(_epoch_label(curves))
+    when = f", pruned after epoch {curves.boundary}" if curves.train else ""
+    fig.suptitle(f"Training of one run{when}\n{_run_title(row)}", fontsize=11)
+    return _save(fig, path)
+
+
+def run_gamma_histogram(row: dict[str, Any], path: Path) -> Path | None:
+    """|gamma| after sparsity training on log-spaced bins, the pruning cut marked."""
+    hist = gamma_histogram(row["_results"])
+    if hist is None:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 5))
+    edges, counts = hist["edges"], hist["counts"]
+    ax.stairs(counts, edges, fill=True, color="tab:blue", alpha=0.8, label="channels")
+    ax.set_xscale("log")
+    if hist["cut"] is not None:
+        removed = row["_results"]["prune"].get("removed_fraction", row["channels_removed"])
+        ax.axvspan(edges[0], hist["cut"], color="tab:red", alpha=0.08, zorder=0)
+        ax.axvline(hist["cut"], color="tab:red", linestyle="--",
+                   label=f"pruning cut |gamma| ≤ {hist['cut']:.3g} ({removed:.0%} of channels "
+                         "pruned)")
+    ax.set_xlim(edges[0], edges[-1])
+    ax.set_xlabel("|gamma| after sparsity training (log scale)")
+    ax.set_ylabel("channels per bin")
+    ax.grid(alpha=0.3)
+    _top_legend(ax, ncol=2)
+    total = sum(counts) + hist["zeros"]
+    bins = "log-spaced bins" if hist["exact"] else "decade bins (no gamma_values in results)"
+    hidden = ""
+    if hist["zeros"]:
+        where = "exactly 0" if hist["floor"] == 0 else f"below {hist['floor']:g}"
+        hidden = f"\n{hist['zeros']} channels {where} are not on the log axis"
+    ax.set_title(f"BN scaling factors after sparsity training: {total} channels, {bins}{hidden}",
+                 fontsize=9, pad=22)
+    fig.suptitle(_run_title(row), fontsize=11)
+    return _save(fig, path)
+
+
+def run_channels_kept(row: dict[str, Any], path: Path) -> Path | None:
+    """Channels kept and channels before pruning per BN layer, in network order."""
+    names, kept, total = channel_bars(row["_results"])
+    if not names:
+        return None
+    n = len(names)
+    fig, ax = plt.subplots(figsize=(min(24, max(7, 2 + 0.4 * n)), 5.5))
+    x = range(n)
+    ax.bar(x, total, color="0.82", label="before pruning")
+    ax.bar(x, kept, color="tab:blue", label="kept")
+    if n <= 40:
+        for i, k in enumerate(kept):
+            ax.annotate(str(k), (i, k), ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(list(x), names, rotation=90, fontsize=8 if n <= 40 else 6)
+    ax.set_xlim(-0.6, n - 0.4)
+    ax.set_xlabel("BN layer (network order)")
+    ax.set_ylabel("channels")
+    ax.grid(alpha=0.3, axis="y")
+    _top_legend(ax, ncol=2)
+    share = sum(kept) / sum(total)
+    ax.set_title(f"Channels kept per layer: {sum(kept)} of {sum(total)} ({share:.0%})",
+                 fontsize=10, pad=20)
+    fig.suptitle(_run_title(row), fontsize=11)
+    return _save(fig, path)
+
+
+def draw_run(row: dict[str, Any], out: Path) -> dict[str, Path]:
+    """The figures of one run (a figure without data in the run is left out)."""
+    draw = {"curves": run_training_curves, "gamma": run_gamma_histogram,
+            "channels": run_channels_kept}
+    files = {key: draw[key](row, out / name) for key, name in RUN_FIGURES.items()}
+    return {key: path for key, path in files.items() if path is not None}
