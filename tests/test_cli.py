@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -9,21 +10,31 @@ from pathlib import Path
 import pytest
 
 import ncslim
+from ncslim import pipeline
 from ncslim.cli import main
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 needs_fashion = pytest.mark.skipif(not FASHION.is_dir(),
                                    reason="Debian's dataset-fashion-mnist is not installed")
-TINY = ["--dataset", "fashion-mnist", "--arch", "vgg", "--depth", "11", "--width", "0.0625",
-        "--limit-train", "192", "--limit-test", "96", "--batch-size", "32", "--epochs", "1",
-        "--device", "cpu"]
+ARCH = ["--arch", "vgg", "--depth", "11", "--width", "0.0625"]
+TINY = ["--dataset", "fashion-mnist", *ARCH, "--limit-train", "192", "--limit-test", "96",
+        "--batch-size", "32", "--epochs", "1", "--device", "cpu"]
+FINETUNE = [flag for flag in TINY if flag not in ARCH]  # the model file has the architecture
+PRUNE = ["--dataset", "fashion-mnist", "--limit-test", "96", "--device", "cpu"]
+
+
+def _fake_forward_time(model, x):
+    """A forward "takes" a time set by the model's size: timings become exact and comparable."""
+    return 1e-6 * ncslim.count_params(model) * x.shape[0]
 
 
 @needs_fashion
-def test_run_end_to_end_writes_results(tmp_path, capsys):
+def test_run_end_to_end_writes_results(tmp_path, capsys, caplog, monkeypatch):
+    monkeypatch.setattr("ncslim.metrics._time_one", _fake_forward_time)
     out = tmp_path / "run"
-    code = main(["run", *TINY, "--finetune-epochs", "1", "--penalty", "tl1", "--lam", "1e-3",
-                 "--ratio", "0.5", "--out", str(out)])
+    caplog.set_level("INFO", logger="ncslim")
+    code = main(["run", *TINY, "--penalty", "tl1", "--lam", "1e-3", "--ratio", "0.5",
+                 "--out", str(out)])
     assert code == 0
     results = json.loads((out / "results.json").read_text())
     for stage in ("sparse", "pruned", "finetuned"):
@@ -39,6 +50,34 @@ def test_run_end_to_end_writes_results(tmp_path, capsys):
     assert ncslim.count_params(final) == results["params"]["pruned"]
     printed = capsys.readouterr().out
     assert "test accuracy right after pruning" in printed and "parameters" in printed
+    # the table printed is also in the run folder
+    assert (out / "summary.txt").read_text() == pipeline.format_results(results) + "\n"
+    assert (out / "summary.txt").read_text() in printed
+    # --epochs alone sets the fine-tuning length too (the demo preset's own is 4)
+    assert len((out / "finetune" / "metrics.jsonl").read_text().splitlines()) == 1
+    # the model files record the data they were trained on
+    for name in ("train/model.pt", "pruned.pt", "final.pt"):
+        assert ncslim.load_model(out / name).trained_on == {
+            "dataset": "fashion-mnist", "limit_train": 192, "limit_test": 96, "svhn_extra": True}
+    # the silent phases announce themselves
+    said = caplog.text
+    for phase in ("pruning by ratio 0.5", "evaluating the pruned model",
+                  "timing the forward pass of 2 model(s) on cpu at batch 1 and 32 (1 thread"):
+        assert phase in said
+    # latency: a stated thread count, the spread beside the median, and info agrees
+    row = results["latency"]["cpu"]["batch_1"]
+    assert row["threads"] == 1 and row["runs"] >= 5 and row["spread"] == 0.0
+    assert "latency cpu batch 1 (ms, 1 thread)" in printed and " ±0.00" in printed
+    assert main(["info", "--checkpoint", str(out / "final.pt"), "--json", "--batch-size",
+                 "32"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    for batch in ("batch_1", "batch_32"):
+        assert info["latency"][batch]["median_ms"] == pytest.approx(
+            results["latency"]["cpu"][batch]["pruned_ms"])
+        assert info["latency"][batch]["threads"] == results["latency"]["cpu"][batch]["threads"]
+    # pruning the fine-tuned model again names the full model that exists
+    err = _one_line_error(["prune", "--checkpoint", str(out / "final.pt")], capsys)
+    assert f"prune {out / 'train' / 'model.pt'}, or pass --again" in err
 
 
 @needs_fashion
@@ -56,7 +95,7 @@ def test_train_prune_finetune_info_commands(tmp_path, capsys):
     assert all(layer["kept"] % 2 == 0 or layer["kept"] == layer["total"]
                for layer in report["layers"])
     assert "accuracy_after" in report
-    assert main(["finetune", "--checkpoint", str(prune_dir / "pruned.pt"), *TINY,
+    assert main(["finetune", "--checkpoint", str(prune_dir / "pruned.pt"), *FINETUNE,
                  "--out", str(ft_dir), "--from-scratch"]) == 0
     assert (ft_dir / "model.pt").is_file() and (ft_dir / "metrics.jsonl").is_file()
     capsys.readouterr()
@@ -103,7 +142,7 @@ def test_prune_to_target_flops(tmp_path):
     (["run", "--min-channels", "0"], "--min-channels must be an integer >= 1"),
     (["run", "--round-to", "0"], "--round-to must be an integer >= 1"),
     (["run", "--target-flops", "1.5"], "--target-flops must be in \\(0, 1\\]"),
-    (["train", "--threshold", "-1"], "--threshold must be a number >= 0"),
+    (["run", "--threshold", "-1"], "--threshold must be a number >= 0"),
     (["run", "--penalty", "mcp", "--gamma", "0.5"], "mcp: gamma must be > 1"),
     (["run", "--penalty", "scad", "--a", "1.5"], "scad: a must be > 2"),
     (["run", "--penalty", "tl1", "--a", "0"], "tl1: a must be > 0"),
@@ -170,11 +209,14 @@ def test_interrupted_run_resumes_without_redoing_finished_stages(tmp_path, monke
 
     monkeypatch.setattr(Trainer, "_run_epoch", crash_in_finetune)
     assert main(argv) == 130
-    assert "continue with --resume" in capsys.readouterr().err
+    printed = capsys.readouterr().err.strip()
+    assert printed.startswith("ncslim run: interrupted; continue with: ncslim run --dataset")
+    resume = shlex.split(printed.split("continue with: ")[1])  # the exact command, followed
+    assert resume == ["ncslim", *argv, "--resume"]
     assert not (out / "results.json").exists()
     assert main(argv) == 2  # the directory holds a run: refused without --resume
     monkeypatch.setattr(Trainer, "_run_epoch", original)
-    assert main([*argv, "--resume"]) == 0
+    assert main(resume[1:]) == 0
     train_lines = (out / "train" / "metrics.jsonl").read_text().splitlines()
     finetune_lines = (out / "finetune" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in train_lines] == [1]
@@ -200,9 +242,9 @@ def test_a_model_for_another_class_count_or_input_is_named(tmp_path, capsys):
     for kwargs, counts in (({"num_classes": 100, "in_channels": 1}, "100 classes / 1 input"),
                            ({"num_classes": 10, "in_channels": 3}, "10 classes / 3 input")):
         model = _saved(tmp_path / "m.pt", **kwargs)
-        for argv in (["finetune", "--checkpoint", str(model), *TINY, "--out",
+        for argv in (["finetune", "--checkpoint", str(model), *FINETUNE, "--out",
                       str(tmp_path / "f")],
-                     ["prune", "--checkpoint", str(model), "--evaluate", *TINY, "--out",
+                     ["prune", "--checkpoint", str(model), "--evaluate", *PRUNE, "--out",
                       str(tmp_path / "p")]):
             err = _one_line_error(argv, capsys)
             assert f"is a model for {counts} channels, but fashion-mnist has 10 / 1" in err
@@ -217,7 +259,7 @@ def test_resuming_with_other_settings_or_another_architecture_is_refused(tmp_pat
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     changes = [(["--depth", "13"], "--depth 13 (the run has 11)"),
                (["--lr", "0.05", "--lam", "1e-3"], "--lr 0.05 (the run has 0.1), --lam 0.001 "
-                                                   "(the run has 0.0001)"),
+                                                   "(the run has 0.003)"),
                (["--arch", "resnet", "--depth", "20"], "--arch resnet (the run has vgg), "
                                                        "--depth 20 (the run has 11)")]
     for change, named in changes:
@@ -251,7 +293,7 @@ def test_a_pruned_model_is_not_pruned_again_unless_asked(tmp_path, capsys):
                  ["prune", "--checkpoint", str(pruned), "--dry-run", "--ratios", "0.3"]):
         err = _one_line_error(argv, capsys)
         assert f"{pruned} is already pruned (it keeps " in err
-        assert "prune the trained full model" in err and "--again" in err
+        assert "prune the full model it was pruned from" in err and "--again" in err
     assert not (tmp_path / "p2").exists()
     assert main(["prune", "--checkpoint", str(pruned), "--ratio", "0.5", "--again",
                  "--out", str(tmp_path / "p2")]) == 0
@@ -268,7 +310,7 @@ def test_a_corrupt_checkpoint_given_to_any_command_is_one_line(tmp_path, capsys)
     bad = tmp_path / "bad.pt"
     bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     for argv in (["prune", "--checkpoint", str(bad)], ["info", "--checkpoint", str(bad)],
-                 ["finetune", "--checkpoint", str(bad), *TINY], ["export", str(bad)]):
+                 ["finetune", "--checkpoint", str(bad), *FINETUNE], ["export", str(bad)]):
         err = _one_line_error([*argv, "--out", str(tmp_path / "o")] if argv[0] in (
             "prune", "finetune") else argv, capsys)
         assert f"{bad}: not a readable ncslim file (corrupt, truncated or not saved by" in err
@@ -293,3 +335,57 @@ def test_every_torch_load_in_the_package_is_weights_only():
                            for k in node.keywords)
                 calls.append((path.name, node.lineno, safe))
     assert calls and all(safe for _, _, safe in calls), calls
+
+
+@needs_fashion
+def test_prune_and_finetune_use_the_dataset_the_model_file_records(tmp_path, capsys):
+    train_dir = tmp_path / "t"
+    assert main(["train", *TINY, "--out", str(train_dir)]) == 0
+    model = train_dir / "model.pt"
+    assert ncslim.load_model(model).trained_on["dataset"] == "fashion-mnist"
+    # a CIFAR-10 preset does not override what the model was trained on ...
+    assert main(["prune", "--checkpoint", str(model), "--evaluate", "--config", "vgg19-cifar10",
+                 "--device", "cpu", "--out", str(tmp_path / "p")]) == 0
+    record = json.loads((tmp_path / "p" / "prune.json").read_text())
+    assert record["dataset"] == "fashion-mnist" and 0 <= record["accuracy_after"] <= 1
+    assert main(["finetune", "--checkpoint", str(tmp_path / "p" / "pruned.pt"), "--config",
+                 "vgg19-cifar10", "--epochs", "1", "--batch-size", "32", "--device", "cpu",
+                 "--out", str(tmp_path / "f")]) == 0
+    config = json.loads((tmp_path / "f" / "config.json").read_text())["config"]
+    assert (config["dataset"], config["limit_train"]) == ("fashion-mnist", 192)
+    assert len((tmp_path / "f" / "metrics.jsonl").read_text().splitlines()) == 1
+    # ... but --dataset on the command line does
+    err = _one_line_error(["prune", "--checkpoint", str(model), "--evaluate", "--dataset",
+                           "cifar10", "--data-dir", str(tmp_path / "none"), "--device", "cpu",
+                           "--out", str(tmp_path / "p2")], capsys)
+    assert "cifar10" in err and not (tmp_path / "p2").exists()
+
+
+@needs_fashion
+def test_prune_dry_run_evaluate_measures_each_ratio(tmp_path, capsys):
+    assert main(["train", *TINY, "--out", str(tmp_path / "t")]) == 0
+    capsys.readouterr()
+    assert main(["prune", "--checkpoint", str(tmp_path / "t" / "model.pt"), "--dry-run",
+                 "--evaluate", "--ratios", "0.2,0.6", "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert len(re.findall(r"test accuracy on fashion-mnist before pruning \d+\.\d\d%",
+                          printed)) == 1
+    after = re.findall(r"--- ratio (0\.\d)\n.*?test accuracy right after pruning (\d+\.\d\d)%",
+                       printed, re.S)
+    assert [ratio for ratio, _ in after] == ["0.2", "0.6"]
+    assert not list(tmp_path.glob("**/pruned.pt"))  # a dry run writes nothing
+
+
+def test_resume_where_no_run_is_says_so(tmp_path, capsys):
+    model = _saved(tmp_path / "m.pt", num_classes=10, in_channels=1)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for argv in (["run", *TINY, "--out", str(tmp_path / "absent"), "--resume"],
+                 ["train", *TINY, "--out", str(empty), "--resume"],
+                 ["finetune", "--checkpoint", str(model), *FINETUNE, "--out", str(empty),
+                  "--resume"]):
+        err = _one_line_error(argv, capsys)
+        assert "holds no run to resume (no config.json or last.pt there)" in err
+        assert "without --resume" in err
+    assert not (tmp_path / "absent").exists()
+    assert [p.name for p in empty.iterdir()] in ([], [".lock"])

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import re
+import stat
+import subprocess
+import sys
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -136,3 +143,87 @@ def test_missing_onnx_packages_are_named_with_the_install_command(tmp_path, monk
     assert main(["export", str(model)]) == 2
     err = capsys.readouterr().err
     assert "needs the package(s) onnxscript: pip install 'ncslim[export]'" in err
+
+
+RESULT = [r"onnx: \S+final\.onnx \(\d+\.\d\d MiB\)",
+          r"checked in ONNX Runtime: outputs within \S+ of PyTorch's"]
+
+
+@pytest.mark.parametrize("capture", ["capsys", "capfd"])
+def test_cli_export_prints_its_result_and_the_exporters_log_only_with_verbose(
+        tmp_path, request, caplog, capture):
+    capture = request.getfixturevalue(capture)  # capfd: also what is written to fd 1 and 2
+    caplog.set_level(logging.INFO)  # as the CLI's own logging.basicConfig sets it
+    model = tmp_path / "final.pt"
+    ncslim.save_model(tiny(*CASES[0]), model)
+    assert main(["export", str(model)]) == 0
+    out, err = capture.readouterr()
+    assert len(out.splitlines()) == len(RESULT) and err == ""
+    assert all(re.fullmatch(p, line) for p, line in zip(RESULT, out.splitlines(), strict=True))
+    assert not [r for r in caplog.records if not r.name.startswith("ncslim")]
+    assert main(["export", str(model), "--verbose"]) == 0
+    out, _ = capture.readouterr()
+    assert "[torch.onnx] Optimize the ONNX graph... ✅" in out.splitlines()
+    assert re.fullmatch(RESULT[0], out.splitlines()[-2]) and re.fullmatch(RESULT[1],
+                                                                         out.splitlines()[-1])
+    assert any(r.name.startswith("onnx") for r in caplog.records)  # onnxscript's, onnx_ir's
+
+
+def test_cli_export_as_a_command_prints_two_lines(tmp_path):
+    model = tmp_path / "final.pt"
+    ncslim.save_model(tiny(*CASES[0]), model)
+    run = subprocess.run([sys.executable, "-m", "ncslim", "export", str(model)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and run.stderr == "", run.stderr
+    assert all(re.fullmatch(p, line)
+               for p, line in zip(RESULT, run.stdout.splitlines(), strict=True))
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["succeeds", "fails"])
+def test_the_exporters_output_is_replayed_only_when_it_fails(tmp_path, monkeypatch, capfd,
+                                                            caplog, fails):
+    caplog.set_level(logging.INFO)
+    torchs = logging.getLogger("torch.onnx")  # it has its own handlers and does not propagate
+    assert torchs.handlers and not torchs.propagate
+    seen: list[str] = []
+    recorder = logging.Handler()
+    recorder.emit = lambda record: seen.append(record.getMessage())
+    monkeypatch.setattr(torchs, "handlers", [recorder])
+
+    def chatty(model, args, path, **kwargs):
+        print("[torch.onnx] Obtain model graph...")
+        print("a note on stderr", file=sys.stderr)
+        logging.getLogger("onnxscript.optimizer").info("Removed 74 unused nodes")
+        logging.getLogger("torch.onnx").warning("torch's own logger, with its own handler")
+        warnings.warn("a deprecation", FutureWarning, stacklevel=1)
+        if fails:
+            raise RuntimeError("exporter failed")
+        Path(path).write_bytes(b"onnx")
+
+    monkeypatch.setattr(torch.onnx, "export", chatty)
+    if fails:
+        with pytest.raises(RuntimeError, match="exporter failed"), pytest.warns(FutureWarning):
+            E.export_model(tiny(*CASES[0]), tmp_path / "m.onnx")
+    else:
+        E.export_model(tiny(*CASES[0]), tmp_path / "m.onnx")
+    out, err = capfd.readouterr()
+    assert ("[torch.onnx] Obtain model graph..." in out) is fails
+    assert ("a note on stderr" in err) is fails
+    assert (seen == ["torch's own logger, with its own handler"]) is fails
+    assert ("Removed 74 unused nodes" in caplog.text) is fails
+    assert torchs.handlers == [recorder] and not torchs.propagate  # restored
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077], ids=["umask022", "umask077"])
+def test_exported_files_get_the_mode_open_gives(tmp_path, umask):
+    model = tmp_path / "m.pt"
+    old = os.umask(umask)
+    try:
+        ncslim.save_model(tiny(*CASES[0]), model)
+        (tmp_path / "plain.txt").write_text("x")
+        for fmt in ("onnx", "torchscript"):
+            assert main(["export", str(model), "--format", fmt, "--no-check"]) == 0
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert modes == dict.fromkeys(["m.pt", "plain.txt", "m.onnx", "m.ts"], 0o666 & ~umask)

@@ -1,10 +1,16 @@
 from __future__ import annotations
 
+import os
+import stat
+import subprocess
+import sys
+
 import pytest
 import torch
 from conftest import TINY_IDS, TINY_MODELS, spread_bn
 
 import ncslim
+from ncslim.io import _claim, atomic_write_text, run_lock
 
 
 @pytest.mark.parametrize(("arch", "kwargs"), TINY_MODELS, ids=TINY_IDS)
@@ -120,3 +126,116 @@ def test_code_in_a_checkpoint_is_never_run(tmp_path, name, payload, loader):
     with pytest.raises(ncslim.ModelFileError):
         loader(path)
     assert not marker.exists()
+
+
+@pytest.fixture(params=[0o022, 0o077], ids=["umask022", "umask077"])
+def umask(request):
+    old = os.umask(request.param)
+    yield request.param
+    os.umask(old)
+
+
+def test_written_files_get_the_mode_open_gives(tmp_path, umask):
+    with open(tmp_path / "plain.txt", "w") as f:  # what any other tool writes
+        f.write("x")
+    ncslim.save_model(ncslim.build_model("vgg", width=0.0625, depth=11), tmp_path / "m.pt")
+    atomic_write_text(tmp_path / "results.json", "{}")
+    expected = 0o666 & ~umask
+    assert stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode) == expected
+    for name in ("m.pt", "results.json"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == expected, name
+
+
+def test_a_rewritten_file_keeps_its_mode_as_with_open(tmp_path, umask):
+    for mode in (0o640, 0o604):
+        (tmp_path / "plain.txt").write_text("x")
+        atomic_write_text(tmp_path / "config.json", "{}")
+        for name in ("plain.txt", "config.json"):
+            os.chmod(tmp_path / name, mode)
+        (tmp_path / "plain.txt").write_text("y")
+        atomic_write_text(tmp_path / "config.json", "{\"a\": 1}")
+        assert stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode) == mode
+        assert stat.S_IMODE((tmp_path / "config.json").stat().st_mode) == mode
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "plain.txt"]
+
+
+def test_a_finished_run_leaves_no_lock_file(tmp_path):
+    out = tmp_path / "run"
+    with run_lock(out, fresh=True):
+        assert (out / ".lock").read_text().strip() == str(os.getpid())
+        (out / "results.json").write_text("{}")
+    assert sorted(p.name for p in out.iterdir()) == ["results.json"]
+    with pytest.raises(ValueError, match="already holds a run"), run_lock(out, fresh=True):
+        pass
+    with pytest.raises(KeyError), run_lock(out, fresh=False):
+        raise KeyError("the run failed")
+    assert sorted(p.name for p in out.iterdir()) == ["results.json"]
+    (out / "results.json").unlink()
+    (out / ".lock").write_text("12345\n")  # left by a SIGKILLed run: unlocked, so no run
+    with run_lock(out, fresh=True):
+        assert (out / ".lock").read_text().strip() == str(os.getpid())
+    assert not list(out.iterdir())
+
+
+CONTENDER = """
+import os, sys, time
+from ncslim.io import run_lock
+out, rounds = sys.argv[1], int(sys.argv[2])
+done = 0
+while done < rounds:
+    try:
+        with run_lock(out, fresh=False):
+            count = os.path.join(out, "count")
+            n = int(open(count).read()) if os.path.exists(count) else 0
+            with open(os.path.join(out, "log"), "a") as log:
+                log.write(f"in {os.getpid()}\\n")
+                log.flush()
+                time.sleep(0.001)
+                log.write(f"out {os.getpid()}\\n")
+            with open(count, "w") as f:
+                f.write(str(n + 1))
+        done += 1
+    except ValueError:
+        time.sleep(0.0005)
+"""
+
+
+def test_contending_processes_exclude_each_other_while_the_lock_file_comes_and_goes(tmp_path):
+    out, processes, rounds = tmp_path / "run", 3, 40
+    out.mkdir()
+    workers = [subprocess.Popen([sys.executable, "-c", CONTENDER, str(out), str(rounds)])
+               for _ in range(processes)]
+    assert [w.wait(timeout=300) for w in workers] == [0] * processes
+    log = (out / "log").read_text().split()
+    assert len(log) == 4 * processes * rounds
+    for i in range(0, len(log), 4):  # each "in PID" is followed by that PID's "out"
+        assert log[i] == "in" and log[i + 2] == "out" and log[i + 1] == log[i + 3], log[i:i + 4]
+    assert (out / "count").read_text() == str(processes * rounds)
+    assert sorted(p.name for p in out.iterdir()) == ["count", "log"]
+
+
+@pytest.mark.parametrize("holder_ends", [False, True], ids=["after-open", "while-refusing"])
+def test_a_lock_file_removed_under_a_claimant_is_not_trusted(tmp_path, monkeypatch, holder_ends):
+    """The holder removes the file between the claimant's open and its flock (or while the
+    claimant's flock is refused): the claimant must lock the file now at the path instead."""
+    import fcntl
+
+    out = tmp_path / "run"
+    out.mkdir()
+    real, calls = fcntl.flock, []
+
+    def racing(handle, op):
+        calls.append(os.fstat(handle.fileno()).st_ino)
+        if len(calls) == 1:
+            (out / ".lock").unlink()  # the holder, on its way out
+            if holder_ends:
+                raise BlockingIOError(11, "Resource temporarily unavailable")
+        return real(handle, op)
+
+    monkeypatch.setattr(fcntl, "flock", racing)
+    handle, locked = _claim(out / ".lock", out)
+    try:
+        assert locked and len(calls) == 2
+        assert os.fstat(handle.fileno()).st_ino == (out / ".lock").stat().st_ino
+    finally:
+        handle.close()

@@ -5,7 +5,13 @@ import torch
 from torch import nn
 
 import ncslim
-from ncslim.metrics import compare_latency, measure_latency
+from ncslim.metrics import (
+    Latency,
+    compare_latency,
+    latency_warnings,
+    measure_latency,
+    time_forward,
+)
 
 
 def test_compare_latency_times_every_model_and_restores_modes():
@@ -37,3 +43,34 @@ def test_flops_are_twice_the_macs_of_a_linear_layer():
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 5))
     assert ncslim.count_flops(model, (3, 2, 2)) == 2 * 12 * 5
     assert torch.is_grad_enabled()
+
+
+def test_timing_states_its_thread_count_and_restores_the_default(monkeypatch):
+    seen = []
+
+    def fake(model, x):
+        seen.append(torch.get_num_threads())
+        return 0.001
+
+    monkeypatch.setattr("ncslim.metrics._time_one", fake)
+    before = torch.get_num_threads()
+    model = ncslim.build_model("vgg", depth=11, width=0.0625)
+    (timing,) = time_forward([model], (3, 32, 32), threads=1, min_repeats=4, max_repeats=4)
+    assert set(seen) == {1} and timing.threads == 1 and timing.runs == 4
+    assert torch.get_num_threads() == before
+    (timing,) = time_forward([model], (3, 32, 32), threads=None, min_repeats=3, max_repeats=3)
+    assert timing.threads == before
+
+
+def test_the_spread_says_when_timings_are_not_trustworthy(monkeypatch):
+    times = iter([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 3.0, 3.0] * 2)
+    monkeypatch.setattr("ncslim.metrics._time_one", lambda model, x: next(times) / 1000)
+    model = ncslim.build_model("vgg", depth=11, width=0.0625)
+    (busy,) = time_forward([model], (3, 32, 32), threads=1, min_repeats=8, max_repeats=8)
+    assert busy.median == pytest.approx(1e-3) and busy.q3 == pytest.approx(1.5e-3)
+    assert busy.spread == pytest.approx(0.5) and not busy.steady
+    row = {"spread": busy.spread}
+    (warning,) = latency_warnings({"cpu": {"batch_1": row, "batch_64": {"spread": 0.03}}})
+    assert warning.startswith("latency on cpu at batch 1 varied by 50% between runs")
+    assert "not trustworthy" in warning
+    assert Latency(median=1.0, q1=0.99, q3=1.01, runs=9, threads=1).steady

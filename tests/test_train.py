@@ -15,6 +15,7 @@ import ncslim.cli
 from ncslim import pipeline
 from ncslim.config import load_config
 from ncslim.io import run_lock
+from ncslim.progress import RunProgress
 from ncslim.train import Trainer, lr_at
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -150,15 +151,10 @@ def test_training_never_holds_a_float_copy_of_the_dataset(tmp_path):
     model = ncslim.build_model("vgg", depth=11, width=0.0625)
     trainer = Trainer(model, data, cfg, tmp_path / "stage", epochs=1, sparsity=True)
 
-    class Silent:
-        def update(self, n):
-            pass
-
-        def set_postfix(self, **_):
-            pass
-
+    silent = RunProgress(trainer.steps, enabled=False).epoch("t", 1, 1, trainer.steps,
+                                                              data.train_images.device)
     with LargestFloat() as mode:
-        stats = trainer.train_epoch(0, cfg.lr, Silent())
+        stats = trainer.train_epoch(0, cfg.lr, silent)
     assert stats["images"] == 1024
     assert data.train_images.dtype == torch.uint8 and data.train_images is images
     assert 0 < mode.largest < images.numel() // 8
@@ -193,9 +189,11 @@ def test_a_second_live_run_in_the_same_directory_is_refused(tmp_path):
     cfg = tiny_config(tmp_path, epochs=1)
     holder = _hold_lock(Path(cfg.out))
     try:
-        with pytest.raises(ValueError, match="in use by another running ncslim process"):
-            pipeline.train(cfg, resume=True)
-        assert not (Path(cfg.out) / "config.json").exists()
+        for resume in (False, True):  # --resume too, once the holder has written its config
+            with pytest.raises(ValueError, match="in use by another running ncslim process"):
+                pipeline.train(cfg, resume=resume)
+            assert not (Path(cfg.out) / "config.json").exists()
+            (Path(cfg.out) / "last.pt").write_bytes(b"the holder's")
     finally:
         holder.kill()
         holder.wait()

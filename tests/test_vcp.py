@@ -188,7 +188,7 @@ def test_run_with_vcp_end_to_end_then_prune_and_resume(tmp_path, capsys):
     (["--sync-bn"], "--penalty vcp samples each BN scale itself and does not work with"),
 ])
 def test_bad_vcp_settings_are_one_line(tmp_path, capsys, argv, message):
-    code = ncslim.cli.main(["train", "--penalty", "vcp", *argv, "--out", str(tmp_path / "o")])
+    code = ncslim.cli.main(["run", "--penalty", "vcp", *argv, "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and message in err
 

@@ -15,6 +15,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -22,11 +23,20 @@ from typing import Any, NoReturn
 import torch
 
 from . import distributed, pipeline
-from .config import Config, config_fields, load_config, preset_names
+from .config import COMMANDS as CONFIG_COMMANDS
+from .config import (
+    DEFAULT_PRESET,
+    Config,
+    command_config,
+    config_fields,
+    field_choices,
+    load_config,
+    preset_names,
+)
 from .export import FORMATS, SUFFIX, check_export, export_model
 from .io import atomic_write_text, load_model, run_lock, save_model
-from .metrics import count_params
-from .models import build_model
+from .metrics import count_params, threads_text
+from .models import build_model, model_names
 from .train import TrainingDiverged, resolve_device
 
 log = logging.getLogger("ncslim")
@@ -43,20 +53,55 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help=f"preset name ({', '.join(preset_names())}) or a "
-                                         f"TOML file; flags given here override it")
-    for name, default, meta in config_fields():
+# a flag whose meaning on one command differs from the field's help
+COMMAND_HELP = {
+    ("finetune", "epochs"): "epochs of fine-tuning",
+    ("prune", "penalty"): "vcp prunes by VCP's rule (--vcp-mu, --vcp-sigma); any other value by "
+                          "the |gamma| ranking",
+    ("prune", "dataset"): "with --evaluate: the test set",
+}
+PRECEDENCE = ("defaults shown are the {preset} preset's, which applies when --config names no "
+              "other; a flag given here wins over the preset{extra}")
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, command: str) -> None:
+    """The configuration flags that act on ``command``, each showing the default that runs."""
+    defaults = load_config(DEFAULT_PRESET)
+    parser.add_argument("--config", metavar="PRESET|FILE",
+                        help=f"preset ({', '.join(preset_names())}) or a TOML file with the same "
+                             f"keys (default: {DEFAULT_PRESET})")
+    for name, _, meta in config_fields():
+        if command not in meta["commands"]:
+            continue
         flag = "--" + name.replace("_", "-")
         annotation = str(Config.__annotations__[name])
-        text = f"{meta['help']} (default: {default})"
+        text = COMMAND_HELP.get((command, name), meta["help"]).replace("%%", "%")
+        text = (text + _default_text(command, name, defaults, meta)).replace("%", "%%")
         if annotation == "bool":
             parser.add_argument(flag, action=argparse.BooleanOptionalAction,
                                 default=argparse.SUPPRESS, help=text)
             continue
         kind = _TYPES[annotation.split(" ")[0]]
-        parser.add_argument(flag, type=kind, choices=meta.get("choices"), metavar=name.upper(),
+        choices = field_choices(name)
+        parser.add_argument(flag, type=kind, choices=choices,
+                            metavar=None if choices else name.upper(),
                             default=argparse.SUPPRESS, help=text)
+
+
+def _default_text(command: str, name: str, defaults: Config, meta: dict[str, Any]) -> str:
+    value = getattr(defaults, name)
+    if command in ("prune", "finetune") and name == "dataset":
+        return f" (default: the one the model file records, else {value})"
+    if command == "run" and name == "finetune_epochs":
+        return (f" (default: {value}; the same as --epochs when --epochs is given without it)"
+                if value is not None else f" (default: {meta['unset']})")
+    if command == "finetune" and name == "epochs" and defaults.finetune_epochs is not None:
+        value = defaults.finetune_epochs  # the fine-tuning length is what finetune's --epochs sets
+    if value is None:
+        return f" (default: {meta['unset']})" if meta.get("unset") else ""
+    if isinstance(value, bool):
+        return f" (default: {'on' if value else 'off'})"
+    return f" (default: {value:g})" if isinstance(value, float) else f" (default: {value})"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,10 +117,15 @@ def build_parser() -> argparse.ArgumentParser:
         "report": "table and figures from every results.json below a folder",
         "export": "write a model as ONNX (checked in ONNX Runtime) or TorchScript",
     }
-    commands = {name: sub.add_parser(name, help=helps[name], description=helps[name])
-                for name in COMMANDS}
-    for name in ("run", "train", "prune", "finetune"):
-        _add_config_flags(commands[name])
+    extra = {"run": "; --epochs alone sets the fine-tuning length too",
+             "prune": "; the dataset is the one the model file records, unless --dataset",
+             "finetune": "; the dataset is the one the model file records, unless --dataset"}
+    commands = {name: sub.add_parser(
+        name, help=helps[name], description=helps[name],
+        epilog=(PRECEDENCE.format(preset=DEFAULT_PRESET, extra=extra.get(name, ""))
+                if name in CONFIG_COMMANDS else None)) for name in COMMANDS}
+    for name in CONFIG_COMMANDS:
+        _add_config_flags(commands[name], name)
     for name in ("run", "train", "finetune"):
         commands[name].add_argument("--resume", action="store_true",
                                     help="continue the run in --out from its last checkpoint")
@@ -86,20 +136,26 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--dry-run", action="store_true", help="report, write nothing")
     prune.add_argument("--ratios", help="with --dry-run: comma-separated ratios, e.g. 0.3,0.5,0.7")
     prune.add_argument("--evaluate", action="store_true",
-                       help="measure test accuracy before and after pruning (needs the data)")
+                       help="measure test accuracy before and after pruning (with --dry-run: "
+                            "after pruning at each ratio); needs the data")
     prune.add_argument("--again", action="store_true",
                        help="prune an already pruned model further (the ratio then counts its "
                             "remaining channels)")
     commands["finetune"].add_argument("--from-scratch", action="store_true",
                                       help="re-initialise the pruned architecture first")
     info = commands["info"]
-    info.add_argument("--arch", choices=("vgg", "densenet", "resnet"), default="vgg")
-    info.add_argument("--depth", type=int)
-    info.add_argument("--width", type=float, default=1.0)
-    info.add_argument("--num-classes", type=int, default=10)
-    info.add_argument("--in-channels", type=int, default=3)
-    info.add_argument("--batch-size", type=int, default=64, help="batch for the latency")
-    info.add_argument("--device", default="cpu")
+    info.add_argument("--arch", choices=model_names(), default="vgg",
+                      help="without --checkpoint: the architecture to describe (default: vgg)")
+    info.add_argument("--depth", type=int, help="default: 19 / 40 / 164 by --arch")
+    info.add_argument("--width", type=float, default=1.0, help="default: 1.0")
+    info.add_argument("--num-classes", type=int, default=10, help="default: 10")
+    info.add_argument("--in-channels", type=int, default=3, help="default: 3")
+    info.add_argument("--batch-size", type=int, default=64,
+                      help="the second batch size timed, besides 1 (default: 64)")
+    info.add_argument("--latency-threads", type=int, default=1,
+                      help="CPU threads when timing latency (0: torch's default; default: 1, "
+                           "as ncslim run)")
+    info.add_argument("--device", default="cpu", help="default: cpu")
     info.add_argument("--json", action="store_true", help="print JSON")
     sweep = commands["sweep"]
     sweep.add_argument("sweep_file", metavar="CONFIG", help="sweep TOML file")
@@ -117,25 +173,29 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--opset", type=int, help="ONNX opset version (default: the exporter's)")
     export.add_argument("--no-check", action="store_true",
                         help="skip comparing the exported file's outputs with PyTorch's")
+    export.add_argument("--verbose", "-v", action="store_true",
+                        help="show the exporter's own log (shown anyway if the export fails)")
     report = commands["report"]
     report.add_argument("runs_dir", metavar="RUNS_DIR", help="folder searched for results.json")
     report.add_argument("--out", help="where the table and figures go (default RUNS_DIR/report)")
     return parser
 
 
-def _config(args: argparse.Namespace, default_preset: str | None = None) -> Config:
-    skip = {"command", "config", "resume", "checkpoint", "dry_run", "ratios", "evaluate",
-            "from_scratch", "again"}
-    overrides = {k: v for k, v in vars(args).items() if k not in skip}
-    return load_config(args.config or default_preset, overrides)
+def _config(args: argparse.Namespace, recorded: dict[str, Any] | None = None) -> Config:
+    """The command's configuration: its flags over the model's record over the preset."""
+    names = {name for name, _, _ in config_fields()}
+    given = {k: v for k, v in vars(args).items() if k in names}
+    return command_config(args.command, args.config, given, recorded)
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    cfg = _config(args, default_preset="demo")
+    cfg = _config(args)
     results = pipeline.run(cfg, resume=args.resume)
     if distributed.is_main():
-        print(pipeline.format_results(results))
-        print(f"results: {Path(cfg.out) / 'results.json'}")
+        table = pipeline.format_results(results)
+        print(table)
+        print(f"results: {Path(cfg.out) / 'results.json'} (this table: "
+              f"{Path(cfg.out) / pipeline.SUMMARY_FILE})")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -145,41 +205,68 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(f"test accuracy {result['test_acc']:.2%}; model: {result['model']}")
 
 
+def _full_model_hint(path: Path) -> str:
+    """Where the full model of a pruned one probably is: a file that exists, when one does."""
+    run_dir = path.parent.parent if path.parent.name in ("finetune", "train") else path.parent
+    for candidate in (run_dir / "train" / "model.pt", run_dir / "model.pt"):
+        if candidate.is_file() and candidate.resolve() != path.resolve():
+            return str(candidate)
+    return ("the full model it was pruned from (model.pt of ncslim train, train/model.pt of "
+            "ncslim run)")
+
+
 def cmd_prune(args: argparse.Namespace) -> None:
-    cfg = _config(args)
-    device = resolve_device(cfg.device)
+    device = resolve_device(_config(args).device)  # the flags are checked before the file
     model = load_model(args.checkpoint, device)
+    cfg = _config(args, model.trained_on)
     if model.pruned_from is not None and not args.again:
         kept = count_params(model) / model.pruned_from["params"]
         raise ValueError(f"{args.checkpoint} is already pruned (it keeps {kept:.1%} of its full "
-                         f"model's parameters); prune the trained full model (model.pt of the "
-                         f"training run), or pass --again to prune this one further")
-    if args.dry_run and cfg.penalty == "vcp":  # one outcome: VCP's rule has no ratio
-        print(f"--- VCP rule\n{pipeline.prune(model, cfg)[1]}")
-        return
+                         f"model's parameters); prune {_full_model_hint(Path(args.checkpoint))}, "
+                         f"or pass --again to prune this one further")
+    data = None
+    if args.evaluate:
+        data = pipeline.load_data(cfg, device)
+        pipeline.check_fits(model, data, args.checkpoint)
     if args.dry_run:
-        ratios = _ratios(args.ratios) if args.ratios else [cfg.ratio]
-        for ratio, report in zip(ratios, pipeline.prune_dry_run(model, cfg, ratios)):
-            print(f"--- ratio {ratio:g}\n{report}")
-            if report.floored:
-                print(f"warning: at ratio {ratio:g}, {len(report.floored)} layer(s) would lose "
-                      f"every channel and keep only --min-channels {cfg.min_channels}")
+        _prune_dry_run(args, model, cfg, data)
         return
     small, report = pipeline.prune(model, cfg)
     out = Path(cfg.out)
     record: dict[str, Any] = report.to_dict()
-    if args.evaluate:
-        data = pipeline.load_data(cfg, device)
-        pipeline.check_fits(model, data, args.checkpoint)
+    if data is not None:
+        log.info("evaluating the model before and after pruning on %s", cfg.dataset)
+        record["dataset"] = cfg.dataset
         record["accuracy_before"] = pipeline.evaluate(model, data)[0]
         record["accuracy_after"] = pipeline.evaluate(small, data)[0]
     with run_lock(out, fresh=False):  # rewrites its own outputs, never a live run's
         save_model(small, out / "pruned.pt")
         atomic_write_text(out / "prune.json", json.dumps(record, indent=2) + "\n")
     print(report)
-    if args.evaluate:
-        print(f"test accuracy {record['accuracy_before']:.2%} -> {record['accuracy_after']:.2%}")
+    if data is not None:
+        print(f"test accuracy on {cfg.dataset} {record['accuracy_before']:.2%} -> "
+              f"{record['accuracy_after']:.2%}")
     print(f"pruned model: {out / 'pruned.pt'}")
+
+
+def _prune_dry_run(args: argparse.Namespace, model: Any, cfg: Config, data: Any) -> None:
+    """Report (and with ``data``, evaluate) the pruning at each ratio; write nothing."""
+    if cfg.penalty == "vcp":  # one outcome: VCP's rule has no ratio
+        pairs = [("VCP rule", pipeline.prune(model, cfg))]
+    else:
+        ratios = _ratios(args.ratios) if args.ratios else [cfg.ratio]
+        pairs = [(f"ratio {r:g}", pair) for r, pair in
+                 zip(ratios, pipeline.prune_dry_run(model, cfg, ratios))]
+    if data is not None:
+        print(f"test accuracy on {cfg.dataset} before pruning "
+              f"{pipeline.evaluate(model, data)[0]:.2%}")
+    for label, (small, report) in pairs:
+        print(f"--- {label}\n{report}")
+        if data is not None:
+            print(f"test accuracy right after pruning {pipeline.evaluate(small, data)[0]:.2%}")
+        if report.floored:
+            print(f"warning: at {label}, {len(report.floored)} layer(s) would lose every "
+                  f"channel and keep only --min-channels {cfg.min_channels}")
 
 
 def _ratios(text: str) -> list[float]:
@@ -194,13 +281,16 @@ def _ratios(text: str) -> list[float]:
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
-    cfg = _config(args)
+    model = load_model(args.checkpoint, resolve_device(_config(args).device))
+    cfg = _config(args, model.trained_on)
+    if args.resume:
+        pipeline.require_run(Path(cfg.out))
     device = pipeline.setup_device(cfg)
-    model = load_model(args.checkpoint, device)
+    model = model.to(device)
     data = pipeline.load_data(cfg, device)
     pipeline.check_fits(model, data, args.checkpoint)
     out = Path(cfg.out)
-    with pipeline.claim(out, fresh=not args.resume):
+    with pipeline.claim(out, fresh=not args.resume, resume=args.resume):
         pipeline.write_config(cfg, out, "finetune")
         model, acc = pipeline.finetune(model, data, cfg, out, resume=args.resume,
                                        from_scratch=args.from_scratch)
@@ -215,12 +305,13 @@ def cmd_info(args: argparse.Namespace) -> None:
         model = load_model(args.checkpoint, device)
     else:
         model = build_model(args.arch, args.num_classes, args.in_channels, args.width,
-                                     args.depth)
-    info = pipeline.describe(model, device, args.batch_size)
+                            args.depth)
+    info = pipeline.describe(model, device, args.batch_size, args.latency_threads)
     if args.json:
         print(json.dumps(info, indent=2))
         return
-    print(f"{info['arch']}: {info['num_classes']} classes, {info['in_channels']} input channels")
+    print(f"{info['arch']}: {info['num_classes']} classes, {info['in_channels']} input channels"
+          + (f"; trained on {info['trained_on']['dataset']}" if info["trained_on"] else ""))
     print(f"parameters {info['params']:,}; FLOPs {info['flops']:,} "
           f"(MACs {info['flops'] // 2:,}) per image")
     if info["pruned_from"]:
@@ -228,8 +319,12 @@ def cmd_info(args: argparse.Namespace) -> None:
         print(f"pruned from a model of {full['params']:,} parameters and {full['flops']:,} FLOPs "
               f"({1 - info['params'] / full['params']:.1%} / "
               f"{1 - info['flops'] / full['flops']:.1%} removed)")
-    for batch, ms in info["latency_ms"].items():
-        print(f"latency {info['device']} {batch.replace('_', ' ')}: {ms:.2f} ms")
+    for batch, row in info["latency"].items():
+        print(f"latency {info['device']} {batch.replace('_', ' ')}, "
+              f"{threads_text(row['threads'])}: {row['median_ms']:.2f} ms "
+              f"(middle half {row['q1_ms']:.2f}-{row['q3_ms']:.2f} ms, {row['runs']} runs)")
+    for warning in info["warnings"]:
+        print(f"warning: {warning}")
     print("channels per prunable layer:")
     for name, channels in info["channels"].items():
         print(f"  {name:<28} {channels}")
@@ -260,7 +355,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     if output.resolve() == Path(args.model).resolve():
         raise ValueError(f"--output {output} would overwrite the model itself; choose another")
     export_model(model, output, args.format, shape, fixed_batch=args.fixed_batch,
-                 opset=args.opset)
+                 opset=args.opset, verbose=args.verbose)
     print(f"{args.format}: {output} ({output.stat().st_size / 2**20:.2f} MiB)")
     if not args.no_check:
         diff = check_export(model, output, args.format, shape)
@@ -281,8 +376,26 @@ def _shape(text: str) -> tuple[int, int, int, int]:
     return shape  # type: ignore[return-value]
 
 
+def _unknown_flags(command: str, extra: list[str]) -> str:
+    """One line for flags the command does not take, naming the commands they act on."""
+    notes = []
+    for word in extra:
+        name = word.split("=")[0].lstrip("-").replace("-", "_")
+        owners = next((meta["commands"] for field, _, meta in config_fields() if field == name),
+                      None)
+        if word.startswith("--") and owners:
+            notes.append(f"{word.split('=')[0]} acts on {', '.join(owners)}, not on {command}")
+    why = f" ({'; '.join(notes)})" if notes else ""
+    return (f"ncslim {command}: error: unrecognized arguments: {' '.join(extra)}{why} "
+            f"(see ncslim {command} --help)\n")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        sys.stderr.write(_unknown_flags(args.command, extra))
+        return 2
     quiet = distributed.launched() and os.environ.get("RANK", "0") != "0"  # rank 0 speaks
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s",
                         stream=sys.stderr)
@@ -303,18 +416,37 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:  # a full disk, a read-only directory, ...
         where = f" ({err.filename})" if err.filename else ""
         print(f"ncslim {args.command}: error: {err.strerror or _first_line(err)}{where}; files "
-              f"written before are intact; fix it and continue with --resume", file=sys.stderr)
+              f"written before are intact; fix it{_continue_with(args, argv) or ' and rerun'}",
+              file=sys.stderr)
         return 2
     except torch.cuda.OutOfMemoryError:
         print(f"ncslim {args.command}: error: the GPU ran out of memory; lower --batch-size or "
               f"--width", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"ncslim {args.command}: interrupted; continue with --resume", file=sys.stderr)
+        print(f"ncslim {args.command}: interrupted{_continue_with(args, argv)}", file=sys.stderr)
         return 130
     finally:
         distributed.shutdown()
     return 0
+
+
+def _continue_with(args: argparse.Namespace, argv: list[str] | None) -> str:
+    """'; continue with: <the exact command>' for a command that resumes, else ''."""
+    if args.command not in ("run", "train", "finetune"):
+        return ""
+    words = list(sys.argv[1:] if argv is None else argv)
+    if "--resume" not in words:
+        words.append("--resume")
+    if argv is not None:  # called from Python: name the command as a user types it
+        prefix = ["ncslim"]
+    elif Path(sys.argv[0]).name == "ncslim":
+        prefix = [sys.argv[0]]  # the same script, e.g. .venv/bin/ncslim when not activated
+    else:
+        prefix = [Path(sys.executable).name, "-m", "ncslim"]
+    if distributed.launched():
+        prefix = ["torchrun", "<the same torchrun flags>", "-m", "ncslim"]
+    return f"; continue with: {shlex.join(prefix + words)}"
 
 
 def _first_line(err: BaseException) -> str:

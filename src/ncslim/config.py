@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -25,67 +26,113 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 PRESET_DIR = Path(__file__).parent / "configs"
-PENALTY_CHOICES = ("none", "l1", "lp", "tl1", "mcp", "scad", "vcp")
+DEFAULT_PRESET = "demo"  # what a command uses when --config is not given
+COMMANDS = ("run", "train", "prune", "finetune")  # the commands that take a configuration
+RUN_TRAIN = ("run", "train")
+FITS = ("run", "train", "finetune")  # the commands that train
 
 
-def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
-    return field(default=default, metadata={"help": help, "choices": choices})
+def penalty_choices() -> tuple[str, ...]:
+    """``none``, every registered penalty, and ``vcp`` (the Bayesian baseline)."""
+    from .penalties import PENALTIES
+
+    return ("none", *PENALTIES, "vcp")
+
+
+def _mode_choices() -> tuple[str, ...]:
+    from .regularizer import MODES
+
+    return MODES
+
+
+def _arch_choices() -> tuple[str, ...]:
+    from .models import model_names
+
+    return tuple(model_names())
+
+
+def _dataset_choices() -> tuple[str, ...]:
+    from .data import dataset_names
+
+    return tuple(dataset_names())
+
+
+def _opt(default: Any, help: str, commands: tuple[str, ...] = COMMANDS,
+         choices: Callable[[], tuple[str, ...]] | tuple[str, ...] | None = None,
+         unset: str | None = None) -> Any:
+    """A field: its ``help``, the ``commands`` it acts on, its ``choices`` (a registry lookup)
+    and what ``None`` means (``unset``), all read by the command line."""
+    return field(default=default, metadata={"help": help, "commands": commands,
+                                            "choices": choices, "unset": unset})
 
 
 @dataclass
 class Config:
     # model
-    arch: str = _opt("vgg", "architecture", ("vgg", "densenet", "resnet"))
-    depth: int | None = _opt(None, "depth (vgg 11/13/16/19, densenet 3n+4, resnet 9n+2; "
-                                   "default 19/40/164)")
-    width: float = _opt(1.0, "channel width multiplier")
+    arch: str = _opt("vgg", "architecture", RUN_TRAIN, _arch_choices)
+    depth: int | None = _opt(None, "depth (vgg 11/13/16/19, densenet 3n+4, resnet 9n+2)",
+                             RUN_TRAIN, unset="19 / 40 / 164 by --arch")
+    width: float = _opt(1.0, "channel width multiplier", RUN_TRAIN)
     # data
-    dataset: str = _opt("cifar10", "dataset", ("cifar10", "cifar100", "svhn", "fashion-mnist"))
-    data_dir: str | None = _opt(None, "dataset folder (default: $NCSLIM_DATA, "
-                                      "/usr/share/datasets/NAME, then the cache)")
+    dataset: str = _opt("cifar10", "dataset", COMMANDS, _dataset_choices)
+    data_dir: str | None = _opt(None, "dataset folder", COMMANDS,
+                                unset="$NCSLIM_DATA/NAME, /usr/share/datasets/NAME, then the "
+                                      "cache")
     download: bool = _opt(False, "download the official files if missing (checksums verified)")
-    limit_train: int | None = _opt(None, "use only the first N training images")
-    limit_test: int | None = _opt(None, "use only the first N test images")
-    svhn_extra: bool = _opt(True, "SVHN: train on train + extra, as the paper")
+    limit_train: int | None = _opt(None, "use only the first N training images", FITS,
+                                   unset="all")
+    limit_test: int | None = _opt(None, "use only the first N test images", unset="all")
+    svhn_extra: bool = _opt(True, "SVHN: train on train + extra, as the paper", FITS)
     # optimisation
-    epochs: int = _opt(160, "epochs of sparsity training")
-    finetune_epochs: int | None = _opt(None, "epochs of fine-tuning (default: --epochs)")
+    epochs: int = _opt(160, "epochs of sparsity training", FITS)
+    finetune_epochs: int | None = _opt(None, "epochs of fine-tuning", ("run",),
+                                       unset="the same as --epochs")
     batch_size: int = _opt(64, "training batch size (the global batch under torchrun: each of "
-                                "N processes takes 1/N of it)")
-    lr: float = _opt(0.1, "initial learning rate")
-    momentum: float = _opt(0.9, "SGD momentum")
-    nesterov: bool = _opt(False, "Nesterov momentum")
-    weight_decay: float = _opt(1e-4, "weight decay")
+                                "N processes takes 1/N of it)", FITS)
+    lr: float = _opt(0.1, "initial learning rate", FITS)
+    momentum: float = _opt(0.9, "SGD momentum", FITS)
+    nesterov: bool = _opt(False, "Nesterov momentum", FITS)
+    weight_decay: float = _opt(1e-4, "weight decay", FITS)
     schedule: str = _opt("step", "learning-rate schedule: step (/10 at 50%% and 75%%) or cosine",
-                         ("step", "cosine"))
+                         FITS, ("step", "cosine"))
     # sparsity
     penalty: str = _opt("l1", "sparsity penalty on the BN scaling factors (vcp: the Bayesian "
-                              "baseline, variational channel pruning)", PENALTY_CHOICES)
-    lam: float = _opt(1e-4, "penalty strength lambda")
-    p: float = _opt(0.5, "lp: exponent p in (0, 1)")
-    a: float | None = _opt(None, "tl1: a > 0 (default 1.0); scad: a > 2 (default 3.7)")
-    gamma: float = _opt(3.0, "mcp: gamma > 1")
-    mode: str = _opt("subgradient", "how the penalty acts", ("subgradient", "proximal"))
-    decay_gammas: bool = _opt(True, "apply weight decay to the BN scaling factors too")
+                              "baseline, variational channel pruning)", ("run", "train", "prune"),
+                        penalty_choices)
+    lam: float = _opt(1e-4, "penalty strength lambda", RUN_TRAIN)
+    p: float = _opt(0.5, "lp: exponent p in (0, 1)", RUN_TRAIN)
+    a: float | None = _opt(None, "tl1: a > 0; scad: a > 2", RUN_TRAIN,
+                           unset="1.0 for tl1, 3.7 for scad")
+    gamma: float = _opt(3.0, "mcp: gamma > 1", RUN_TRAIN)
+    mode: str = _opt("subgradient", "how the penalty acts", RUN_TRAIN, _mode_choices)
+    decay_gammas: bool = _opt(True, "apply weight decay to the BN scaling factors too", RUN_TRAIN)
     vcp_kl_weight: float | None = _opt(None, "vcp: weight of the KL term against the mean "
-                                             "cross-entropy (default 1/N_train)")
-    vcp_sigma_init: float = _opt(0.01, "vcp: initial sigma of every BN scale")
-    vcp_mu: float = _opt(0.02, "vcp: prune channels with |mu| <= this and sigma <= --vcp-sigma")
-    vcp_sigma: float = _opt(0.01, "vcp: the sigma threshold of that rule")
+                                             "cross-entropy", RUN_TRAIN, unset="1/N_train")
+    vcp_sigma_init: float = _opt(0.01, "vcp: initial sigma of every BN scale", RUN_TRAIN)
+    vcp_mu: float = _opt(0.02, "vcp: prune channels with |mu| <= this and sigma <= --vcp-sigma",
+                         ("run", "prune"))
+    vcp_sigma: float = _opt(0.01, "vcp: the sigma threshold of that rule", ("run", "prune"))
     # pruning
-    ratio: float | None = _opt(0.5, "prune this fraction of channels (global |gamma| ranking)")
-    threshold: float | None = _opt(None, "prune channels with |gamma| <= this instead of --ratio")
-    target_flops: float | None = _opt(None, "prune until FLOPs <= this fraction of the original")
-    min_channels: int = _opt(1, "never keep fewer channels in a layer")
-    round_to: int = _opt(1, "round kept channel counts up to a multiple of this")
-    compensate: bool = _opt(False, "fold the mean output of removed channels into the next layer")
+    ratio: float | None = _opt(0.5, "prune this fraction of channels (global |gamma| ranking)",
+                               ("run", "prune"))
+    threshold: float | None = _opt(None, "prune channels with |gamma| <= this instead of --ratio",
+                                   ("run", "prune"), unset="off")
+    target_flops: float | None = _opt(None, "prune until FLOPs <= this fraction of the original",
+                                      ("run", "prune"), unset="off")
+    min_channels: int = _opt(1, "never keep fewer channels in a layer", ("run", "prune"))
+    round_to: int = _opt(1, "round kept channel counts up to a multiple of this", ("run", "prune"))
+    compensate: bool = _opt(False, "fold the mean output of removed channels into the next layer",
+                            ("run", "prune"))
     # system
     device: str = _opt("auto", "cpu, cuda, cuda:N or auto")
-    amp: bool = _opt(False, "mixed precision (float16 on CUDA, bfloat16 on CPU)")
-    channels_last: bool = _opt(False, "channels-last memory format")
-    compile: bool = _opt(False, "torch.compile the model")
-    sync_bn: bool = _opt(False, "under torchrun: BatchNorm statistics over the global batch")
-    seed: int = _opt(0, "random seed (runs are deterministic on CPU)")
+    amp: bool = _opt(False, "mixed precision (float16 on CUDA, bfloat16 on CPU)", FITS)
+    channels_last: bool = _opt(False, "channels-last memory format", FITS)
+    compile: bool = _opt(False, "torch.compile the model", FITS)
+    sync_bn: bool = _opt(False, "under torchrun: BatchNorm statistics over the global batch", FITS)
+    latency_threads: int = _opt(1, "CPU threads when timing latency (0: torch's default, "
+                                   "one per core)", ("run",))
+    seed: int = _opt(0, "random seed (a run repeats bit for bit with the same torch build, "
+                        "thread count and CPU instruction set)", FITS)
     out: str = _opt("runs/latest", "run directory")
 
     def penalty_params(self) -> dict[str, float]:
@@ -124,9 +171,15 @@ class Config:
         return asdict(self)
 
 
+def field_choices(name: str) -> tuple[str, ...] | None:
+    """The allowed values of a field, read from its registry (``None``: any value)."""
+    choices = next(f for f in fields(Config) if f.name == name).metadata.get("choices")
+    return choices() if callable(choices) else choices
+
+
 def _check_choices(cfg: Config) -> None:
     for f in fields(cfg):
-        choices = f.metadata.get("choices")
+        choices = field_choices(f.name)
         value = getattr(cfg, f.name)
         if choices and value not in choices:
             raise ValueError(f"--{_flag(f.name)} must be one of {', '.join(choices)}, "
@@ -157,6 +210,8 @@ def _check_ranges(cfg: Config) -> None:
          "an integer >= 1"),
         ("round_to", isinstance(cfg.round_to, int) and cfg.round_to >= 1, "an integer >= 1"),
         ("seed", isinstance(cfg.seed, int) and cfg.seed >= 0, "an integer >= 0"),
+        ("latency_threads", isinstance(cfg.latency_threads, int) and cfg.latency_threads >= 0,
+         "an integer >= 0"),
         ("limit_train", cfg.limit_train is None or (
             isinstance(cfg.limit_train, int) and cfg.limit_train >= 1), "an integer >= 1"),
         ("limit_test", cfg.limit_test is None or (
@@ -216,6 +271,37 @@ def load_config(preset: str | None = None, overrides: dict[str, Any] | None = No
     if unknown:
         raise ValueError(f"unknown configuration keys: {', '.join(sorted(unknown))}")
     return Config(**values).validate()
+
+
+DATA_RECORD = ("dataset", "limit_train", "limit_test", "svhn_extra")  # what a model file records
+
+
+def command_config(command: str, preset: str | None, given: dict[str, Any],
+                   recorded: dict[str, Any] | None = None) -> Config:
+    """The configuration of one ``ncslim`` command, in this order of precedence:
+
+    1. the flags ``given`` on the command line;
+    2. (prune, finetune) the data a model was trained on, as its file records it (``recorded``),
+       unless ``--dataset`` is given;
+    3. the preset (``--config``; :data:`DEFAULT_PRESET` when none is named), then the defaults.
+
+    ``--epochs`` given without ``--finetune-epochs`` sets both stages' length (for ``finetune``,
+    --epochs is the fine-tuning's length): a preset's fine-tuning length belongs to its epochs.
+
+    >>> command_config("run", None, {"epochs": 1}).finetune_epochs is None
+    True
+    >>> command_config("finetune", None, {}, {"dataset": "svhn"}).dataset
+    'svhn'
+    """
+    if command not in COMMANDS:
+        raise ValueError(f"{command!r} takes no configuration; one of {', '.join(COMMANDS)} does")
+    values: dict[str, Any] = {}
+    if recorded and "dataset" not in given:
+        values.update({k: v for k, v in recorded.items() if k in DATA_RECORD})
+    values.update(given)
+    if "epochs" in given and "finetune_epochs" not in given:
+        values["finetune_epochs"] = None
+    return load_config(preset or DEFAULT_PRESET, values)
 
 
 def config_fields() -> list[tuple[str, Any, dict[str, Any]]]:

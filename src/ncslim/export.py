@@ -11,7 +11,9 @@ ONNX goes through PyTorch's own exporter (``torch.onnx.export(dynamo=True)``, wh
 ``onnx`` and ``onnxscript`` packages: ``pip install 'ncslim[export]'``); the batch dimension stays
 dynamic unless ``fixed_batch``. TorchScript is a trace (``torch.jit.trace``): our models have no
 data-dependent control flow. PyTorch marks TorchScript as deprecated; it remains here for
-LibTorch (C++) deployments that still load it. Both files are written atomically.
+LibTorch (C++) deployments that still load it. Both files are written atomically. The exporters'
+own progress lines, log and warnings are shown only with ``verbose`` (``ncslim export -v``), or
+when the export fails.
 
 An exported file is a program: ncslim writes these files but never loads one from a stranger.
 """
@@ -20,9 +22,13 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import io
 import logging
 import os
+import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +41,8 @@ from .regularizer import unwrap
 
 FORMATS = ("onnx", "torchscript")
 SUFFIX = {"onnx": ".onnx", "torchscript": ".ts"}
+# whose log the exporters write (onnxscript's optimiser and onnx_ir's passes log at INFO)
+EXPORTER_LOGGERS = ("torch", "onnxscript", "onnx_ir", "onnx")
 
 
 def _check_shape(input_shape: Any) -> tuple[int, int, int, int]:
@@ -68,12 +76,16 @@ def example_input(input_shape: tuple[int, ...]) -> torch.Tensor:
 
 def export_model(model: nn.Module, path: str | os.PathLike, format: str = "onnx",
                  input_shape: tuple[int, int, int, int] | None = None, *,
-                 fixed_batch: bool = False, opset: int | None = None) -> Path:
+                 fixed_batch: bool = False, opset: int | None = None,
+                 verbose: bool = False) -> Path:
     """Write ``model`` (in evaluation mode, on the CPU, float32) to ``path`` as ONNX or TorchScript.
 
     ``input_shape`` is (batch, channels, height, width); it defaults to one image of the model's
     own input size for ncslim architectures and is required for other models. The model given is
     not changed. Returns the path written.
+
+    The exporter's own output (progress lines, log records, warnings) is held back unless
+    ``verbose``; if the export fails, it is replayed before the error propagates.
     """
     if format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
@@ -86,17 +98,73 @@ def export_model(model: nn.Module, path: str | os.PathLike, format: str = "onnx"
     except RuntimeError as err:
         first = str(err).strip().splitlines()[0]
         raise ValueError(f"the model does not take inputs of shape {shape}: {first}") from None
-    with atomic_path(path) as tmp:
+    if format == "onnx":
+        _needs("onnx", "onnxscript")
+    with atomic_path(path) as tmp, _held_back(unless=verbose):
         if format == "onnx":
-            _export_onnx(model, tmp, shape, fixed_batch, opset)
+            _export_onnx(model, tmp, shape, fixed_batch, opset, verbose)
         else:
             _export_torchscript(model, tmp, shape)
     return Path(path)
 
 
+@contextmanager
+def _held_back(unless: bool) -> Iterator[None]:
+    """Hold back what the block prints to sys.stdout and sys.stderr, logs through
+    :data:`EXPORTER_LOGGERS` and warns; replay it all if the block fails (its error may need it),
+    drop it otherwise. ``unless``: let it all through as it comes."""
+    if unless:
+        with warnings.catch_warnings():  # shown once each, never turned into errors
+            warnings.simplefilter("default")
+            yield
+        return
+    records: list[logging.LogRecord] = []
+    held = _Keep(records)
+    saved: dict[logging.Logger, tuple[list[logging.Handler], bool]] = {}
+    # torch's loggers have their own handlers and do not propagate: take over each of them
+    loggers = [logging.getLogger(name) for name in EXPORTER_LOGGERS] + [
+        logger for name, logger in list(logging.root.manager.loggerDict.items())
+        if isinstance(logger, logging.Logger) and logger.handlers
+        and name.split(".")[0] in EXPORTER_LOGGERS]
+    for logger in loggers:
+        if logger not in saved:
+            saved[logger] = (logger.handlers, logger.propagate)
+            logger.handlers, logger.propagate = [held], False
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with warnings.catch_warnings(record=True) as caught, redirect_stdout(out), \
+                redirect_stderr(err):
+            warnings.simplefilter("always")
+            yield
+    except BaseException:
+        _restore(saved)
+        sys.stdout.write(out.getvalue())
+        sys.stderr.write(err.getvalue())
+        for record in records:
+            logging.getLogger(record.name).handle(record)
+        for w in caught:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+        raise
+    finally:
+        _restore(saved)
+
+
+class _Keep(logging.Handler):
+    def __init__(self, records: list[logging.LogRecord]) -> None:
+        super().__init__()
+        self.records = records
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def _restore(saved: dict[logging.Logger, tuple[list[logging.Handler], bool]]) -> None:
+    for logger, (handlers, propagate) in saved.items():
+        logger.handlers, logger.propagate = handlers, propagate
+
+
 def _export_onnx(model: nn.Module, path: Path, shape: tuple[int, ...], fixed_batch: bool,
-                 opset: int | None) -> None:
-    _needs("onnx", "onnxscript")
+                 opset: int | None, verbose: bool) -> None:
     # torch.export specialises a dimension whose example size is 1: trace a batch of 2 when the
     # batch is to stay dynamic
     example = example_input(shape if fixed_batch else (max(2, shape[0]), *shape[1:]))
@@ -106,20 +174,17 @@ def _export_onnx(model: nn.Module, path: Path, shape: tuple[int, ...], fixed_bat
     level = registry_log.level
     registry_log.setLevel(logging.ERROR)  # "torchvision is not installed": we never need it
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(model, (example,), path, dynamo=True, input_names=["input"],
-                              output_names=["logits"], dynamic_shapes=dynamic,
-                              external_data=False, verbose=False, **options)
+        torch.onnx.export(model, (example,), path, dynamo=True, input_names=["input"],
+                          output_names=["logits"], dynamic_shapes=dynamic, external_data=False,
+                          verbose=verbose, **options)
     finally:
         registry_log.setLevel(level)
 
 
 def _export_torchscript(model: nn.Module, path: Path, shape: tuple[int, ...]) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # TorchScript's deprecation notice (see the module doc)
-        traced = torch.jit.trace(model, example_input(shape), check_trace=False)
-        traced.save(str(path))
+    # TorchScript's deprecation notice, a warning, is held back with the rest (see the module doc)
+    traced = torch.jit.trace(model, example_input(shape), check_trace=False)
+    traced.save(str(path))
 
 
 def check_export(model: nn.Module, path: str | os.PathLike, format: str,

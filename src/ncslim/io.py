@@ -15,12 +15,12 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import tempfile
+import secrets
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from torch import nn
@@ -41,12 +41,14 @@ class ModelFileError(ValueError):
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary path beside ``path``; once the block has written it, it is synced and renamed
-    to ``path`` (never half-written); if the block fails, it is removed."""
+    to ``path`` (never half-written); if the block fails, it is removed.
+
+    The file gets the permissions ``open(path, "w")`` would give it: those of the file it
+    replaces, else 0o666 less the umask (and a directory's default ACL, where there is one).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_PARTIAL, dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
+    tmp = _create_beside(path)
     try:
         yield tmp
         with tmp.open("rb+") as f:
@@ -56,6 +58,32 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
         raise
     _sync_directory(path.parent)
+
+
+def _create_beside(path: Path) -> Path:
+    """A new empty file ``.<name>.<random>.tmp`` beside ``path``, with ``path``'s mode if it
+    exists. (``tempfile.mkstemp`` would make it 0600, and the rename would keep that.)"""
+    try:
+        keep: int | None = os.stat(path).st_mode & 0o777
+    except OSError:
+        keep = None
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}{_PARTIAL}")
+        try:
+            # 0o666 as open() asks: the kernel applies the umask (or a default ACL) itself, so the
+            # umask is never read, and no other thread sees it changed
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        try:
+            if keep is not None:
+                os.fchmod(fd, keep)
+        except OSError:  # a file system without Unix modes: its own default is all there is
+            pass
+        finally:
+            os.close(fd)
+        return tmp
+    raise FileExistsError(f"{path.parent}: cannot create a temporary file beside {path.name}")
 
 
 @contextmanager
@@ -113,6 +141,8 @@ def model_payload(model: nn.Module) -> dict[str, Any]:
                "state_dict": model.state_dict()}
     if model.pruned_from is not None:
         payload["pruned_from"] = dict(model.pruned_from)
+    if model.trained_on is not None:
+        payload["trained_on"] = dict(model.trained_on)
     if model.vcp_sigma is not None:
         payload["vcp_sigma"] = {k: v.detach().cpu() for k, v in model.vcp_sigma.items()}
     return payload
@@ -137,6 +167,7 @@ def model_from_payload(payload: Any, source: str) -> SlimmableNet:
         model.load_state_dict(payload["state_dict"])
         model.pruned_from = _pruned_from(payload.get("pruned_from"))
         model.vcp_sigma = _vcp_sigma(model, payload.get("vcp_sigma"))
+        model.trained_on = _trained_on(payload.get("trained_on"))
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelFileError(f"{source}: the stored architecture and weights do not fit "
@@ -152,6 +183,15 @@ def _pruned_from(record: Any) -> dict[str, int] | None:
         raise ValueError(f"'pruned_from' must hold positive params, flops and channels counts, "
                          f"got {record!r}")
     return {k: int(v) for k, v in record.items()}
+
+
+def _trained_on(record: Any) -> dict[str, Any] | None:
+    if record is None:
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("dataset"), str) or not all(
+            isinstance(v, (str, int, bool, type(None))) for v in record.values()):
+        raise ValueError(f"'trained_on' must name the dataset, got {record!r}")
+    return dict(record)
 
 
 def _vcp_sigma(model: SlimmableNet, record: Any) -> dict[str, torch.Tensor] | None:
@@ -181,29 +221,17 @@ def run_lock(out: str | os.PathLike, fresh: bool) -> Iterator[None]:
     """Claim the run directory ``out`` for this process.
 
     A second live process is refused: an advisory ``flock`` on ``out/.lock``, which the kernel
-    releases when the process ends, however it ends (even SIGKILL), so no stale lock is left.
-    ``fresh`` asks for a directory that holds no earlier run (``--resume`` not given); otherwise
-    the half-written temporary files of a writer that was killed are removed.
+    releases when the process ends, however it ends (even SIGKILL). A run that ends removes the
+    file while it still holds the lock; the next claimant re-checks after its ``flock`` that the
+    path still names the file it locked, so removing it opens no race. A SIGKILLed run cannot
+    remove it: the file stays, but unlocked it is harmless and the next run takes it over.
+    ``fresh`` asks for a directory that holds no earlier run (``--resume`` not given; a ``.lock``
+    alone is no run); otherwise the half-written temporary files of a killed writer are removed.
     """
-    import fcntl
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    handle = (out / ".lock").open("a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        locked = True
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip()
-        handle.close()
-        who = f" (pid {holder})" if holder else ""
-        raise ValueError(f"{out} is in use by another running ncslim process{who}; wait for it "
-                         f"to finish or choose another --out") from None
-    except OSError as err:  # a file system without locks: run unguarded
-        logging.getLogger("ncslim").warning("cannot lock %s (%s); a second run there would not "
-                                            "be refused", out, err)
-        locked = False
+    lock = out / ".lock"
+    handle, locked = _claim(lock, out)
     try:
         if fresh and any(p.name != ".lock" for p in out.iterdir()):
             raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose "
@@ -217,4 +245,45 @@ def run_lock(out: str | os.PathLike, fresh: bool) -> Iterator[None]:
             handle.flush()
         yield
     finally:
+        if locked:  # only a holder removes it: without a lock, another process may hold one
+            lock.unlink(missing_ok=True)
         handle.close()
+
+
+def _claim(lock: Path, out: Path) -> tuple[IO[str], bool]:
+    """Open and ``flock`` ``lock``: its handle, and whether it is locked (False where the file
+    system has no locks). A live holder is refused with a :class:`ValueError` naming its pid."""
+    import fcntl
+
+    while True:
+        handle = lock.open("a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not _still_names(lock, handle):  # its holder has removed it and is letting go
+                handle.close()
+                continue
+            handle.seek(0)
+            holder = handle.read().strip()
+            handle.close()
+            who = f" (pid {holder})" if holder else ""
+            raise ValueError(f"{out} is in use by another running ncslim process{who}; wait for "
+                             f"it to finish or choose another --out") from None
+        except OSError as err:  # a file system without locks: run unguarded
+            logging.getLogger("ncslim").warning("cannot lock %s (%s); a second run there would "
+                                                "not be refused", out, err)
+            return handle, False
+        if _still_names(lock, handle):
+            return handle, True
+        # a holder removed the file between our open and our flock: what we hold guards nothing
+        handle.close()
+
+
+def _still_names(path: Path, handle: IO[str]) -> bool:
+    """Whether ``path`` still names the file open as ``handle`` (a missing path does not)."""
+    try:
+        named = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(handle.fileno())
+    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)

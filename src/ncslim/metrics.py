@@ -8,9 +8,12 @@
 
 from __future__ import annotations
 
+import logging
 import statistics
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -46,6 +49,30 @@ def count_flops(model: nn.Module, input_shape: Sequence[int]) -> int:
     return int(counter.get_total_flops())
 
 
+log = logging.getLogger("ncslim")
+UNSTEADY = 0.2  # a spread (interquartile range / median) above this: timings not trustworthy
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Timings of one model's forward pass, in seconds: the median and the middle half."""
+
+    median: float
+    q1: float
+    q3: float
+    runs: int
+    threads: int | None  # CPU threads used (torch.get_num_threads); None on a GPU
+
+    @property
+    def spread(self) -> float:
+        """Interquartile range over the median: 0.05 is a steady machine, 0.5 a busy one."""
+        return (self.q3 - self.q1) / self.median if self.median > 0 else 0.0
+
+    @property
+    def steady(self) -> bool:
+        return self.spread <= UNSTEADY
+
+
 def measure_latency(
     model: nn.Module,
     input_shape: Sequence[int],
@@ -55,17 +82,19 @@ def measure_latency(
     min_repeats: int = 5,
     max_repeats: int = 30,
     budget_s: float = 2.0,
+    threads: int | None = None,
 ) -> float:
     """Median wall time in seconds of one batched forward pass, after ``warmup`` passes.
 
     Repeats until ``max_repeats`` or until ``budget_s`` seconds have passed (at least
-    ``min_repeats`` runs). On CUDA each run is timed with CUDA events.
+    ``min_repeats`` runs). On CUDA each run is timed with CUDA events. ``threads`` sets the CPU
+    threads for the timing (``None`` or 0: as they are); :func:`time_forward` also gives the
+    spread.
     """
-    return compare_latency([model], input_shape, batch_size, device, warmup, min_repeats,
-                           max_repeats, budget_s)[0]
+    return time_forward([model], input_shape, batch_size, device, warmup, min_repeats,
+                        max_repeats, budget_s, threads)[0].median
 
 
-@torch.inference_mode()
 def compare_latency(
     models: Sequence[nn.Module],
     input_shape: Sequence[int],
@@ -75,31 +104,61 @@ def compare_latency(
     min_repeats: int = 5,
     max_repeats: int = 30,
     budget_s: float = 2.0,
+    threads: int | None = None,
 ) -> list[float]:
-    """:func:`measure_latency` of several models, timed in turn, one pass of each per round.
+    """The medians of :func:`time_forward`."""
+    return [t.median for t in time_forward(models, input_shape, batch_size, device, warmup,
+                                           min_repeats, max_repeats, budget_s, threads)]
+
+
+@torch.inference_mode()
+def time_forward(
+    models: Sequence[nn.Module],
+    input_shape: Sequence[int],
+    batch_size: int = 1,
+    device: torch.device | str | None = None,
+    warmup: int = 3,
+    min_repeats: int = 5,
+    max_repeats: int = 30,
+    budget_s: float = 2.0,
+    threads: int | None = None,
+) -> list[Latency]:
+    """Forward-pass timings of several models, timed in turn, one pass of each per round.
 
     Interleaving makes a slow spell of the machine hit every model alike, so the ratios of the
-    medians are fair even where the absolute times drift (shared machines do).
+    medians are fair even where the absolute times drift (shared machines do). ``budget_s`` is
+    per model. ``threads`` (CPU) sets ``torch.set_num_threads`` for the timing only: on a shared
+    machine, extra threads that wait for a busy core can cost 100x, so state the count.
     """
     device = torch.device(device) if device is not None else next(models[0].parameters()).device
     modes = [m.training for m in models]
     dtype = next(models[0].parameters()).dtype
     x = torch.randn(batch_size, *input_shape, device=device, dtype=dtype)
     times: list[list[float]] = [[] for _ in models]
+    before = torch.get_num_threads()
+    if device.type == "cpu" and threads:
+        torch.set_num_threads(threads)
+    used = torch.get_num_threads() if device.type == "cpu" else None
     try:
         for model in models:
             model.eval()
             for _ in range(warmup):
                 model(x)
-        started = time.perf_counter()
+        started, budget = time.perf_counter(), budget_s * len(models)
         while len(times[0]) < max_repeats and (
-                len(times[0]) < min_repeats or time.perf_counter() - started < budget_s):
+                len(times[0]) < min_repeats or time.perf_counter() - started < budget):
             for model, record in zip(models, times):
                 record.append(_time_one(model, x))
     finally:
+        torch.set_num_threads(before)
         for model, mode in zip(models, modes):
             model.train(mode)
-    return [statistics.median(t) for t in times]
+    return [_summary(t, used) for t in times]
+
+
+def _summary(times: list[float], threads: int | None) -> Latency:
+    q1, median, q3 = statistics.quantiles(times, n=4, method="inclusive")
+    return Latency(median=median, q1=q1, q3=q3, runs=len(times), threads=threads)
 
 
 def _time_one(model: nn.Module, x: torch.Tensor) -> float:
@@ -113,3 +172,52 @@ def _time_one(model: nn.Module, x: torch.Tensor) -> float:
     begin = time.perf_counter()
     model(x)
     return time.perf_counter() - begin
+
+
+LATENCY_BUDGET_S = 2.0  # seconds of timing per model and batch size, in run and info alike
+
+
+def threads_text(threads: int | None) -> str:
+    return "GPU" if threads is None else f"{threads} thread{'s' if threads > 1 else ''}"
+
+
+def latency_rows(models: list[nn.Module], input_shape: tuple[int, ...], device: torch.device,
+                 batch_sizes: tuple[int, ...], threads: int) -> dict[str, list[Latency]]:
+    """Timings of each model per batch size (models timed in turn), as ``run`` and ``info``
+    take them: the same warm-up, budget and thread count."""
+    used = (threads or torch.get_num_threads()) if device.type == "cpu" else None
+    log.info("timing the forward pass of %d model(s) on %s at batch %s (%s, ~%.0f s)",
+             len(models), device, " and ".join(map(str, batch_sizes)), threads_text(used),
+             LATENCY_BUDGET_S * len(models) * len(batch_sizes))
+    return {f"batch_{b}": time_forward(models, input_shape, b, device, budget_s=LATENCY_BUDGET_S,
+                                       threads=threads or None) for b in batch_sizes}
+
+
+def latency_warnings(latency: dict[str, dict[str, Any]]) -> list[str]:
+    """One line per unsteady timing in ``{device: {batch_N: row}}``: the machine was busy."""
+    warnings = []
+    for device, table in latency.items():
+        for batch, row in table.items():
+            if row["spread"] > UNSTEADY:
+                warnings.append(
+                    f"latency on {device} at {batch.replace('_', ' ')} varied by "
+                    f"{row['spread']:.0%} between runs (interquartile range / median): the "
+                    f"machine is busy and these times are not trustworthy; time again on an "
+                    f"idle machine with `ncslim info --checkpoint MODEL`")
+    return warnings
+
+
+def latency_table(original: nn.Module, pruned: nn.Module, input_shape: tuple[int, ...],
+                  device: torch.device, batch_sizes: tuple[int, ...],
+                  threads: int = 1) -> dict[str, Any]:
+    """Forward latency of both models on ``device`` (timed in turn) and the speed-up, per batch
+    size: median and middle half (q1, q3) in ms, thread count, runs."""
+    table: dict[str, Any] = {}
+    for batch, (full, small) in latency_rows([original, pruned], input_shape, device,
+                                             batch_sizes, threads).items():
+        table[batch] = {"original_ms": 1e3 * full.median, "pruned_ms": 1e3 * small.median,
+                        "speedup": full.median / small.median, "threads": full.threads,
+                        "original_q1_ms": 1e3 * full.q1, "original_q3_ms": 1e3 * full.q3,
+                        "pruned_q1_ms": 1e3 * small.q1, "pruned_q3_ms": 1e3 * small.q3,
+                        "spread": max(full.spread, small.spread), "runs": full.runs}
+    return table

@@ -15,7 +15,8 @@ import logging
 import platform
 import subprocess
 import time
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -23,23 +24,36 @@ import torch
 from torch import nn
 
 from . import __version__, distributed
-from .config import Config
+from .config import DATA_RECORD, Config
 from .data import ImageData, load_dataset
 from .io import atomic_write_text, run_lock, save_model
-from .metrics import compare_latency, count_flops, count_params, measure_latency
+from .metrics import (
+    count_flops,
+    count_params,
+    latency_rows,
+    latency_table,
+    latency_warnings,
+    threads_text,
+)
 from .models import SlimmableNet, build_model
+from .progress import RunProgress
 from .pruning import PruneReport, prune_model, prune_to_flops
 from .regularizer import find_scales
-from .train import Trainer, evaluate, gamma_stats, resolve_device
+from .train import Trainer, evaluate, gamma_stats, resolve_device, steps_per_epoch
 from .vcp import vcp_scores
 
 log = logging.getLogger("ncslim")
 
 
 def code_version() -> dict[str, Any]:
-    """The package version and, when run from a git checkout, its commit."""
+    """The package version, when run from a git checkout its commit, and what decides whether a
+    CPU run repeats bit for bit: torch's thread count and CPU kernels (benchmarks/determinism.py).
+    """
     version: dict[str, Any] = {"ncslim": __version__, "torch": torch.__version__,
-                               "python": platform.python_version()}
+                               "python": platform.python_version(),
+                               # a CPU run repeats bit for bit only with the same two
+                               "threads": torch.get_num_threads(),
+                               "cpu_kernels": torch.backends.cpu.get_cpu_capability()}
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
                                 capture_output=True, text=True, timeout=5, check=True)
@@ -56,9 +70,26 @@ def setup_device(cfg: Config) -> torch.device:
     return device
 
 
-def claim(out: Path, fresh: bool) -> AbstractContextManager[None]:
-    """:func:`~ncslim.io.run_lock` in the process that writes (rank 0 under torchrun)."""
-    return run_lock(out, fresh) if distributed.is_main() else nullcontext()
+@contextmanager
+def claim(out: Path, fresh: bool, resume: bool = False) -> Iterator[None]:
+    """:func:`~ncslim.io.run_lock` in the process that writes (rank 0 under torchrun);
+    ``resume`` asks for a directory that holds a run (:func:`require_run`)."""
+    if resume:
+        require_run(out)  # before the lock creates the directory
+    with run_lock(out, fresh) if distributed.is_main() else nullcontext():
+        if resume:
+            require_run(out)
+        yield
+
+
+RUN_MARKS = ("config.json", "last.pt", "train/last.pt")  # a directory with one holds a run
+
+
+def require_run(out: Path) -> None:
+    """Refuse to resume in a directory that holds no run."""
+    if not any((out / name).is_file() for name in RUN_MARKS):
+        raise ValueError(f"{out} holds no run to resume (no config.json or last.pt there); "
+                         f"check --out, or start a new run without --resume")
 
 
 def load_data(cfg: Config, device: torch.device) -> ImageData:
@@ -70,8 +101,16 @@ def load_data(cfg: Config, device: torch.device) -> ImageData:
 
 def new_model(cfg: Config, data: ImageData) -> SlimmableNet:
     torch.manual_seed(cfg.seed)
-    return build_model(cfg.arch, num_classes=data.info.num_classes,
-                       in_channels=data.info.in_channels, width=cfg.width, depth=cfg.depth)
+    model = build_model(cfg.arch, num_classes=data.info.num_classes,
+                        in_channels=data.info.in_channels, width=cfg.width, depth=cfg.depth)
+    model.trained_on = data_record(cfg)
+    return model
+
+
+def data_record(cfg: Config) -> dict[str, Any]:
+    """What a model file records of the data it was trained on (``prune`` and ``finetune``
+    read it back)."""
+    return {key: getattr(cfg, key) for key in DATA_RECORD}
 
 
 def check_fits(model: SlimmableNet, data: ImageData, source: str) -> None:
@@ -120,8 +159,10 @@ def _check_same_run(cfg: Config, path: Path, command: str) -> None:
 def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
     """Sparsity training: ``out/`` gets metrics.jsonl, last.pt, best.pt, model.pt."""
     out = Path(cfg.out)
+    if resume:
+        require_run(out)
     data = load_data(cfg, setup_device(cfg))
-    with claim(out, fresh=not resume):
+    with claim(out, fresh=not resume, resume=resume):
         write_config(cfg, out, "train")
         model, test_acc = sparsity_stage(cfg, data, out, resume)
         if distributed.is_main():
@@ -137,7 +178,11 @@ def prune(model: nn.Module, cfg: Config) -> tuple[SlimmableNet, PruneReport]:
         return prune_model(model, threshold=1.0, scores=vcp_rule_scores(model, cfg), **options)
     rule = cfg.prune_rule()
     if "target_flops" in rule:
+        log.info("searching the prune ratio that keeps %g of the FLOPs (counts FLOPs at each "
+                 "step)", rule["target_flops"])
         return prune_to_flops(model, rule["target_flops"], **options)
+    log.info("pruning by %s (and counting parameters and FLOPs)",
+             ", ".join(f"{k} {v:g}" for k, v in rule.items()))
     return prune_model(model, **rule, **options)
 
 
@@ -151,36 +196,27 @@ def vcp_rule_scores(model: nn.Module, cfg: Config) -> dict[str, torch.Tensor]:
     return vcp_scores(find_scales(model), sigmas, cfg.vcp_mu, cfg.vcp_sigma)
 
 
-def prune_dry_run(model: SlimmableNet, cfg: Config, ratios: list[float]) -> list[PruneReport]:
-    """Pruning reports for several ratios; nothing is written."""
-    options = {"min_channels": cfg.min_channels, "round_to": cfg.round_to}
-    return [prune_model(model, ratio=r, **options)[1] for r in ratios]
+def prune_dry_run(model: SlimmableNet, cfg: Config,
+                  ratios: list[float]) -> list[tuple[SlimmableNet, PruneReport]]:
+    """The pruned model and its report at each ratio; nothing is written."""
+    options = {"min_channels": cfg.min_channels, "round_to": cfg.round_to,
+               "compensate": cfg.compensate}
+    return [prune_model(model, ratio=r, **options) for r in ratios]
 
 
 def finetune(model: SlimmableNet, data: ImageData, cfg: Config, out: Path,
-             resume: bool = False, from_scratch: bool = False) -> tuple[SlimmableNet, float]:
+             resume: bool = False, from_scratch: bool = False,
+             progress: RunProgress | None = None) -> tuple[SlimmableNet, float]:
     """Retrain a (pruned) model without the penalty; ``from_scratch`` re-initialises it."""
     if from_scratch:
         torch.manual_seed(cfg.seed)
         config, pruned_from = model.config(), model.pruned_from
         model = build_model(config.pop("arch"), **config).to(data.train_images.device)
         model.pruned_from = pruned_from
-    epochs = cfg.epochs if cfg.finetune_epochs is None else cfg.finetune_epochs
-    result = Trainer(model, data, cfg, out, epochs, sparsity=False).fit(resume)
+    model.trained_on = data_record(cfg)
+    result = Trainer(model, data, cfg, out, finetune_epochs(cfg), sparsity=False,
+                     progress=progress).fit(resume)
     return result.model, result.test_acc
-
-
-def latency_table(original: nn.Module, pruned: nn.Module, input_shape: tuple[int, ...],
-                  device: torch.device, batch_sizes: tuple[int, ...]) -> dict[str, Any]:
-    """Median forward latency of both models on ``device`` (timed in turn) and the speed-up,
-    per batch size."""
-    table = {}
-    for batch in batch_sizes:
-        full, small = compare_latency([original, pruned], input_shape, batch, device,
-                                      budget_s=4.0)
-        table[f"batch_{batch}"] = {"original_ms": 1e3 * full, "pruned_ms": 1e3 * small,
-                                   "speedup": full / small}
-    return table
 
 
 def size_summary(report: PruneReport) -> dict[str, Any]:
@@ -197,17 +233,22 @@ def size_summary(report: PruneReport) -> dict[str, Any]:
     }
 
 
-def sparsity_stage(cfg: Config, data: ImageData, stage_dir: Path,
-                   resume: bool = False) -> tuple[SlimmableNet, float]:
+def finetune_epochs(cfg: Config) -> int:
+    return cfg.epochs if cfg.finetune_epochs is None else cfg.finetune_epochs
+
+
+def sparsity_stage(cfg: Config, data: ImageData, stage_dir: Path, resume: bool = False,
+                   progress: RunProgress | None = None) -> tuple[SlimmableNet, float]:
     """Sparsity training of a new model (or its resumption); the model and its test accuracy."""
     model = new_model(cfg, data).to(data.train_images.device)
-    trained = Trainer(model, data, cfg, stage_dir, cfg.epochs, sparsity=True).fit(resume)
+    trained = Trainer(model, data, cfg, stage_dir, cfg.epochs, sparsity=True,
+                      progress=progress).fit(resume)
     return trained.model, trained.test_acc
 
 
 def prune_and_finetune(model: SlimmableNet, sparse_acc: float, data: ImageData, cfg: Config,
-                       out: Path, resume: bool = False,
-                       started: float | None = None) -> dict[str, Any]:
+                       out: Path, resume: bool = False, started: float | None = None,
+                       progress: RunProgress | None = None) -> dict[str, Any]:
     """Prune a trained model, fine-tune it and measure everything; ``model`` is not changed.
 
     Writes ``pruned.pt``, ``finetune/``, ``final.pt`` and ``results.json`` into ``out``;
@@ -219,10 +260,11 @@ def prune_and_finetune(model: SlimmableNet, sparse_acc: float, data: ImageData, 
     pruned, report = prune(model, cfg)
     if distributed.is_main():
         save_model(pruned, out / "pruned.pt")
+    log.info("evaluating the pruned model")
     pruned_acc, _ = evaluate(pruned, data, cfg.channels_last)
     log.info("pruned %.1f%% of channels: test accuracy %.2f%% -> %.2f%%",
              100 * report.removed_fraction, 100 * sparse_acc, 100 * pruned_acc)
-    final, final_acc = finetune(pruned, data, cfg, out / "finetune", resume)
+    final, final_acc = finetune(pruned, data, cfg, out / "finetune", resume, progress=progress)
     if not distributed.is_main():
         return {}  # rank 0 measures latency and writes the results
     save_model(final, out / "final.pt")
@@ -233,7 +275,7 @@ def prune_and_finetune(model: SlimmableNet, sparse_acc: float, data: ImageData, 
         "accuracy": {"sparse": sparse_acc, "pruned": pruned_acc, "finetuned": final_acc},
         **size_summary(report),
         "latency": {device.type: latency_table(model, final, model.input_shape(), device,
-                                               (1, cfg.batch_size))},
+                                               (1, cfg.batch_size), cfg.latency_threads)},
         "prune": {k: v for k, v in report.to_dict().items() if k != "layers"},
         "channels": [{"layer": la.name, "kept": la.kept, "total": la.total}
                      for la in report.layers],
@@ -245,7 +287,8 @@ def prune_and_finetune(model: SlimmableNet, sparse_acc: float, data: ImageData, 
     if device.type != "cpu":
         results["latency"]["cpu"] = latency_table(
             copy.deepcopy(model).cpu(), copy.deepcopy(final).cpu(), model.input_shape(),
-            torch.device("cpu"), (1,))
+            torch.device("cpu"), (1,), cfg.latency_threads)
+    results["warnings"] = latency_warnings(results["latency"])
     atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
     return results
 
@@ -254,27 +297,41 @@ def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
     """The whole pipeline; returns (and writes to ``results.json``) every number it measured."""
     started = time.perf_counter()
     out = Path(cfg.out)
+    if resume:
+        require_run(out)
     data = load_data(cfg, setup_device(cfg))
-    with claim(out, fresh=not resume):
+    with claim(out, fresh=not resume, resume=resume):
         write_config(cfg, out, "run")
-        model, sparse_acc = sparsity_stage(cfg, data, out / "train", resume)
-        return prune_and_finetune(model, sparse_acc, data, cfg, out, resume, started)
+        progress = RunProgress((cfg.epochs + finetune_epochs(cfg)) * steps_per_epoch(data, cfg),
+                               enabled=distributed.is_main())
+        model, sparse_acc = sparsity_stage(cfg, data, out / "train", resume, progress)
+        if distributed.is_main():
+            save_model(model, out / "train" / "model.pt")
+        results = prune_and_finetune(model, sparse_acc, data, cfg, out, resume, started,
+                                     progress)
+        if distributed.is_main():
+            atomic_write_text(out / SUMMARY_FILE, format_results(results) + "\n")
+        return results
+
+
+SUMMARY_FILE = "summary.txt"  # the final table of ``run``, as printed
 
 
 def format_results(results: dict[str, Any]) -> str:
     """The final table of ``run``."""
     acc, params, flops = results["accuracy"], results["params"], results["flops"]
     lines = [
-        f"{'':<28}{'original':>14}{'pruned':>14}{'removed':>10}",
-        f"{'parameters':<28}{params['original']:>14,}{params['pruned']:>14,}"
+        f"{'':<36}{'original':>14}{'pruned':>14}{'removed':>10}",
+        f"{'parameters':<36}{params['original']:>14,}{params['pruned']:>14,}"
         f"{params['removed']:>10.1%}",
-        f"{'FLOPs (one image)':<28}{flops['original']:>14,}{flops['pruned']:>14,}"
+        f"{'FLOPs (one image)':<36}{flops['original']:>14,}{flops['pruned']:>14,}"
         f"{flops['removed']:>10.1%}",
     ]
     for device, table in results["latency"].items():
         for batch, row in table.items():
-            label = f"latency {device} {batch.replace('_', ' ')} (ms)"
-            lines.append(f"{label:<28}{row['original_ms']:>14.2f}{row['pruned_ms']:>14.2f}"
+            label = (f"latency {device} {batch.replace('_', ' ')} (ms"
+                     + (f", {threads_text(row['threads'])})" if "threads" in row else ")"))
+            lines.append(f"{label:<36}{_ms(row, 'original'):>14}{_ms(row, 'pruned'):>14}"
                          f"{'x' + format(row['speedup'], '.2f'):>10}  speed-up "
                          f"(FLOPs ratio x{flops['ratio']:.2f})")
     lines += [
@@ -282,20 +339,37 @@ def format_results(results: dict[str, Any]) -> str:
         f"test accuracy right after pruning     {acc['pruned']:.2%}",
         f"test accuracy after fine-tuning       {acc['finetuned']:.2%}",
     ]
+    if any("runs" in row for table in results["latency"].values() for row in table.values()):
+        lines.append("latency: median ± half the interquartile range of the timed runs")
+    lines += [f"warning: {w}" for w in results.get("warnings", [])]
     return "\n".join(lines)
 
 
-def describe(model: SlimmableNet, device: torch.device, batch_size: int = 64) -> dict[str, Any]:
-    """What ``ncslim info`` prints: size, FLOPs, channels per prunable layer, latency."""
+def _ms(row: dict[str, Any], which: str) -> str:
+    if f"{which}_q1_ms" not in row:  # results.json of an earlier version
+        return f"{row[f'{which}_ms']:.2f}"
+    half = (row[f"{which}_q3_ms"] - row[f"{which}_q1_ms"]) / 2
+    return f"{row[f'{which}_ms']:.2f} ±{half:.2f}"
+
+
+def describe(model: SlimmableNet, device: torch.device, batch_size: int = 64,
+             threads: int = 1) -> dict[str, Any]:
+    """What ``ncslim info`` prints: size, FLOPs, channels per prunable layer, latency (timed as
+    ``run`` times it: :func:`latency_rows`)."""
     shape = model.input_shape()
     modules = dict(model.named_modules())
     model = model.to(device)
-    return {
+    log.info("counting FLOPs")
+    info = {
         "arch": model.arch, "num_classes": model.num_classes, "in_channels": model.in_channels,
         "params": count_params(model), "flops": count_flops(model, shape),
         "channels": {s.bn: modules[s.bn].num_features for s in model.prune_slots()},
-        "pruned_from": model.pruned_from,
-        "latency_ms": {f"batch_{b}": 1e3 * measure_latency(model, shape, b, device)
-                       for b in (1, batch_size)},
+        "pruned_from": model.pruned_from, "trained_on": model.trained_on,
         "device": str(device),
     }
+    rows = latency_rows([model], shape, device, tuple(dict.fromkeys((1, batch_size))), threads)
+    info["latency"] = {batch: {"median_ms": 1e3 * t.median, "q1_ms": 1e3 * t.q1,
+                               "q3_ms": 1e3 * t.q3, "runs": t.runs, "threads": t.threads,
+                               "spread": t.spread} for batch, (t,) in rows.items()}
+    info["warnings"] = latency_warnings({device.type: info["latency"]})
+    return info

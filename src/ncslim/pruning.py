@@ -298,6 +298,7 @@ def prune_model(
     small.pruned_from = model.pruned_from or {
         "params": report.params_before, "flops": report.flops_before,
         "channels": sum(layer.total for layer in layers)}
+    small.trained_on = model.trained_on
     return small, report
 
 

@@ -36,13 +36,13 @@ from .io import (
     safe_load,
 )
 from .penalties import make_penalty
+from .progress import EpochProgress, RunProgress
 from .regularizer import SparsityRegularizer, find_scales
 from .vcp import VariationalScales
 
 log = logging.getLogger("ncslim")
 
 EVAL_BATCH = 500
-LOG_EVERY = 50  # steps between progress-bar loss updates (each one is a device sync)
 HIST_EDGES = [0.0] + [10.0 ** e for e in range(-6, 2)]  # |gamma| histogram bins
 
 
@@ -78,6 +78,11 @@ def lr_at(cfg: Config, epoch: int, epochs: int) -> float:
     if cfg.schedule == "cosine":
         return 0.5 * cfg.lr * (1.0 + math.cos(math.pi * epoch / max(epochs, 1)))
     return cfg.lr * (0.1 ** ((epoch >= 0.5 * epochs) + (epoch >= 0.75 * epochs)))
+
+
+def steps_per_epoch(data: ImageData, cfg: Config) -> int:
+    """Training steps in one epoch (the last partial batch is dropped)."""
+    return data.train_labels.numel() // cfg.batch_size
 
 
 def epoch_generator(device: torch.device, seed: int, epoch: int) -> torch.Generator:
@@ -130,10 +135,12 @@ class Trainer:
     """One training stage of one model: ``Trainer(...).fit()`` runs (or resumes) it."""
 
     def __init__(self, model: nn.Module, data: ImageData, cfg: Config, stage_dir: Path,
-                 epochs: int, sparsity: bool) -> None:
+                 epochs: int, sparsity: bool, progress: RunProgress | None = None) -> None:
         self.model, self.data, self.cfg, self.epochs = model, data, cfg, epochs
         self.dir = Path(stage_dir)
         self.device = data.train_images.device
+        self.steps = steps_per_epoch(data, cfg)
+        self.progress = progress or RunProgress(epochs * self.steps, distributed.is_main())
         if cfg.channels_last:
             model.to(memory_format=torch.channels_last)
         self.reg: SparsityRegularizer | VariationalScales | None = None
@@ -164,7 +171,7 @@ class Trainer:
         self.forward = torch.compile(forward) if cfg.compile else forward
         self.start_epoch, self.best_acc, self.history = 0, -1.0, []
 
-    def train_epoch(self, epoch: int, lr: float, progress: Any) -> dict[str, float]:
+    def train_epoch(self, epoch: int, lr: float, progress: EpochProgress) -> dict[str, float]:
         """One pass over the training set; the hot loop."""
         model, opt, scaler, reg, cfg = self.forward, self.opt, self.scaler, self.reg, self.cfg
         for group in opt.param_groups:
@@ -201,12 +208,9 @@ class Trainer:
             correct += (out.argmax(1) == y).sum()
             first_bad = torch.where((first_bad < 0) & ~loss.isfinite(), step, first_bad)
             seen += y.numel()
-            progress.update(1)
-            if step % LOG_EVERY == 0:
-                value = loss.item()  # sync point
-                progress.set_postfix(loss=f"{value:.3f}")
-                if not math.isfinite(value):
-                    self._diverged("the loss", epoch, int(first_bad))
+            reading = progress.step(loss)  # the loss of earlier steps; never waits for the device
+            if reading is not None and not math.isfinite(reading):
+                self._diverged("the loss", epoch, int(first_bad))
         if first_bad.item() >= 0:  # sync point, once per epoch
             self._diverged("the loss", epoch, int(first_bad))
         loss_sum, correct, images = distributed.all_sum(
@@ -224,8 +228,10 @@ class Trainer:
 
     def fit(self, resume: bool = False) -> StageResult:
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.progress.begin_stage(lam=self._lam())
         if resume:
             self._restore()
+            self.progress.skip(self.start_epoch * self.steps)
         elif (self.dir / "last.pt").exists():
             raise ValueError(f"{self.dir} already holds a run; pass --resume to continue it or "
                              f"choose another --out")
@@ -241,9 +247,9 @@ class Trainer:
 
     def _run_epoch(self, epoch: int) -> None:
         lr = lr_at(self.cfg, epoch, self.epochs)
-        steps = self.data.train_labels.numel() // self.cfg.batch_size
         start = time.perf_counter()
-        with _progress(steps, f"{self.dir.name} {epoch + 1}/{self.epochs}") as progress:
+        with self.progress.epoch(self.dir.name, epoch + 1, self.epochs, self.steps,
+                                 self.device) as progress:
             stats = self.train_epoch(epoch, lr, progress)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
@@ -252,11 +258,13 @@ class Trainer:
         record = {"epoch": epoch + 1, "lr": lr, **stats, "test_acc": test_acc,
                   "test_loss": test_loss, "epoch_time": seconds,
                   "images_per_s": stats["images"] / seconds, **gamma_stats(self.model)}
+        record["lam"] = self._lam()
         if self.reg is not None:
             record["penalty"] = float(self.reg.penalty_value())
         if isinstance(self.reg, VariationalScales):  # they travel in every model payload
             self.model.vcp_sigma = self.reg.sigmas()
         self._check_gammas(epoch)
+        self.progress.note(test_acc=test_acc, small=record["gamma_below_1e-2"], lam=record["lam"])
         self.history.append(record)
         if distributed.is_main():
             self._save(record)
@@ -264,6 +272,10 @@ class Trainer:
                  "|gamma|<1e-2 %.1f%%  %.1fs  %.0f img/s", self.dir.name, epoch + 1, self.epochs,
                  record["train_loss"], 100 * record["train_acc"], 100 * test_acc, lr,
                  100 * record["gamma_below_1e-2"], seconds, record["images_per_s"])
+
+    def _lam(self) -> float:
+        """The penalty weight this stage trains with (0 without a penalty, and for VCP)."""
+        return self.cfg.lam if self.reg is not None and self.cfg.penalty != "vcp" else 0.0
 
     def _check_gammas(self, epoch: int) -> None:
         """The loss is watched step by step in :meth:`train_epoch`; the gammas once per epoch."""
@@ -354,10 +366,3 @@ def _read_metrics(path: Path, keep: int, rewrite: bool = True) -> list[dict[str,
     if rewrite:
         atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
     return records
-
-
-def _progress(total: int, desc: str) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True,
-                disable=None if distributed.is_main() else True, mininterval=1.0)

@@ -88,6 +88,8 @@ class SlimmableNet(nn.Module, abc.ABC):
         self.channels = channels
         # set by pruning: the full model's size {"params", "flops", "channels"}; None when full
         self.pruned_from: dict[str, int] | None = None
+        # set by training: the data it saw {"dataset", "limit_train", "limit_test", "svhn_extra"}
+        self.trained_on: dict[str, Any] | None = None
         # set by VCP training: sigma of each BN's scale, keyed by BN name (ncslim.vcp)
         self.vcp_sigma: dict[str, torch.Tensor] | None = None
 
