@@ -18,167 +18,23 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import torch
 
 from . import distributed, pipeline
-from .config import COMMANDS as CONFIG_COMMANDS
-from .config import (
-    DEFAULT_PRESET,
-    Config,
-    command_config,
-    config_fields,
-    field_choices,
-    load_config,
-    preset_names,
-)
-from .export import FORMATS, SUFFIX, check_export, export_model
+from .commandline import build_parser, unknown_flags
+from .config import Config, command_config, config_fields
+from .export import SUFFIX, check_export, export_model
 from .io import atomic_write_text, load_model, run_lock, save_model
 from .metrics import count_params, threads_text
-from .models import build_model, model_names
+from .models import build_model
 from .train import TrainingDiverged, resolve_device
 
 log = logging.getLogger("ncslim")
-COMMANDS = ("run", "train", "prune", "finetune", "info", "sweep", "report", "export")
+__all__ = ["build_parser", "main"]
 DISTRIBUTED = ("run", "train", "finetune")  # the commands torchrun may start several times
-_TYPES = {"int": int, "float": float, "str": str}
 CHECK_TOLERANCE = 1e-4  # largest |output difference| accepted between an export and PyTorch
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line naming the fix."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-# a flag whose meaning on one command differs from the field's help
-COMMAND_HELP = {
-    ("finetune", "epochs"): "epochs of fine-tuning",
-    ("prune", "penalty"): "vcp prunes by VCP's rule (--vcp-mu, --vcp-sigma); any other value by "
-                          "the |gamma| ranking",
-    ("prune", "dataset"): "with --evaluate: the test set",
-}
-PRECEDENCE = ("defaults shown are the {preset} preset's, which applies when --config names no "
-              "other; a flag given here wins over the preset{extra}")
-
-
-def _add_config_flags(parser: argparse.ArgumentParser, command: str) -> None:
-    """The configuration flags that act on ``command``, each showing the default that runs."""
-    defaults = load_config(DEFAULT_PRESET)
-    parser.add_argument("--config", metavar="PRESET|FILE",
-                        help=f"preset ({', '.join(preset_names())}) or a TOML file with the same "
-                             f"keys (default: {DEFAULT_PRESET})")
-    for name, _, meta in config_fields():
-        if command not in meta["commands"]:
-            continue
-        flag = "--" + name.replace("_", "-")
-        annotation = str(Config.__annotations__[name])
-        text = COMMAND_HELP.get((command, name), meta["help"]).replace("%%", "%")
-        text = (text + _default_text(command, name, defaults, meta)).replace("%", "%%")
-        if annotation == "bool":
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction,
-                                default=argparse.SUPPRESS, help=text)
-            continue
-        kind = _TYPES[annotation.split(" ")[0]]
-        choices = field_choices(name)
-        parser.add_argument(flag, type=kind, choices=choices,
-                            metavar=None if choices else name.upper(),
-                            default=argparse.SUPPRESS, help=text)
-
-
-def _default_text(command: str, name: str, defaults: Config, meta: dict[str, Any]) -> str:
-    value = getattr(defaults, name)
-    if command in ("prune", "finetune") and name == "dataset":
-        return f" (default: the one the model file records, else {value})"
-    if command == "run" and name == "finetune_epochs":
-        return (f" (default: {value}; the same as --epochs when --epochs is given without it)"
-                if value is not None else f" (default: {meta['unset']})")
-    if command == "finetune" and name == "epochs" and defaults.finetune_epochs is not None:
-        value = defaults.finetune_epochs  # the fine-tuning length is what finetune's --epochs sets
-    if value is None:
-        return f" (default: {meta['unset']})" if meta.get("unset") else ""
-    if isinstance(value, bool):
-        return f" (default: {'on' if value else 'off'})"
-    return f" (default: {value:g})" if isinstance(value, float) else f" (default: {value})"
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="ncslim", description="Network slimming with nonconvex regularization.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    helps = {
-        "run": "train with the penalty, prune, fine-tune, and report (default preset: demo)",
-        "train": "sparsity training only",
-        "prune": "prune a trained model (or --dry-run several ratios)",
-        "finetune": "retrain a pruned model without the penalty",
-        "info": "parameters, FLOPs, channels per layer and latency of a model",
-        "sweep": "run a grid of penalties x parameters x lam x seeds x prune ratios",
-        "report": "table and figures from every results.json below a folder",
-        "export": "write a model as ONNX (checked in ONNX Runtime) or TorchScript",
-    }
-    extra = {"run": "; --epochs alone sets the fine-tuning length too",
-             "prune": "; the dataset is the one the model file records, unless --dataset",
-             "finetune": "; the dataset is the one the model file records, unless --dataset"}
-    commands = {name: sub.add_parser(
-        name, help=helps[name], description=helps[name],
-        epilog=(PRECEDENCE.format(preset=DEFAULT_PRESET, extra=extra.get(name, ""))
-                if name in CONFIG_COMMANDS else None)) for name in COMMANDS}
-    for name in CONFIG_COMMANDS:
-        _add_config_flags(commands[name], name)
-    for name in ("run", "train", "finetune"):
-        commands[name].add_argument("--resume", action="store_true",
-                                    help="continue the run in --out from its last checkpoint")
-    for name in ("prune", "finetune", "info"):
-        commands[name].add_argument("--checkpoint", required=name != "info",
-                                    help="model file (model.pt, pruned.pt, best.pt or last.pt)")
-    prune = commands["prune"]
-    prune.add_argument("--dry-run", action="store_true", help="report, write nothing")
-    prune.add_argument("--ratios", help="with --dry-run: comma-separated ratios, e.g. 0.3,0.5,0.7")
-    prune.add_argument("--evaluate", action="store_true",
-                       help="measure test accuracy before and after pruning (with --dry-run: "
-                            "after pruning at each ratio); needs the data")
-    prune.add_argument("--again", action="store_true",
-                       help="prune an already pruned model further (the ratio then counts its "
-                            "remaining channels)")
-    commands["finetune"].add_argument("--from-scratch", action="store_true",
-                                      help="re-initialise the pruned architecture first")
-    info = commands["info"]
-    info.add_argument("--arch", choices=model_names(), default="vgg",
-                      help="without --checkpoint: the architecture to describe (default: vgg)")
-    info.add_argument("--depth", type=int, help="default: 19 / 40 / 164 by --arch")
-    info.add_argument("--width", type=float, default=1.0, help="default: 1.0")
-    info.add_argument("--num-classes", type=int, default=10, help="default: 10")
-    info.add_argument("--in-channels", type=int, default=3, help="default: 3")
-    info.add_argument("--batch-size", type=int, default=64,
-                      help="the second batch size timed, besides 1 (default: 64)")
-    info.add_argument("--latency-threads", type=int, default=1,
-                      help="CPU threads when timing latency (0: torch's default; default: 1, "
-                           "as ncslim run)")
-    info.add_argument("--device", default="cpu", help="default: cpu")
-    info.add_argument("--json", action="store_true", help="print JSON")
-    sweep = commands["sweep"]
-    sweep.add_argument("sweep_file", metavar="CONFIG", help="sweep TOML file")
-    sweep.add_argument("--shard", help="I/N: run every N-th training run, starting at the I-th")
-    sweep.add_argument("--dry-run", action="store_true", help="list the runs, run nothing")
-    export = commands["export"]
-    export.add_argument("model", metavar="MODEL", help="model file (model.pt, final.pt, ...)")
-    export.add_argument("--format", choices=FORMATS, default="onnx")
-    export.add_argument("--output", "-o", help="file to write (default: MODEL with the format's "
-                                               "suffix, .onnx or .ts)")
-    export.add_argument("--input-shape", help="B,C,H,W of the example input (default: "
-                                              "1,C,32,32 from the model)")
-    export.add_argument("--fixed-batch", action="store_true",
-                        help="ONNX: a fixed batch size instead of a dynamic one")
-    export.add_argument("--opset", type=int, help="ONNX opset version (default: the exporter's)")
-    export.add_argument("--no-check", action="store_true",
-                        help="skip comparing the exported file's outputs with PyTorch's")
-    export.add_argument("--verbose", "-v", action="store_true",
-                        help="show the exporter's own log (shown anyway if the export fails)")
-    report = commands["report"]
-    report.add_argument("runs_dir", metavar="RUNS_DIR", help="folder searched for results.json")
-    report.add_argument("--out", help="where the table and figures go (default RUNS_DIR/report)")
-    return parser
 
 
 def _config(args: argparse.Namespace, recorded: dict[str, Any] | None = None) -> Config:
@@ -376,25 +232,11 @@ def _shape(text: str) -> tuple[int, int, int, int]:
     return shape  # type: ignore[return-value]
 
 
-def _unknown_flags(command: str, extra: list[str]) -> str:
-    """One line for flags the command does not take, naming the commands they act on."""
-    notes = []
-    for word in extra:
-        name = word.split("=")[0].lstrip("-").replace("-", "_")
-        owners = next((meta["commands"] for field, _, meta in config_fields() if field == name),
-                      None)
-        if word.startswith("--") and owners:
-            notes.append(f"{word.split('=')[0]} acts on {', '.join(owners)}, not on {command}")
-    why = f" ({'; '.join(notes)})" if notes else ""
-    return (f"ncslim {command}: error: unrecognized arguments: {' '.join(extra)}{why} "
-            f"(see ncslim {command} --help)\n")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:
-        sys.stderr.write(_unknown_flags(args.command, extra))
+        sys.stderr.write(unknown_flags(args.command, extra))
         return 2
     quiet = distributed.launched() and os.environ.get("RANK", "0") != "0"  # rank 0 speaks
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s",

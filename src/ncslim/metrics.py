@@ -95,20 +95,11 @@ def measure_latency(
                         max_repeats, budget_s, threads)[0].median
 
 
-def compare_latency(
-    models: Sequence[nn.Module],
-    input_shape: Sequence[int],
-    batch_size: int = 1,
-    device: torch.device | str | None = None,
-    warmup: int = 3,
-    min_repeats: int = 5,
-    max_repeats: int = 30,
-    budget_s: float = 2.0,
-    threads: int | None = None,
-) -> list[float]:
-    """The medians of :func:`time_forward`."""
-    return [t.median for t in time_forward(models, input_shape, batch_size, device, warmup,
-                                           min_repeats, max_repeats, budget_s, threads)]
+def compare_latency(models: Sequence[nn.Module], input_shape: Sequence[int],
+                    batch_size: int = 1, device: torch.device | str | None = None,
+                    **options: Any) -> list[float]:
+    """The medians of :func:`time_forward` (``options``: its warmup, repeats, budget, threads)."""
+    return [t.median for t in time_forward(models, input_shape, batch_size, device, **options)]
 
 
 @torch.inference_mode()
