@@ -201,3 +201,20 @@ def test_report_of_a_real_tiny_run(tmp_path, monkeypatch, capsys):
     assert sum(channel_bars(results)[2]) == len(results["gamma_values"])
     hist = gamma_histogram(results)
     assert sum(hist["counts"]) + hist["zeros"] == len(results["gamma_values"])
+
+
+def test_the_summary_names_how_each_run_was_pruned(tmp_path):
+    from ncslim.report import collect, summary_table
+
+    make_run(tmp_path / "runs" / "by-ratio", ratio=0.5)
+    for name, key, value in (("by-threshold", "threshold", 0.01),
+                             ("by-flops", "target_flops", 0.4)):
+        run = make_run(tmp_path / "runs" / name, ratio=0.5)
+        results = json.loads((run / "results.json").read_text())
+        results["prune"]["ratio"] = None
+        results["config"][key] = value
+        (run / "results.json").write_text(json.dumps(results))
+    table = summary_table(collect(tmp_path / "runs"))
+    rules = [line.split(" | ")[2] for line in table.splitlines()[2:]]
+    assert sorted(rules) == ["0.5", "FLOPs <= 0.4", "|gamma| <= 0.01"]
+    assert "VCP rule" not in table

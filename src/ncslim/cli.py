@@ -249,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"this command runs in one process; start it without torchrun "
                              f"(only {', '.join(DISTRIBUTED)} use several)")
         handler(args)
+        distributed.shutdown(finished=True)
     except TrainingDiverged as err:
         print(f"ncslim {args.command}: {err}", file=sys.stderr)
         return 3

@@ -60,8 +60,13 @@ def init(device: torch.device) -> None:
         dist.init_process_group("gloo")
 
 
-def shutdown() -> None:
+def shutdown(finished: bool = False) -> None:
+    """Leave the process group; ``finished`` (the command succeeded everywhere) waits for every
+    process first, so that none tears down its connections while a peer is still writing (gloo
+    then aborted a process at exit, once in five runs here)."""
     if dist.is_available() and dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -64,7 +64,8 @@ def collect(runs_dir: str | Path) -> list[dict[str, Any]]:
         batch = max(latency, key=lambda k: int(k.split("_")[1]))
         row = {
             "penalty": penalty, "params": params, "lam": config["lam"], "mode": config["mode"],
-            "ratio": results["prune"].get("ratio"), "seed": config["seed"],
+            "ratio": results["prune"].get("ratio"), "rule": _rule(results["prune"], config),
+            "seed": config["seed"],
             "acc_sparse": results["accuracy"]["sparse"],
             "acc_pruned": results["accuracy"]["pruned"],
             "acc_finetuned": results["accuracy"]["finetuned"],
@@ -78,6 +79,19 @@ def collect(runs_dir: str | Path) -> list[dict[str, Any]]:
         row["setting"] = _setting(row)
         rows.append(row)
     return rows
+
+
+def _rule(prune: dict[str, Any], config: dict[str, Any]) -> str:
+    """How a run was pruned, as the summary's "ratio" column shows it."""
+    if prune.get("ratio") is not None:
+        return f"{prune['ratio']:g}"
+    if config.get("penalty") == "vcp":
+        return "VCP rule"
+    if config.get("threshold") is not None:
+        return f"|gamma| <= {config['threshold']:g}"
+    if config.get("target_flops") is not None:
+        return f"FLOPs <= {config['target_flops']:g}"
+    return "—"
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
@@ -98,18 +112,17 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         lam = row["lam"] if row["penalty"] not in ("none", "vcp") else 0.0
-        groups[(row["setting"], lam, row["ratio"])].append(row)
+        groups[(row["setting"], lam, row["rule"])].append(row)
     head = ("| setting | lam | ratio | seeds | acc. sparse | acc. pruned | acc. fine-tuned "
             "| params removed | FLOPs removed | speed-up |")
     lines = [head, "|" + "---|" * 10]
-    for (setting, lam, ratio), group in sorted(groups.items(),
-                                               key=lambda kv: (kv[0][2] or 0, kv[0][0])):
+    for (setting, lam, rule), group in sorted(
+            groups.items(), key=lambda kv: (kv[1][0]["ratio"] or 0, kv[0][2], kv[0][0])):
         cells = [_mean_std([r[k] for r in group]) for k in
                  ("acc_sparse", "acc_pruned", "acc_finetuned", "params_removed", "flops_removed")]
         speedup = statistics.mean(r["speedup"] for r in group)
         lam_text = f"{lam:g}" if lam else "—"
-        ratio_text = "VCP rule" if ratio is None else f"{ratio:g}"
-        lines.append(f"| {setting} | {lam_text} | {ratio_text} | {len(group)} | "
+        lines.append(f"| {setting} | {lam_text} | {rule} | {len(group)} | "
                      + " | ".join(cells) + f" | x{speedup:.2f} |")
     return "\n".join(lines) + "\n"
 
