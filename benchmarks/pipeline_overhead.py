@@ -40,6 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ncslim.config import load_config
 from ncslim.data import PAD, ImageData, batches
+from ncslim.methods import make_method
 from ncslim.pipeline import load_data, new_model
 from ncslim.train import Trainer, epoch_generator
 
@@ -149,8 +150,9 @@ def main() -> None:
 
     held = [(x.clone(), y.clone()) for x, y in make_batches(0)]
     workdir = Path(tempfile.mkdtemp(prefix="ncslim-bench-"))
-    trainer = Trainer(copy.deepcopy(template), data, cfg, workdir, epochs=cfg.epochs,
-                      sparsity=True)
+    model = copy.deepcopy(template)
+    trainer = Trainer(model, data, cfg, workdir, epochs=cfg.epochs,
+                      method=make_method(cfg, model, data.train_labels.numel(), 1))
     plain = copy.deepcopy(template)
     plain_opt = torch.optim.SGD(plain.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)

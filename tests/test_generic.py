@@ -245,6 +245,19 @@ def test_target_flops_and_the_regularizer_work_on_other_models():
     assert small(images()).shape == (4, 10)
 
 
+def test_target_params_works_on_other_models():
+    model = trained_like(MobileNetV2Style())
+    small, report = ncslim.pruning.prune_to_budget(model, 0.5, "params",
+                                                   example_inputs=images(1))
+    assert report.params_after == ncslim.count_params(small) <= 0.5 * report.params_before
+    channels = sum(layer.total for layer in report.layers)
+    removed = int(report.ratio * channels)
+    _, fewer = ncslim.prune_model(model, ratio=(removed - 0.5) / channels,
+                                  example_inputs=images(1))
+    assert fewer.params_after > 0.5 * report.params_before  # the smallest ratio that fits
+    assert small(images()).shape == (4, 10)
+
+
 class ChannelShuffle(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape

@@ -1,9 +1,14 @@
 """Tests for ncslim.penalties: every prox against brute-force minimisation, gradients against
-autograd, thresholds, symmetry, dtypes and parameter validation."""
+autograd, thresholds, symmetry, dtypes and parameter validation.
+
+Every generic test runs on each penalty in ``PENALTIES`` with the values of its line in
+``TABLE``: a new penalty is its class, its entry in ``PENALTIES`` and one line here."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import pytest
 import torch
@@ -20,43 +25,72 @@ from ncslim.penalties import (
     Penalty,
     make_penalty,
 )
+from ncslim.penalty_registry import param_defaults
 
 F64 = torch.float64
 
-# (name, parameters) for every penalty and the parameter values the paper's variants span.
-CASES = (
-    [("l1", {})]
-    + [("lp", {"p": p}) for p in (0.1, 0.3, 0.5, 0.75, 0.9)]
-    + [("tl1", {"a": a}) for a in (0.1, 1.0, 10.0)]
-    + [("mcp", {"gamma": g}) for g in (1.5, 3.0, 10.0)]
-    + [("scad", {"a": a}) for a in (2.5, 3.7, 10.0)]
-)
+
+@dataclass(frozen=True)
+class Case:
+    """What the generic tests need to know about one penalty: its line in ``TABLE``."""
+
+    params: tuple[dict[str, float], ...] = ({},)  # checked against brute force, autograd, ...
+    ranges: dict[str, tuple[float, float]] = field(default_factory=dict)  # for random draws
+    bad: dict[str, float] = field(default_factory=dict)  # an invalid value of each parameter
+    kinks: Callable[[Penalty], list[float]] = lambda pen: []  # |x| > 0 where value has a kink
+    steps: Callable[[Penalty], list[float]] = lambda pen: []  # steps where the prox switches
+
+
+def each(pname: str, *values: float) -> tuple[dict[str, float], ...]:
+    return tuple({pname: v} for v in values)
+
+
+# One line per registered penalty, with the parameter values the paper's variants span and the
+# steps that switch tl1 (either side of step * lam = a^2 / (2 (a + 1))), mcp (firm, boundary,
+# hard thresholding) and scad between their regimes.
+TABLE: dict[str, Case] = {
+    "l1": Case(),
+    "lp": Case(each("p", 0.1, 0.3, 0.5, 0.75, 0.9), {"p": (0.05, 0.95)}, {"p": 1.0}),
+    "tl1": Case(each("a", 0.1, 1.0, 10.0), {"a": (0.05, 20.0)}, {"a": 0.0}, steps=lambda pen: [
+        s * pen.a * pen.a / (2.0 * (pen.a + 1.0)) / pen.lam for s in (0.5, 1.0, 3.0)]),
+    "mcp": Case(each("gamma", 1.5, 3.0, 10.0), {"gamma": (1.05, 20.0)}, {"gamma": 1.0},
+                kinks=lambda pen: [pen.gamma * pen.lam],
+                steps=lambda pen: [0.7 * pen.gamma, pen.gamma, 2.0 * pen.gamma]),
+    "scad": Case(each("a", 2.5, 3.7, 10.0), {"a": (2.05, 20.0)}, {"a": 2.0},
+                 kinks=lambda pen: [pen.lam, pen.a * pen.lam], steps=lambda pen: [
+                     0.5 * (pen.a - 1.0), pen.a - 1.0, 1.5 * (pen.a - 1.0),
+                     pen.a * pen.a / (pen.a - 1.0) + 1.0, 30.0]),
+}
+
+
+def case(name: str) -> Case:
+    """The penalty's line (defaults only where it has none: test_every_penalty_has_its_line)."""
+    return TABLE.get(name, Case())
+
+
+CASES = [(name, kw) for name in PENALTIES for kw in case(name).params]
 CASE_IDS = [name + "".join(f"-{k}{v}" for k, v in kw.items()) for name, kw in CASES]
 LAMS = (1.0, 0.03)
 
 
 def steps_for(name: str, kw: dict[str, float], lam: float = 1.0) -> list[float]:
-    """Step sizes: generic ones plus those that switch tl1/mcp/scad between their regimes."""
-    steps = [0.05, 0.5, 1.0, 4.0]
-    if name == "tl1":  # either side of L = step * lam = a^2 / (2 (a + 1))
-        a = kw["a"]
-        steps += [s * a * a / (2.0 * (a + 1.0)) / lam for s in (0.5, 1.0, 3.0)]
-    if name == "mcp":
-        g = kw["gamma"]
-        steps += [0.7 * g, g, 2.0 * g]  # firm, the boundary, hard thresholding
-    if name == "scad":
-        a = kw["a"]
-        steps += [0.5 * (a - 1.0), a - 1.0, 1.5 * (a - 1.0), a * a / (a - 1.0) + 1.0, 30.0]
-    return steps
+    """Step sizes: generic ones plus those where the penalty's prox changes regime."""
+    return [0.05, 0.5, 1.0, 4.0, *case(name).steps(make_penalty(name, lam, **kw))]
+
+
+def kinks(pen: Penalty) -> list[float]:
+    """|x| where ``value`` is not differentiable: 0 and the table's kinks."""
+    return [0.0, *case(pen.name).kinks(pen)]
 
 
 def breakpoints(pen: Penalty, step: float) -> list[float]:
-    """|y| values where the prox changes formula (besides the threshold)."""
-    if isinstance(pen, MCP):
-        return [pen.gamma * pen.lam]
-    if isinstance(pen, SCAD):
-        return [pen.lam, pen.a * pen.lam, (1.0 + step) * pen.lam]
-    return []
+    """|y| values where the prox changes formula (besides the threshold): each kink k and the
+    y that the prox maps to it, k + step * value'(k)."""
+    points: list[float] = []
+    for k in kinks(pen)[1:]:
+        slope = float(pen.grad(torch.tensor(k, dtype=F64)))
+        points += [p for p in (k, k + step * slope) if p not in points]
+    return points
 
 
 def probe_points(pen: Penalty, step: float, seed: int) -> torch.Tensor:
@@ -225,14 +259,6 @@ def test_value_reference_and_continuity() -> None:
             pair = torch.tensor([k * (1 - 1e-12), k * (1 + 1e-12)], dtype=F64)
             v = pen.value(pair)
             assert float((v[1] - v[0]).abs()) < 1e-10
-
-
-def kinks(pen: Penalty) -> list[float]:
-    if isinstance(pen, MCP):
-        return [0.0, pen.gamma * pen.lam]
-    if isinstance(pen, SCAD):
-        return [0.0, pen.lam, pen.a * pen.lam]
-    return [0.0]
 
 
 @pytest.mark.parametrize(("name", "kw"), CASES, ids=CASE_IDS)
@@ -414,70 +440,22 @@ def test_threshold_matches_prox_property(case, lam: float, step: float) -> None:
 # --- registry and validation --------------------------------------------------------------
 
 
-def test_registry_and_roundtrip() -> None:
-    assert set(PENALTIES) == {"l1", "lp", "tl1", "mcp", "scad"}
-    for name, cls in PENALTIES.items():
-        assert cls.name == name and issubclass(cls, Penalty)
-    defaults = {"l1": {}, "lp": {"p": 0.5}, "tl1": {"a": 1.0}, "mcp": {"gamma": 3.0},
-                "scad": {"a": 3.7}}
-    for name, extra in defaults.items():
-        pen = make_penalty(name, 1e-4)
-        assert pen.params() == {"lam": 1e-4, **extra}
-        again = make_penalty(pen.name, **pen.params())
-        assert type(again) is type(pen) and again.params() == pen.params()
-        assert repr(pen).startswith(type(pen).__name__ + "(lam=0.0001")
-    assert isinstance(make_penalty(" TL1 ", 0.1, a=2), TL1)
-    assert repr(make_penalty("lp", 1e-4, p=0.75)) == "Lp(lam=0.0001, p=0.75)"
-
-
-@pytest.mark.parametrize(
-    ("call", "match"),
-    [
-        (lambda: make_penalty("l1", -1.0), r"l1: lam must be a finite number >= 0, got -1"),
-        (lambda: make_penalty("lp", math.nan), r"lp: lam must be"),
-        (lambda: make_penalty("tl1", math.inf), r"tl1: lam must be"),
-        (lambda: make_penalty("mcp", "x"), r"mcp: lam must be"),
-        (lambda: make_penalty("scad", True), r"scad: lam must be"),
-        (lambda: make_penalty("lp", 1e-4, p=1.5), r"lp: p must be in \(0, 1\), got 1\.5"),
-        (lambda: make_penalty("lp", 1e-4, p=0.0), r"lp: p must be in \(0, 1\)"),
-        (lambda: make_penalty("lp", 1e-4, p=1.0), r"lp: p must be in \(0, 1\)"),
-        (lambda: make_penalty("tl1", 1e-4, a=0.0), r"tl1: a must be > 0"),
-        (lambda: make_penalty("mcp", 1e-4, gamma=1.0), r"mcp: gamma must be > 1"),
-        (lambda: make_penalty("scad", 1e-4, a=2.0), r"scad: a must be > 2"),
-        (lambda: make_penalty("scad", 1e-4, a=math.nan), r"scad: a must be > 2"),
-        (lambda: make_penalty("l2", 1e-4), r"unknown penalty 'l2'.*l1, lp, mcp, scad, tl1"),
-        (lambda: make_penalty("scda", 1e-4), r"did you mean 'scad'"),
-        (lambda: make_penalty("l1", 1e-4, p=0.5), r"l1: unknown parameter.*p.*accepted.*lam"),
-        (lambda: make_penalty("mcp", 1e-4, a=3), r"mcp: unknown.*accepted parameters: lam, gamma"),
-        (lambda: L1(1.0).prox(torch.ones(2), 0.0), r"l1: step must be a finite number > 0"),
-        (lambda: SCAD(1.0).prox(torch.ones(2), -1.0), r"scad: step must be"),
-        (lambda: Lp(1.0).prox(torch.ones(2), math.inf), r"lp: step must be"),
-        (lambda: MCP(1.0).threshold(math.nan), r"mcp: step must be"),
-    ],
-)
-def test_invalid_input_raises_value_error(call, match: str) -> None:
-    with pytest.raises(ValueError, match=match):
-        call()
-
-
-def test_non_float_tensor_is_rejected() -> None:
-    with pytest.raises(TypeError, match="floating-point"):
-        L1(1.0).prox(torch.ones(3, dtype=torch.int64), 1.0)
-    with pytest.raises(TypeError, match="torch.Tensor"):
-        TL1(1.0).value([1.0, 2.0])  # type: ignore[arg-type]
+def test_every_penalty_has_its_line_in_the_table() -> None:
+    assert set(TABLE) == set(PENALTIES), "each penalty in PENALTIES needs one line in TABLE"
+    for name, line in TABLE.items():
+        cls = PENALTIES[name]
+        names = set(cls.PARAM_NAMES)
+        assert set(line.ranges) == names and set(line.bad) == names, name
+        assert set(cls.PARAM_HELP) == names, name
+        assert line.params and all(set(kw) <= names for kw in line.params), name
+        assert set(param_defaults(cls)) == names  # each parameter has a default
 
 
 @st.composite
 def any_penalty(draw) -> Penalty:
     """Any penalty with any valid parameters, not just the tabulated cases."""
     name = draw(st.sampled_from(sorted(PENALTIES)))
-    params = {
-        "l1": {},
-        "lp": {"p": draw(st.floats(0.05, 0.95))},
-        "tl1": {"a": draw(st.floats(0.05, 20.0))},
-        "mcp": {"gamma": draw(st.floats(1.05, 20.0))},
-        "scad": {"a": draw(st.floats(2.05, 20.0))},
-    }[name]
+    params = {k: draw(st.floats(lo, hi)) for k, (lo, hi) in sorted(case(name).ranges.items())}
     return make_penalty(name, draw(st.floats(1e-3, 5.0)), **params)
 
 

@@ -273,3 +273,58 @@ def test_nothing_dead_means_the_same_model_object():
     model = tiny("densenet", {"width": 0.34, "depth": 10})
     assert model.compact() is model
     assert "outputs" not in model.config()["channels"]
+
+
+def _size(report: ncslim.PruneReport, measure: str) -> tuple[int, int]:
+    if measure == "flops":
+        return report.flops_after, report.flops_before
+    return report.params_after, report.params_before
+
+
+@pytest.mark.parametrize(("arch", "kwargs"), TINY_MODELS[::2], ids=TINY_IDS[::2])
+@pytest.mark.parametrize("measure", ["params", "flops"])
+def test_prune_to_budget_keeps_the_fraction_at_the_smallest_ratio(arch, kwargs, measure):
+    from ncslim.pruning import prune_to_budget
+
+    model = tiny(arch, kwargs)
+    small, report = prune_to_budget(model, 0.4, measure)
+    after, before = _size(report, measure)
+    assert after <= 0.4 * before
+    assert report.params_after == ncslim.count_params(small)
+    # one channel fewer removed (the rule removes int(ratio * channels)) no longer fits
+    channels = sum(layer.total for layer in report.layers)
+    removed = int(report.ratio * channels)
+    assert removed > 0
+    _, fewer = ncslim.prune_model(model, ratio=(removed - 0.5) / channels)
+    assert _size(fewer, measure)[0] > 0.4 * before
+
+
+def test_prune_to_budget_passes_the_options_and_flops_is_a_wrapper():
+    from ncslim.pruning import prune_to_budget, prune_to_flops
+
+    model = tiny("vgg", {"width": 0.125, "depth": 11})
+    small, report = prune_to_budget(model, 0.5, "params", round_to=4, compensate=True)
+    assert report.compensated and report.params_after <= 0.5 * report.params_before
+    assert all(la.kept % 4 == 0 or la.kept == la.total for la in report.layers)
+    _, by_flops = prune_to_flops(model, 0.5)
+    _, by_budget = prune_to_budget(model, 0.5)
+    assert by_flops.ratio == by_budget.ratio and by_flops.flops_after == by_budget.flops_after
+    _, whole = prune_to_budget(model, 1.0, "params")
+    assert whole.ratio == 0.0
+
+
+@pytest.mark.parametrize(("args", "options", "match"), [
+    ((0.5, "latency"), {}, "measure must be one of flops, params, got 'latency'"),
+    ((0.0, "params"), {}, "--target-params \\(the fraction of parameters kept\\) must be in"),
+    ((1.5, "flops"), {}, "--target-flops \\(the fraction of FLOPs kept\\) must be in"),
+    ((0.01, "params"), {"min_channels": 8},
+     "parameters cannot fall to 1.0% of the original \\(--target-params\\) even at ratio ~1"),
+    ((0.01, "flops"), {"min_channels": 8},
+     "FLOPs cannot fall to 1.0% of the original \\(--target-flops\\) even at ratio ~1"),
+])
+def test_prune_to_budget_errors_name_the_flag(args, options, match):
+    from ncslim.pruning import prune_to_budget
+
+    model = ncslim.build_model("vgg", width=0.125, depth=11)
+    with pytest.raises(ValueError, match=match):
+        prune_to_budget(model, *args, **options)

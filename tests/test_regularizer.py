@@ -4,15 +4,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import spread_bn
+from test_penalties import CASE_IDS, CASES
 from torch import nn
 
 import ncslim
 
-PENALTY_CASES = [
-    ("l1", {}), ("lp", {"p": 0.5}), ("lp", {"p": 0.75}), ("tl1", {"a": 1.0}),
-    ("mcp", {"gamma": 3.0}), ("scad", {"a": 3.7}),
-]
-PENALTY_IDS = [f"{name}{list(params.values())}" for name, params in PENALTY_CASES]
+# Every registered penalty with each parameter set of its line in test_penalties.TABLE.
+PENALTY_CASES, PENALTY_IDS = CASES, CASE_IDS
 
 
 def tiny_resnet(seed: int = 0) -> nn.Module:

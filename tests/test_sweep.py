@@ -59,12 +59,26 @@ def test_expand_names_and_shards_cover_the_grid_once(tmp_path):
     ('[base]\nepochs = 1\n', "no \\[\\[grid\\]\\] block"),
     ('[[grid]]\npenalty = "l1"\nlam = -1.0\n', "run l1_lam-1_s0: --lam must be"),
     ('ratios = [1.5]\n[[grid]]\npenalty = "l1"\n', "--ratio must be in"),
+    ('[[grid]]\npenalty = "l2"\n', "run l2_s0: --penalty must be one of "),
+    ('[[grid]]\npenalty = ["tl1", "l1"]\na = [1.0, 2.0]\n',  # l1_a1 = l1_a2
+     "run l1_a1_s0: a does not act on --penalty l1 \\(its parameters: none\\)"),
+    ('[[grid]]\npenalty = "vcp"\np = 0.5\n', "run vcp_p0.5_s0: p does not act on --penalty vcp"),
+    ('[[grid]]\npenalty = "mcp"\ngamma = 0.5\n', "run mcp_gamma0.5_s0: mcp: gamma must be > 1"),
 ])
 def test_bad_sweep_files(tmp_path, text, match):
     path = tmp_path / "bad.toml"
     path.write_text(text)
     with pytest.raises(ValueError, match=match):
         sweep.expand(sweep.read_preset(str(path)), str(path))
+
+
+def test_a_block_without_penalty_is_named_after_the_penalty_it_trains_with():
+    spec = {"base": {"penalty": "scad"}, "grid": [{"lam": [1e-4, 1e-3]}, {"penalty": "lp"}]}
+    runs = sweep.expand(spec)
+    assert [r.name for r in runs] == ["lp_s0", "scad_lam0.0001_s0", "scad_lam0.001_s0"]
+    assert [r.config.penalty for r in runs] == ["lp", "scad", "scad"]
+    assert runs[1].dir == Path("runs/sweep/scad_lam0.0001_s0")
+    assert runs[0].config.penalty_params() == {"p": 0.5}
 
 
 @pytest.mark.parametrize("text", ["2", "0/2", "3/2", "a/b"])

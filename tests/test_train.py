@@ -15,8 +15,9 @@ import ncslim.cli
 from ncslim import pipeline
 from ncslim.config import load_config
 from ncslim.io import run_lock
+from ncslim.methods import make_method
 from ncslim.progress import RunProgress
-from ncslim.train import Trainer, lr_at
+from ncslim.train import Trainer, lr_at, steps_per_epoch
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 needs_fashion = pytest.mark.skipif(not FASHION.is_dir(),
@@ -40,15 +41,22 @@ def test_step_schedule_and_cosine():
 
 
 @needs_fashion
-@pytest.mark.parametrize("penalty", ["tl1", "vcp"])
-def test_same_seed_same_result_and_resume_is_identical(tmp_path, monkeypatch, penalty):
-    cfg = tiny_config(tmp_path, epochs=3, penalty=penalty, mode="subgradient",
-                      vcp_kl_weight=1e-4)
+@pytest.mark.parametrize("penalty, extra", [
+    ("tl1", {}), ("vcp", {}),
+    # the controller updates at steps 10, 20, 30 of 36: the checkpoint after epoch 2 (step 24)
+    # holds the measurement of step 20, applied at step 30 after the resume
+    ("tl1", {"lam": "auto", "mode": "proximal", "limit_train": 384})],
+    ids=["tl1", "vcp", "tl1-lam-auto"])
+def test_same_seed_same_result_and_resume_is_identical(tmp_path, monkeypatch, penalty, extra):
+    cfg = tiny_config(tmp_path, **{"epochs": 3, "penalty": penalty, "mode": "subgradient",
+                                   "vcp_kl_weight": 1e-4, **extra})
     data = pipeline.load_data(cfg, torch.device("cpu"))
 
     def trained(out: Path, crash_after: int | None = None) -> Trainer:
         model = pipeline.new_model(cfg, data)
-        trainer = Trainer(model, data, cfg, out, cfg.epochs, sparsity=True)
+        steps = cfg.epochs * steps_per_epoch(data, cfg)
+        trainer = Trainer(model, data, cfg, out, cfg.epochs,
+                          make_method(cfg, model, data.train_labels.numel(), steps))
         if crash_after is not None:
             original = trainer._run_epoch
 
@@ -79,6 +87,9 @@ def test_same_seed_same_result_and_resume_is_identical(tmp_path, monkeypatch, pe
     assert [r["epoch"] for r in lines] == [1, 2, 3]
     reference = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert [r["test_acc"] for r in lines] == [r["test_acc"] for r in reference]
+    assert [r["lam"] for r in lines] == [r["lam"] for r in reference]
+    if extra:  # the controller moved lambda, and the resumed run moved it the same way
+        assert lines[-1]["lam"] != pytest.approx(1e-4) and "target_distance" in lines[-1]
 
 
 @needs_fashion
@@ -149,7 +160,8 @@ def test_training_never_holds_a_float_copy_of_the_dataset(tmp_path):
     cfg = tiny_config(tmp_path, dataset="cifar10", batch_size=32, penalty="l1")
     torch.manual_seed(0)
     model = ncslim.build_model("vgg", depth=11, width=0.0625)
-    trainer = Trainer(model, data, cfg, tmp_path / "stage", epochs=1, sparsity=True)
+    trainer = Trainer(model, data, cfg, tmp_path / "stage", epochs=1,
+                      method=make_method(cfg, model, 64, 1))
 
     silent = RunProgress(trainer.steps, enabled=False).epoch("t", 1, 1, trainer.steps,
                                                               data.train_images.device)

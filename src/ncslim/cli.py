@@ -106,13 +106,10 @@ def cmd_prune(args: argparse.Namespace) -> None:
 
 
 def _prune_dry_run(args: argparse.Namespace, model: Any, cfg: Config, data: Any) -> None:
-    """Report (and with ``data``, evaluate) the pruning at each ratio; write nothing."""
-    if cfg.penalty == "vcp":  # one outcome: VCP's rule has no ratio
-        pairs = [("VCP rule", pipeline.prune(model, cfg))]
-    else:
-        ratios = _ratios(args.ratios) if args.ratios else [cfg.ratio]
-        pairs = [(f"ratio {r:g}", pair) for r, pair in
-                 zip(ratios, pipeline.prune_dry_run(model, cfg, ratios))]
+    """Report (and with ``data``, evaluate) the pruning at each of ``--ratios``, or by the
+    config's own rule (ratio, threshold, target FLOPs or parameters, VCP's); write nothing."""
+    ratios = _ratios(args.ratios) if args.ratios else None
+    pairs = pipeline.prune_dry_run(model, cfg, ratios)
     if data is not None:
         print(f"test accuracy on {cfg.dataset} before pruning "
               f"{pipeline.evaluate(model, data)[0]:.2%}")
@@ -191,7 +188,8 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
     listing = run_sweep(args.sweep_file, parse_shard(args.shard), dry_run=args.dry_run)
     for run, status in listing:
-        ratios = ",".join("VCP rule" if r is None else f"{r:g}" for r in run.ratios)
+        ratios = ",".join(f"{r:g}" if r is not None else "VCP rule" if run.config.penalty == "vcp"
+                          else "its target" for r in run.ratios)
         print(f"{status:<8} {run.name:<44} ratios {ratios}  -> {run.dir}")
     print(f"{len(listing)} training run(s) in this shard")
 

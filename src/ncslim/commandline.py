@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 from typing import Any, NoReturn
 
-from .config import COMMANDS as CONFIG_COMMANDS
 from .config import (
+    AUTO,
     DEFAULT_PRESET,
     Config,
     config_fields,
@@ -21,6 +21,7 @@ from .config import (
     load_config,
     preset_names,
 )
+from .config import COMMANDS as CONFIG_COMMANDS
 from .export import FORMATS
 from .models import model_names
 
@@ -59,11 +60,11 @@ def _add_config_flags(parser: argparse.ArgumentParser, command: str) -> None:
         annotation = str(Config.__annotations__[name])
         text = COMMAND_HELP.get((command, name), meta["help"]).replace("%%", "%")
         text = (text + _default_text(command, name, defaults, meta)).replace("%", "%%")
-        if annotation == "bool":
+        if annotation.startswith("bool"):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction,
                                 default=argparse.SUPPRESS, help=text)
             continue
-        kind = _TYPES[annotation.split(" ")[0]]
+        kind = _lam if name == "lam" else _TYPES[annotation.split(" ")[0]]
         choices = field_choices(name)
         parser.add_argument(flag, type=kind, choices=choices,
                             metavar=None if choices else name.upper(),
@@ -171,6 +172,16 @@ def _add_export_flags(export: argparse.ArgumentParser) -> None:
                         help="skip comparing the exported file's outputs with PyTorch's")
     export.add_argument("--verbose", "-v", action="store_true",
                         help="show the exporter's own log (shown anyway if the export fails)")
+
+
+def _lam(text: str) -> float | str:
+    """``--lam``: a number or ``auto``."""
+    if text.strip().lower() == AUTO:
+        return AUTO
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or {AUTO}, got {text!r}") from None
 
 
 def unknown_flags(command: str, extra: list[str]) -> str:

@@ -20,6 +20,8 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .penalty_registry import param_default, param_help, param_unset, resolve_params
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
@@ -27,9 +29,11 @@ else:  # pragma: no cover - Python 3.10
 
 PRESET_DIR = Path(__file__).parent / "configs"
 DEFAULT_PRESET = "demo"  # what a command uses when --config is not given
+AUTO = "auto"  # lam = "auto": the lambda controller (ncslim.controller) chooses it
 COMMANDS = ("run", "train", "prune", "finetune")  # the commands that take a configuration
 RUN_TRAIN = ("run", "train")
 FITS = ("run", "train", "finetune")  # the commands that train
+PRUNE_TARGET = ("run", "train", "prune")  # train: the target of --lam auto
 
 
 def penalty_choices() -> tuple[str, ...]:
@@ -90,6 +94,8 @@ class Config:
     batch_size: int = _opt(64, "training batch size (the global batch under torchrun: each of "
                                 "N processes takes 1/N of it)", FITS)
     lr: float = _opt(0.1, "initial learning rate", FITS)
+    finetune_lr: float | None = _opt(None, "initial learning rate of fine-tuning", ("run",),
+                                     unset="the same as --lr")
     momentum: float = _opt(0.9, "SGD momentum", FITS)
     nesterov: bool = _opt(False, "Nesterov momentum", FITS)
     weight_decay: float = _opt(1e-4, "weight decay", FITS)
@@ -99,11 +105,16 @@ class Config:
     penalty: str = _opt("l1", "sparsity penalty on the BN scaling factors (vcp: the Bayesian "
                               "baseline, variational channel pruning)", ("run", "train", "prune"),
                         penalty_choices)
-    lam: float = _opt(1e-4, "penalty strength lambda", RUN_TRAIN)
-    p: float = _opt(0.5, "lp: exponent p in (0, 1)", RUN_TRAIN)
-    a: float | None = _opt(None, "tl1: a > 0; scad: a > 2", RUN_TRAIN,
-                           unset="1.0 for tl1, 3.7 for scad")
-    gamma: float = _opt(3.0, "mcp: gamma > 1", RUN_TRAIN)
+    lam: float | str = _opt(1e-4, "penalty strength lambda, or auto: adapted while training "
+                                   "to reach the pruning target (--ratio, --target-flops or "
+                                   "--target-params)", RUN_TRAIN)
+    # Penalty parameters, help and defaults from the registry (ncslim.penalty_registry): the
+    # default the penalties taking it share, else None, each one's own. A parameter without a
+    # field always takes its penalty's default.
+    p: float | None = _opt(param_default("p"), param_help("p"), RUN_TRAIN, unset=param_unset("p"))
+    a: float | None = _opt(param_default("a"), param_help("a"), RUN_TRAIN, unset=param_unset("a"))
+    gamma: float | None = _opt(param_default("gamma"), param_help("gamma"), RUN_TRAIN,
+                               unset=param_unset("gamma"))
     mode: str = _opt("subgradient", "how the penalty acts", RUN_TRAIN, _mode_choices)
     decay_gammas: bool = _opt(True, "apply weight decay to the BN scaling factors too", RUN_TRAIN)
     vcp_kl_weight: float | None = _opt(None, "vcp: weight of the KL term against the mean "
@@ -114,15 +125,19 @@ class Config:
     vcp_sigma: float = _opt(0.01, "vcp: the sigma threshold of that rule", ("run", "prune"))
     # pruning
     ratio: float | None = _opt(0.5, "prune this fraction of channels (global |gamma| ranking)",
-                               ("run", "prune"))
+                               PRUNE_TARGET)
     threshold: float | None = _opt(None, "prune channels with |gamma| <= this instead of --ratio",
                                    ("run", "prune"), unset="off")
     target_flops: float | None = _opt(None, "prune until FLOPs <= this fraction of the original",
-                                      ("run", "prune"), unset="off")
-    min_channels: int = _opt(1, "never keep fewer channels in a layer", ("run", "prune"))
-    round_to: int = _opt(1, "round kept channel counts up to a multiple of this", ("run", "prune"))
-    compensate: bool = _opt(False, "fold the mean output of removed channels into the next layer",
-                            ("run", "prune"))
+                                      PRUNE_TARGET, unset="off")
+    target_params: float | None = _opt(None, "prune until parameters <= this fraction of the "
+                                             "original", PRUNE_TARGET, unset="off")
+    min_channels: int = _opt(1, "never keep fewer channels in a layer", PRUNE_TARGET)
+    round_to: int = _opt(1, "round kept channel counts up to a multiple of this", PRUNE_TARGET)
+    compensate: bool | None = _opt(None, "fold the mean output of removed channels into the next "
+                                         "layer", ("run", "prune"),
+                                   unset="on with --lam auto (its pruned channels are near zero, "
+                                         "their constant output is what is left), else off")
     # system
     device: str = _opt("auto", "cpu, cuda, cuda:N or auto")
     amp: bool = _opt(False, "mixed precision (float16 on CUDA, bfloat16 on CPU)", FITS)
@@ -136,16 +151,17 @@ class Config:
     out: str = _opt("runs/latest", "run directory")
 
     def penalty_params(self) -> dict[str, float]:
-        """Keyword parameters of the chosen penalty (for ``make_penalty``)."""
-        extra: dict[str, dict[str, float]] = {
-            "lp": {"p": self.p}, "mcp": {"gamma": self.gamma},
-            "tl1": {"a": 1.0 if self.a is None else self.a},
-            "scad": {"a": 3.7 if self.a is None else self.a},
-        }
-        return extra.get(self.penalty, {})
+        """Keyword parameters of the chosen penalty (for ``make_penalty``): the field of each of
+        its ``PARAM_NAMES``, or its default where that is None; {} for none and vcp."""
+        return resolve_params(self.penalty, vars(self))
+
+    def compensates(self) -> bool:
+        """``compensate``, or when unset: on with ``--lam auto``."""
+        return self.lam == AUTO if self.compensate is None else self.compensate
 
     def prune_rule(self) -> dict[str, float | None]:
-        """Exactly one of ratio / threshold / target_flops (threshold and target win over ratio).
+        """Exactly one of threshold / target_flops / target_params / ratio, in that order of
+        precedence.
 
         With ``penalty = "vcp"`` the pruning follows VCP's own rule instead (``pipeline.prune``).
         """
@@ -153,6 +169,8 @@ class Config:
             return {"threshold": self.threshold}
         if self.target_flops is not None:
             return {"target_flops": self.target_flops}
+        if self.target_params is not None:
+            return {"target_params": self.target_params}
         return {"ratio": self.ratio}
 
     def validate(self) -> Config:
@@ -161,11 +179,25 @@ class Config:
         if self.penalty == "vcp" and self.sync_bn:
             raise ValueError("--penalty vcp samples each BN scale itself and does not work with "
                              "--sync-bn; leave --sync-bn out")
+        if self.lam == AUTO and (self.penalty in ("none", "vcp") or self.threshold is not None
+                                 or (self.ratio is None and self.target_flops is None
+                                     and self.target_params is None)):
+            from .penalties import PENALTIES
+
+            raise ValueError(f"--lam auto adapts a penalty's lambda to a pruning target: give "
+                             f"--penalty {'/'.join(PENALTIES)} and --ratio, --target-flops or "
+                             f"--target-params (not --threshold)")
         if self.penalty not in ("none", "vcp"):
             from .penalties import make_penalty
 
-            make_penalty(self.penalty, self.lam, **self.penalty_params())
+            make_penalty(self.penalty, self.start_lam(), **self.penalty_params())
         return self
+
+    def start_lam(self) -> float:
+        """lambda at the first step: the fixed ``lam``, or the controller's starting value."""
+        from .controller import START_LAM
+
+        return START_LAM if self.lam == AUTO else float(self.lam)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -198,14 +230,19 @@ def _check_ranges(cfg: Config) -> None:
             isinstance(cfg.finetune_epochs, int) and cfg.finetune_epochs >= 0), "an integer >= 0"),
         ("batch_size", isinstance(cfg.batch_size, int) and cfg.batch_size >= 1, "an integer >= 1"),
         ("lr", _finite(cfg.lr) and cfg.lr > 0, "a number > 0"),
+        ("finetune_lr", cfg.finetune_lr is None or (_finite(cfg.finetune_lr)
+                                                    and cfg.finetune_lr > 0), "a number > 0"),
         ("momentum", _finite(cfg.momentum) and 0 <= cfg.momentum < 1, "in [0, 1)"),
         ("weight_decay", _finite(cfg.weight_decay) and cfg.weight_decay >= 0, "a number >= 0"),
-        ("lam", _finite(cfg.lam) and cfg.lam >= 0, "a finite number >= 0"),
+        ("lam", cfg.lam == AUTO or (_finite(cfg.lam) and cfg.lam >= 0),
+         "a finite number >= 0 or auto"),
         ("ratio", cfg.ratio is None or (_finite(cfg.ratio) and 0 <= cfg.ratio < 1), "in [0, 1)"),
         ("threshold", cfg.threshold is None or (_finite(cfg.threshold) and cfg.threshold >= 0),
          "a number >= 0"),
         ("target_flops", cfg.target_flops is None or (
             _finite(cfg.target_flops) and 0 < cfg.target_flops <= 1), "in (0, 1]"),
+        ("target_params", cfg.target_params is None or (
+            _finite(cfg.target_params) and 0 < cfg.target_params <= 1), "in (0, 1]"),
         ("min_channels", isinstance(cfg.min_channels, int) and cfg.min_channels >= 1,
          "an integer >= 1"),
         ("round_to", isinstance(cfg.round_to, int) and cfg.round_to >= 1, "an integer >= 1"),

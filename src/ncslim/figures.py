@@ -198,7 +198,9 @@ CURVE_PANELS = [
      [("test_loss", "test", 1, TEST), ("train_loss", "train", 1, TRAIN)]),
     ("Small scaling factors", "share of the channels present (%)", "share",
      [("gamma_below_1e-2", "|gamma| < 1e-2", 100, "tab:purple"),
-      ("gamma_below_1e-3", "|gamma| < 1e-3", 100, "tab:brown")]),
+      ("gamma_below_1e-3", "|gamma| < 1e-3", 100, "tab:brown"),
+      ("share_near_zero", "near zero (lam auto)", 100, "tab:red"),
+      ("target_share", "the target's share", 100, "black")]),
     ("Sparsity penalty", "penalty term (lam included)", "linear",
      [("penalty", "penalty", 1, "tab:gray")]),
 ]
@@ -206,18 +208,24 @@ CURVE_PANELS = [
 
 def _run_title(row: dict[str, Any]) -> str:
     config = row["_results"]["config"]
-    lam = f", lam {row['lam']:g}" if row["penalty"] not in ("none", "vcp") else ""
+    lam = f", lam {_lam_text(row['lam'])}" if row["penalty"] not in ("none", "vcp") else ""
     if row["ratio"] is not None:
         rule = f"ratio {row['ratio']:g}"
     elif row["penalty"] == "vcp":
         rule = "VCP rule"
     elif config.get("target_flops") is not None:
         rule = f"FLOPs target {config['target_flops']:g}"
+    elif config.get("target_params") is not None:
+        rule = f"parameter target {config['target_params']:g}"
     else:
         rule = f"threshold {config.get('threshold')}"
     depth = f"-{config['depth']}" if config.get("depth") else ""
     return (f"{row['setting']}{lam}, {rule} — {config['arch']}{depth} "
             f"on {config['dataset']}, seed {row['seed']}")
+
+
+def _lam_text(lam: float | str) -> str:
+    return lam if isinstance(lam, str) else f"{lam:g}"
 
 
 def _top_legend(ax: Any, ncol: int = 4) -> None:
@@ -275,7 +283,11 @@ def run_training_curves(row: dict[str, Any], path: Path) -> Path | None:
             twin = ax.twinx()
             twin.plot(*curves.series("lam", "train"), color="tab:green", marker="s", ms=3)
             twin.set_ylabel("lam", color="tab:green")
-            twin.set_ylim(0, 1.2 * max(curves.series("lam", "train")[1], default=1.0))
+            lams = [v for v in curves.series("lam", "train")[1] if v > 0]
+            if lams and max(lams) > 10 * min(lams):  # the controller moved it over decades
+                twin.set_yscale("log")
+            else:
+                twin.set_ylim(0, 1.2 * max(lams, default=1.0))
             ax.plot([], [], color="tab:green", marker="s", ms=3, label="lam (right axis)")
         ax.set_title(title, fontsize=10, pad=20)
         ax.set_ylabel(ylabel)

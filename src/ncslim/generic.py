@@ -9,7 +9,8 @@ which channels are *coupled*: a conv's outputs, its BatchNorm, every layer that 
 every other layer bound to them through a residual addition or a depthwise convolution. Each such
 group is scored channel by channel by the largest |gamma| among its BatchNorms (a channel goes
 only when every BN it passes through has let it go), then the same global rule as for our own
-families (``ratio`` or ``threshold``, ``min_channels``, ``round_to``) decides what is removed.
+families (:mod:`ncslim.selection`: ``ratio`` or ``threshold``, ``min_channels``, ``round_to``)
+decides what is removed.
 Groups without a BatchNorm (a classifier's outputs, for one) are never pruned.
 """
 
@@ -23,6 +24,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from .selection import channel_scores, select_channels
 
 _BN = nn.modules.batchnorm._BatchNorm
 
@@ -61,8 +64,6 @@ def _resolve(model: nn.Module, original: nn.Module,
 
 def _groups(graph: Any, model: nn.Module, ignored: list[nn.Module],
             given: Mapping[str, torch.Tensor] | None) -> list[_Group]:
-    from .pruning import _scores
-
     modules = dict(model.named_modules())
     names = {m: n for n, m in modules.items()}
     groups = []
@@ -77,7 +78,7 @@ def _groups(graph: Any, model: nn.Module, ignored: list[nn.Module],
             if not isinstance(bn, _BN) or bn.weight is None or not graph.is_out_channel_pruning_fn(
                     item.dep.handler):
                 continue
-            local = _scores(modules, names[bn], given)[torch.as_tensor(item.idxs)]
+            local = channel_scores(modules, names[bn], given)[torch.as_tensor(item.idxs)]
             if scores is None:
                 scores = torch.full((len(group[0].idxs),), -1.0, device=local.device)
             index = torch.as_tensor(item.root_idxs, device=local.device)
@@ -94,8 +95,6 @@ def prune_generic(model: nn.Module, example_inputs: Any, ratio: float | None,
                   ) -> tuple[nn.Module, list[tuple[str, list[int], int]], float, list[str]]:
     """Prune a copy of ``model``; returns it, (group, kept indices, total) per group, the
     |gamma| threshold applied and the groups held at the ``min_channels`` floor."""
-    from .pruning import _global_keep, _layer_keep
-
     tp = _torch_pruning()
     small = copy.deepcopy(model)
     ignored = _resolve(small, model, ignored_layers)
@@ -113,10 +112,10 @@ def prune_generic(model: nn.Module, example_inputs: Any, ratio: float | None,
     if not groups:
         raise ValueError(f"{type(model).__name__} has no prunable channels: no convolution or "
                          f"linear layer feeds a BatchNorm that is not in ignored_layers")
-    mask, cut = _global_keep(torch.cat([g.scores for g in groups]), ratio, threshold)
+    chosen = select_channels([g.scores for g in groups], ratio, threshold, min_channels,
+                             round_to)
     layers, floored = [], []
-    for group, group_mask in zip(groups, mask.split([g.scores.numel() for g in groups])):
-        keep, hit_floor = _layer_keep(group.scores, group_mask, min_channels, round_to)
+    for group, keep, hit_floor in zip(groups, chosen.keep, chosen.floored):
         layers.append((group.name, keep.tolist(), group.scores.numel()))
         if hit_floor:
             floored.append(group.name)
@@ -125,7 +124,7 @@ def prune_generic(model: nn.Module, example_inputs: Any, ratio: float | None,
             graph.get_pruning_group(group.root, group.handler, gone).prune()
     small.train(was_training)
     _check_runs(small, model, example_inputs)
-    return small, layers, cut, floored
+    return small, layers, chosen.threshold, floored
 
 
 def _check_runs(small: nn.Module, model: nn.Module, example_inputs: torch.Tensor) -> None:

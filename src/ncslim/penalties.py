@@ -16,8 +16,6 @@ Usage::
     gammas = pen.prox(gammas, step=0.1)        # proximal step with learning rate 0.1
     print(pen, pen.params())                   # TL1(lam=0.0001, a=1.0) {'lam': 0.0001, 'a': 1.0}
     print(pen.threshold(0.1))                  # prox maps |y| <= this to exactly 0
-
-Registered names: ``l1``, ``lp``, ``tl1``, ``mcp``, ``scad`` (see ``PENALTIES``).
 """
 
 from __future__ import annotations
@@ -79,13 +77,14 @@ def _best_of(candidates: Sequence[Tensor], objective: Callable[[Tensor], Tensor]
 class Penalty(ABC):
     """Elementwise sparsity penalty ``value(x) = lam * P(x)`` with ``lam >= 0``.
 
-    Subclasses set ``name`` and ``PARAM_NAMES`` (their extra keyword parameters, stored as
-    attributes of the same names) and implement ``value``, ``grad``, ``_prox`` and
-    ``_threshold``. ``prox`` and ``threshold`` validate ``step`` and handle ``lam == 0``.
+    Subclasses set ``name``, ``PARAM_NAMES`` (keyword parameters with defaults, kept as
+    attributes) and ``PARAM_HELP`` (their allowed values), and implement ``value``, ``grad``,
+    ``_prox``, ``_threshold``. ``prox`` and ``threshold`` validate ``step``, handle ``lam == 0``.
     """
 
     name: ClassVar[str]
     PARAM_NAMES: ClassVar[tuple[str, ...]] = ()
+    PARAM_HELP: ClassVar[dict[str, str]] = {}
 
     def __init__(self, lam: float) -> None:
         self.lam = _real(self.name, "lam", lam, "a finite number >= 0", lambda v: v >= 0.0)
@@ -170,11 +169,11 @@ class Lp(Penalty):
     """
 
     name = "lp"
-    PARAM_NAMES = ("p",)
+    PARAM_NAMES, PARAM_HELP = ("p",), {"p": "in (0, 1)"}
 
     def __init__(self, lam: float, *, p: float = 0.5) -> None:
         super().__init__(lam)
-        self.p = _real(self.name, "p", p, "in (0, 1)", lambda v: 0.0 < v < 1.0)
+        self.p = _real(self.name, "p", p, self.PARAM_HELP["p"], lambda v: 0.0 < v < 1.0)
 
     def value(self, x: Tensor) -> Tensor:
         return self.lam * _check_tensor(self.name, x).abs().pow(self.p)
@@ -238,11 +237,11 @@ class TL1(Penalty):
     """
 
     name = "tl1"
-    PARAM_NAMES = ("a",)
+    PARAM_NAMES, PARAM_HELP = ("a",), {"a": "> 0"}
 
     def __init__(self, lam: float, *, a: float = 1.0) -> None:
         super().__init__(lam)
-        self.a = _real(self.name, "a", a, "> 0", lambda v: v > 0.0)
+        self.a = _real(self.name, "a", a, self.PARAM_HELP["a"], lambda v: v > 0.0)
 
     def value(self, x: Tensor) -> Tensor:
         ax = _check_tensor(self.name, x).abs()
@@ -307,11 +306,11 @@ class MCP(Penalty):
     """
 
     name = "mcp"
-    PARAM_NAMES = ("gamma",)
+    PARAM_NAMES, PARAM_HELP = ("gamma",), {"gamma": "> 1"}
 
     def __init__(self, lam: float, *, gamma: float = 3.0) -> None:
         super().__init__(lam)
-        self.gamma = _real(self.name, "gamma", gamma, "> 1", lambda v: v > 1.0)
+        self.gamma = _real(self.name, "gamma", gamma, self.PARAM_HELP["gamma"], lambda v: v > 1.0)
 
     def value(self, x: Tensor) -> Tensor:
         ax = _check_tensor(self.name, x).abs()
@@ -348,11 +347,11 @@ class SCAD(Penalty):
     """
 
     name = "scad"
-    PARAM_NAMES = ("a",)
+    PARAM_NAMES, PARAM_HELP = ("a",), {"a": "> 2"}
 
     def __init__(self, lam: float, *, a: float = 3.7) -> None:
         super().__init__(lam)
-        self.a = _real(self.name, "a", a, "> 2", lambda v: v > 2.0)
+        self.a = _real(self.name, "a", a, self.PARAM_HELP["a"], lambda v: v > 2.0)
 
     def value(self, x: Tensor) -> Tensor:
         ax = _check_tensor(self.name, x).abs()
@@ -404,6 +403,7 @@ class SCAD(Penalty):
         return _keep_above(torch.copysign(x, y), ay, tau)
 
 
+# The one list of penalties: everything else reads names and defaults from it (penalty_registry)
 PENALTIES: dict[str, type[Penalty]] = {cls.name: cls for cls in (L1, Lp, TL1, MCP, SCAD)}
 
 

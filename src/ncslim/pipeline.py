@@ -17,6 +17,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from . import __version__, distributed
 from .config import DATA_RECORD, Config
 from .data import ImageData, load_dataset
 from .io import atomic_write_text, run_lock, save_model
+from .methods import make_method
 from .metrics import (
     count_flops,
     count_params,
@@ -37,7 +39,7 @@ from .metrics import (
 )
 from .models import SlimmableNet, build_model
 from .progress import RunProgress
-from .pruning import PruneReport, prune_model, prune_to_flops
+from .pruning import PruneReport, prune_model, prune_to_budget
 from .regularizer import find_scales
 from .train import Trainer, evaluate, gamma_stats, resolve_device, steps_per_epoch
 from .vcp import vcp_scores
@@ -172,18 +174,25 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
 
 
 def prune(model: nn.Module, cfg: Config) -> tuple[SlimmableNet, PruneReport]:
-    """Prune by the config's rule: ``threshold``, else ``target_flops``, else ``ratio``."""
+    """Prune by the config's rule, the one rule of run, prune, its dry run and sweeps.
+
+    VCP's own rule with ``penalty = "vcp"``; else ``threshold``, ``target_flops``,
+    ``target_params`` or ``ratio`` (:meth:`Config.prune_rule`), each with ``min_channels``,
+    ``round_to`` and ``compensate``.
+    """
     options = {"min_channels": cfg.min_channels, "round_to": cfg.round_to,
-               "compensate": cfg.compensate}
+               "compensate": cfg.compensates()}
     if cfg.penalty == "vcp":  # VCP's own rule: |mu| <= vcp_mu and sigma <= vcp_sigma
         return prune_model(model, threshold=1.0, scores=vcp_rule_scores(model, cfg), **options)
     rule = cfg.prune_rule()
-    if "target_flops" in rule:
-        log.info("searching the prune ratio that keeps %g of the FLOPs (counts FLOPs at each "
-                 "step)", rule["target_flops"])
-        return prune_to_flops(model, rule["target_flops"], **options)
+    for key, measure, what in (("target_flops", "flops", "FLOPs"),
+                               ("target_params", "params", "parameters")):
+        if key in rule:
+            log.info("searching the prune ratio that keeps %g of the %s (counts them at each "
+                     "step)", rule[key], what)
+            return prune_to_budget(model, rule[key], measure, **options)
     log.info("pruning by %s (and counting parameters and FLOPs)",
-             ", ".join(f"{k} {v:g}" for k, v in rule.items()))
+             ", ".join(f"{k} {v:g}" for k, v in rule.items() if v is not None))
     return prune_model(model, **rule, **options)
 
 
@@ -197,12 +206,23 @@ def vcp_rule_scores(model: nn.Module, cfg: Config) -> dict[str, torch.Tensor]:
     return vcp_scores(find_scales(model), sigmas, cfg.vcp_mu, cfg.vcp_sigma)
 
 
-def prune_dry_run(model: SlimmableNet, cfg: Config,
-                  ratios: list[float]) -> list[tuple[SlimmableNet, PruneReport]]:
-    """The pruned model and its report at each ratio; nothing is written."""
-    options = {"min_channels": cfg.min_channels, "round_to": cfg.round_to,
-               "compensate": cfg.compensate}
-    return [prune_model(model, ratio=r, **options) for r in ratios]
+def prune_dry_run(model: SlimmableNet, cfg: Config, ratios: list[float] | None = None,
+                  ) -> list[tuple[str, tuple[SlimmableNet, PruneReport]]]:
+    """Each pruning of a dry run, labelled: at each of ``ratios``, or by the config's own rule
+    when ``ratios`` is None (and always with VCP, whose rule has no ratio). Nothing is written.
+
+    Every one goes through :func:`prune`, so ``min_channels``, ``round_to`` and ``compensate``
+    apply; the labels read "ratio 0.3", "threshold 0.01", "target-flops 0.4",
+    "target-params 0.3" or "VCP rule".
+    """
+    if cfg.penalty == "vcp":
+        return [("VCP rule", prune(model, cfg))]
+    if ratios is None:
+        ((key, value),) = cfg.prune_rule().items()
+        pruned = prune(model, cfg)  # first: it names a missing rule better than the label
+        return [(f"{key.replace('_', '-')} {value:g}", pruned)]
+    no_rule = {"threshold": None, "target_flops": None, "target_params": None}
+    return [(f"ratio {r:g}", prune(model, replace(cfg, ratio=r, **no_rule))) for r in ratios]
 
 
 def finetune(model: SlimmableNet, data: ImageData, cfg: Config, out: Path,
@@ -215,8 +235,8 @@ def finetune(model: SlimmableNet, data: ImageData, cfg: Config, out: Path,
         model = build_model(config.pop("arch"), **config).to(data.train_images.device)
         model.pruned_from = pruned_from
     model.trained_on = data_record(cfg)
-    result = Trainer(model, data, cfg, out, finetune_epochs(cfg), sparsity=False,
-                     progress=progress).fit(resume)
+    stage = cfg if cfg.finetune_lr is None else replace(cfg, lr=cfg.finetune_lr)
+    result = Trainer(model, data, stage, out, finetune_epochs(cfg), progress=progress).fit(resume)
     return result.model, result.test_acc
 
 
@@ -242,7 +262,9 @@ def sparsity_stage(cfg: Config, data: ImageData, stage_dir: Path, resume: bool =
                    progress: RunProgress | None = None) -> tuple[SlimmableNet, float]:
     """Sparsity training of a new model (or its resumption); the model and its test accuracy."""
     model = new_model(cfg, data).to(data.train_images.device)
-    trained = Trainer(model, data, cfg, stage_dir, cfg.epochs, sparsity=True,
+    method = make_method(cfg, model, data.train_labels.numel(),
+                         cfg.epochs * steps_per_epoch(data, cfg))
+    trained = Trainer(model, data, cfg, stage_dir, cfg.epochs, method,
                       progress=progress).fit(resume)
     return trained.model, trained.test_acc
 

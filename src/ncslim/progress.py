@@ -112,6 +112,8 @@ class RunProgress:
             parts.append(f"|gamma|<1e-2 {100 * self.status['small']:.1f}%")
         if "lam" in self.status:
             parts.append(f"lam {self.status['lam']:.3g}")
+        if "distance" in self.status:  # lam auto: the share still to bring near zero
+            parts.append(f"to target {100 * self.status['distance']:+.1f}%")
         remaining = self.remaining_s()
         if remaining is not None:
             parts.append(f"run left {format_seconds(remaining)}")

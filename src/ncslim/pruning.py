@@ -8,13 +8,14 @@
 
 The rule of network slimming: rank the |gamma| of every prunable BN globally and remove the lowest
 ``ratio`` of them, or remove every channel with |gamma| <= ``threshold`` (0 removes exactly the
-zeros that proximal training leaves). The model family says which layers each BN couples (its
-:class:`~ncslim.models.PruneSlot` list); this module only slices tensors along those couplings.
+zeros that proximal training leaves); that rule lives in :mod:`ncslim.selection`. The model
+family says which layers each BN couples (its :class:`~ncslim.models.PruneSlot` list); this module
+only slices tensors along those couplings. :func:`prune_to_budget` searches the ratio that keeps a
+given fraction of the FLOPs or of the parameters.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -22,9 +23,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from .generic import prune_generic
 from .metrics import count_flops, count_params
 from .models import PruneSlot, SlimmableNet, build_model
 from .regularizer import unwrap
+from .selection import channel_scores, check_rule, select_channels
 
 Keep = dict[str, torch.Tensor]  # BN name -> sorted indices of the channels that stay
 
@@ -77,50 +80,10 @@ class PruneReport:
                      f"({self.flops_removed:.1%} removed)")
         if self.floored:
             lines.append(f"kept at the min_channels floor: {', '.join(self.floored)}")
+        if self.compensated:
+            lines.append("compensated: the mean output of the removed channels is folded into "
+                         "the layers that read them")
         return "\n".join(lines)
-
-
-def _check_args(ratio: float | None, threshold: float | None, min_channels: int,
-                round_to: int) -> None:
-    if (ratio is None) == (threshold is None):
-        raise ValueError("prune_model: give exactly one of ratio or threshold")
-    if ratio is not None and not 0.0 <= ratio < 1.0:
-        raise ValueError(f"prune ratio must be in [0, 1), got {ratio}")
-    if threshold is not None and not (threshold >= 0.0 and math.isfinite(threshold)):
-        raise ValueError(f"prune threshold must be a finite number >= 0, got {threshold}")
-    if not isinstance(min_channels, int) or min_channels < 1:
-        raise ValueError(f"min_channels must be an int >= 1, got {min_channels}")
-    if not isinstance(round_to, int) or round_to < 1:
-        raise ValueError(f"round_to must be an int >= 1, got {round_to}")
-
-
-def _global_keep(scores: torch.Tensor, ratio: float | None,
-                 threshold: float | None) -> tuple[torch.Tensor, float]:
-    """Mask over all prunable channels, and the |gamma| threshold it amounts to."""
-    if threshold is not None:
-        return scores > threshold, threshold
-    removed = int(ratio * scores.numel())
-    keep = torch.ones_like(scores, dtype=torch.bool)
-    if removed == 0:
-        return keep, 0.0
-    order = torch.argsort(scores, stable=True)
-    keep[order[:removed]] = False
-    return keep, float(scores[order[removed - 1]])
-
-
-def _layer_keep(scores: torch.Tensor, mask: torch.Tensor, min_channels: int,
-                round_to: int) -> tuple[torch.Tensor, bool]:
-    """Indices kept in one layer after the floor and the rounding; whether the floor applied."""
-    total = scores.numel()
-    count = int(mask.sum())
-    floored = count < min(min_channels, total)
-    target = max(count, min(min_channels, total))
-    target = min(total, -(-target // round_to) * round_to)
-    if target == count:
-        return mask.nonzero().flatten(), floored
-    # Kept channels first, then the strongest of the removed ones.
-    ranked = torch.where(mask, torch.full_like(scores, math.inf), scores)
-    return ranked.topk(target).indices.sort().values, floored
 
 
 def _removed_output(bn: nn.BatchNorm2d) -> torch.Tensor:
@@ -265,7 +228,7 @@ def prune_model(
     ``VariationalScales.scores()`` with ``threshold=1.0``.
     """
     model = unwrap(model)
-    _check_args(ratio, threshold, min_channels, round_to)
+    check_rule(ratio, threshold, min_channels, round_to)
     if not isinstance(model, SlimmableNet):
         return _prune_other(model, ratio, threshold, min_channels, round_to, compensate,
                             example_inputs, ignored_layers, scores)
@@ -274,15 +237,11 @@ def prune_model(
                          "prune every BN-scored layer (use min_channels to keep some width)")
     slots = model.prune_slots()
     modules = dict(model.named_modules())
-    layer_scores = [_scores(modules, slot.bn, scores) for slot in slots]
-    mask, cut = _global_keep(torch.cat(layer_scores), ratio, threshold)
-    keep: Keep = {}
-    floored: list[str] = []
-    for slot, scores, layer_mask in zip(slots, layer_scores,
-                                        mask.split([s.numel() for s in layer_scores])):
-        keep[slot.bn], hit_floor = _layer_keep(scores, layer_mask, min_channels, round_to)
-        if hit_floor:
-            floored.append(slot.bn)
+    layer_scores = [channel_scores(modules, slot.bn, scores) for slot in slots]
+    chosen = select_channels(layer_scores, ratio, threshold, min_channels, round_to)
+    keep: Keep = {slot.bn: kept for slot, kept in zip(slots, chosen.keep)}
+    floored = [slot.bn for slot, hit in zip(slots, chosen.floored) if hit]
+    cut = chosen.threshold
     mean_shift, bias_add = _compensation(model, slots, keep) if compensate else ({}, {})
     needs_bias = any(modules[name].bias is None for name in bias_add)
     spec = model.channels_after({k: v.tolist() for k, v in keep.items()}, stream_bias=needs_bias)
@@ -314,25 +273,11 @@ def _report(model: nn.Module, small: nn.Module, shape: Sequence[int], layers: li
     )
 
 
-def _scores(modules: dict[str, nn.Module], bn: str,
-            scores: Mapping[str, torch.Tensor] | None) -> torch.Tensor:
-    """The ranking scores of one BN's channels: ``scores[bn]`` if given, else |gamma|."""
-    weight = modules[bn].weight.detach()
-    if scores is None:
-        return weight.abs().float()
-    if bn not in scores or scores[bn].numel() != weight.numel():
-        raise ValueError(f"scores must hold {weight.numel()} values for BN {bn}, got "
-                         f"{'none' if bn not in scores else scores[bn].numel()}")
-    return scores[bn].detach().to(weight.device).float().flatten()
-
-
 def _prune_other(model: nn.Module, ratio: float | None, threshold: float | None,
                  min_channels: int, round_to: int, compensate: bool,
                  example_inputs: torch.Tensor | None,
                  ignored_layers: Sequence[nn.Module | str] | None,
                  scores: Mapping[str, torch.Tensor] | None) -> tuple[nn.Module, PruneReport]:
-    from .generic import prune_generic
-
     if not isinstance(example_inputs, torch.Tensor):
         raise ValueError(f"prune_model needs example_inputs (a tensor batch, e.g. "
                          f"torch.randn(1, 3, 224, 224)) to prune a {type(model).__name__}: its "
@@ -346,30 +291,57 @@ def _prune_other(model: nn.Module, ratio: float | None, threshold: float | None,
     return small, _report(model, small, shape, layers, floored, cut, ratio, False)
 
 
-def prune_to_flops(model: nn.Module, target: float, iterations: int = 14,
-                   **options: Any) -> tuple[nn.Module, PruneReport]:
-    """Prune the smallest global ratio whose FLOPs fall to ``target`` x the original or below.
+MEASURES = {"flops": ("FLOPs", "--target-flops"), "params": ("parameters", "--target-params")}
 
-    Bisection over the ratio (FLOPs fall as the ratio grows); ``options`` go to
-    :func:`prune_model` (``min_channels``, ``round_to``, ``compensate``, and for other models
-    ``example_inputs`` and ``ignored_layers``).
+
+def _sizes(report: PruneReport, measure: str) -> tuple[int, int]:
+    """``measure`` (FLOPs or parameters) of the pruned model and of the original."""
+    if measure == "flops":
+        return report.flops_after, report.flops_before
+    return report.params_after, report.params_before
+
+
+def _fits(report: PruneReport, measure: str, fraction: float) -> bool:
+    after, before = _sizes(report, measure)
+    return after <= fraction * before
+
+
+def prune_to_budget(model: nn.Module, fraction: float, measure: str = "flops",
+                    iterations: int = 14, **options: Any) -> tuple[nn.Module, PruneReport]:
+    """Prune the smallest global ratio whose ``measure`` falls to ``fraction`` x the original.
+
+    ``measure`` is ``"flops"`` or ``"params"``; both fall as the ratio grows, so the ratio is
+    found by bisection. ``options`` go to :func:`prune_model` (``min_channels``, ``round_to``,
+    ``compensate``, ``scores``, and for other models ``example_inputs`` and ``ignored_layers``).
     """
-    if not 0.0 < target <= 1.0:
-        raise ValueError(f"target FLOPs fraction must be in (0, 1], got {target}")
+    if measure not in MEASURES:
+        raise ValueError(f"measure must be one of {', '.join(MEASURES)}, got {measure!r}")
+    what, flag = MEASURES[measure]
+    if not (isinstance(fraction, (int, float)) and 0.0 < fraction <= 1.0):
+        raise ValueError(f"{flag} (the fraction of {what} kept) must be in (0, 1], "
+                         f"got {fraction}")
     low, high = 0.0, 1.0 - 1e-9
     best = prune_model(model, ratio=low, **options)
-    if best[1].flops_after <= target * best[1].flops_before:
+    if _fits(best[1], measure, fraction):
         return best
     best = prune_model(model, ratio=high, **options)
-    if best[1].flops_after > target * best[1].flops_before:
-        raise ValueError(f"FLOPs cannot fall to {target:.1%} of the original even at ratio ~1 "
-                         f"(reached {best[1].flops_after / best[1].flops_before:.1%}); "
-                         f"lower --min-channels or --round-to")
+    if not _fits(best[1], measure, fraction):
+        after, before = _sizes(best[1], measure)
+        raise ValueError(f"{what} cannot fall to {fraction:.1%} of the original ({flag}) even "
+                         f"at ratio ~1 (reached {after / before:.1%}); lower "
+                         f"--min-channels or --round-to")
     for _ in range(iterations):
         middle = 0.5 * (low + high)
         candidate = prune_model(model, ratio=middle, **options)
-        if candidate[1].flops_after <= target * candidate[1].flops_before:
+        if _fits(candidate[1], measure, fraction):
             high, best = middle, candidate
         else:
             low = middle
     return best
+
+
+def prune_to_flops(model: nn.Module, target: float, iterations: int = 14,
+                   **options: Any) -> tuple[nn.Module, PruneReport]:
+    """Prune the smallest global ratio whose FLOPs fall to ``target`` x the original or below
+    (:func:`prune_to_budget` with ``measure="flops"``)."""
+    return prune_to_budget(model, target, "flops", iterations, **options)

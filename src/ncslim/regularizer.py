@@ -36,22 +36,13 @@ import torch
 from torch import nn
 
 from .penalties import Penalty
+from .sparsity import SparsityMethod, unwrap
+
+__all__ = ["MODES", "SparsityRegularizer", "find_scales", "unwrap"]
 
 Mode = Literal["subgradient", "proximal"]
 MODES = ("subgradient", "proximal")
 LayerFilter = Iterable[str] | Callable[[str, nn.Module], bool] | None
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module inside DistributedDataParallel / DataParallel / torch.compile wrappers."""
-    while True:
-        for attr in ("module", "_orig_mod"):
-            inner = getattr(model, attr, None)
-            if isinstance(inner, nn.Module):
-                model = inner
-                break
-        else:
-            return model
 
 
 def find_scales(model: nn.Module, layers: LayerFilter = None) -> dict[str, nn.Parameter]:
@@ -78,7 +69,7 @@ def find_scales(model: nn.Module, layers: LayerFilter = None) -> dict[str, nn.Pa
     return {name: m.weight for name, m in chosen.items()}
 
 
-class SparsityRegularizer:
+class SparsityRegularizer(SparsityMethod):
     """Applies ``penalty`` to the BN scaling factors of ``model``.
 
     ``mode="subgradient"`` (the paper): call :meth:`apply_gradient` after ``loss.backward()``.
@@ -100,19 +91,40 @@ class SparsityRegularizer:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         if not isinstance(penalty, Penalty):
             raise TypeError(f"penalty must be a Penalty (ncslim.make_penalty), got {penalty!r}")
-        self.model = unwrap(model)
+        super().__init__(model)
         self.penalty = penalty
         self.mode = mode
+        proximal = mode == "proximal"  # the hooks are bound once, not chosen at every step
+        self.after_backward = self._nothing if proximal else self.apply_gradient  # type: ignore
+        self.after_step = self.proximal_step if proximal else self._ignore_lr  # type: ignore
         self.decay_gammas = decay_gammas
         scales = find_scales(self.model, layers)
         self.names = list(scales)
         self.gammas = list(scales.values())
         self.sizes = [g.numel() for g in self.gammas]
         self._flat = torch.empty(0)
+        # which channels the penalty acts on (None: all); the lambda controller sets it to the
+        # channels its pruning target removes, so that the others train free of the penalty
+        self.mask: torch.Tensor | None = None
 
     def __repr__(self) -> str:
         return (f"SparsityRegularizer({self.penalty!r}, mode={self.mode!r}, "
                 f"{len(self.gammas)} layers, {sum(self.sizes)} channels)")
+
+    @property
+    def lam(self) -> float:
+        return self.penalty.lam
+
+    def end_epoch(self) -> dict[str, float]:
+        return {"lam": self.penalty.lam, "penalty": float(self.penalty_value())}
+
+    @staticmethod
+    def _nothing() -> None:
+        pass
+
+    @staticmethod
+    def _ignore_lr(lr: float) -> None:
+        pass
 
     def _gather(self) -> torch.Tensor:
         """All gammas as one flat vector, in a buffer reused from step to step."""
@@ -133,7 +145,10 @@ class SparsityRegularizer:
                      for g, grad in zip(self.gammas, grads)]
             for g, grad in zip(self.gammas, grads):
                 g.grad = grad
-        torch._foreach_add_(grads, self.penalty.grad(self._gather()).split(self.sizes))
+        step = self.penalty.grad(self._gather())
+        if self.mask is not None:
+            step = step * self.mask
+        torch._foreach_add_(grads, step.split(self.sizes))
 
     @torch.no_grad()
     def proximal_step(self, lr: float) -> None:
@@ -141,13 +156,17 @@ class SparsityRegularizer:
         if self.mode != "proximal":
             raise RuntimeError("proximal_step() is for mode='proximal'; in subgradient mode "
                                "call apply_gradient() after loss.backward()")
-        lr = float(lr)
-        torch._foreach_copy_(self.gammas, self.penalty.prox(self._gather(), lr).split(self.sizes))
+        flat = self._gather()
+        new = self.penalty.prox(flat, float(lr))
+        if self.mask is not None:
+            new = torch.where(self.mask, new, flat)
+        torch._foreach_copy_(self.gammas, new.split(self.sizes))
 
     @torch.no_grad()
     def penalty_value(self) -> torch.Tensor:
-        """The penalty summed over all gammas, as a 0-dim tensor (no device sync)."""
-        return self.penalty.value(self._gather()).sum()
+        """The penalty summed over the gammas it acts on, as a 0-dim tensor (no device sync)."""
+        value = self.penalty.value(self._gather())
+        return (value if self.mask is None else value * self.mask).sum()
 
     @torch.no_grad()
     def scales(self) -> torch.Tensor:

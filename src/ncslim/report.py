@@ -121,7 +121,7 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
         cells = [_mean_std([r[k] for r in group]) for k in
                  ("acc_sparse", "acc_pruned", "acc_finetuned", "params_removed", "flops_removed")]
         speedup = statistics.mean(r["speedup"] for r in group)
-        lam_text = f"{lam:g}" if lam else "—"
+        lam_text = "—" if not lam else lam if isinstance(lam, str) else f"{lam:g}"
         lines.append(f"| {setting} | {lam_text} | {rule} | {len(group)} | "
                      + " | ".join(cells) + f" | x{speedup:.2f} |")
     return "\n".join(lines) + "\n"

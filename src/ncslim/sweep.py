@@ -32,9 +32,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .config import Config, load_config, read_preset
+from .config import AUTO, Config, load_config, read_preset
 from .data import ImageData
 from .io import run_lock
+from .penalty_registry import stray_params
 from .pipeline import load_data, prune_and_finetune, sparsity_stage, write_config
 from .train import resolve_device
 
@@ -55,7 +56,9 @@ class SweepRun:
         return Path(self.config.out)
 
     def ratio_dir(self, ratio: float | None) -> Path:
-        return self.dir / ("vcp-rule" if ratio is None else f"ratio-{ratio:g}")
+        if ratio is None:  # the run's own rule: VCP's, or the target that --lam auto aimed at
+            return self.dir / ("vcp-rule" if self.config.penalty == "vcp" else "target")
+        return self.dir / f"ratio-{ratio:g}"
 
     def status(self) -> str:
         done = sum((self.ratio_dir(r) / "results.json").exists() for r in self.ratios)
@@ -68,8 +71,9 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list) else [value]
 
 
-def _run_name(values: dict[str, Any], seed: int) -> str:
-    parts = [str(values.get("penalty", "l1"))]
+def _run_name(values: dict[str, Any], seed: int, penalty: str | None) -> str:
+    """``penalty``, the other grid values (mode last) and the seed: ``lp_p0.75_proximal_s0``."""
+    parts = [] if penalty is None else [str(penalty)]
     for key in sorted(k for k in values if k not in ("penalty", "mode")):
         short = key.removeprefix("vcp_")
         parts.append(f"{short}{values[key]:g}" if isinstance(values[key], float)
@@ -96,17 +100,31 @@ def expand(spec: dict[str, Any], source: str = "sweep") -> list[SweepRun]:
         for combo in itertools.product(*(_as_list(block[k]) for k in keys)):
             values = dict(zip(keys, combo))
             for seed in seeds:
-                name = _run_name(values, seed)
-                overrides = {**spec.get("base", {}), **values, "seed": seed,
-                             "out": str(out / name)}
-                try:
-                    cfg = load_config(spec.get("preset"), overrides)
-                except ValueError as err:
-                    raise ValueError(f"{source}: run {name}: {err}") from err
-                for ratio in ratios:
-                    replace(cfg, ratio=ratio).validate()
-                runs[name] = SweepRun(name, cfg, (None,) if cfg.penalty == "vcp" else ratios)
+                run = _sweep_run(spec, values, seed, ratios, out, source)
+                runs[run.name] = run
     return [runs[name] for name in sorted(runs)]
+
+
+def _sweep_run(spec: dict[str, Any], values: dict[str, Any], seed: int,
+               ratios: tuple[float, ...], out: Path, source: str) -> SweepRun:
+    """The run of one grid point, validated at each ratio; named after the penalty it trains
+    with (the grid's, else the base's or the preset's)."""
+    name = _run_name(values, seed, values.get("penalty"))
+    try:
+        cfg = load_config(spec.get("preset"), {**spec.get("base", {}), **values, "seed": seed})
+        name = _run_name(values, seed, cfg.penalty)
+        stray = stray_params(cfg.penalty, values)
+        if stray:
+            raise ValueError(f"{', '.join(stray)} does not act on --penalty {cfg.penalty} "
+                             f"(its parameters: {', '.join(cfg.penalty_params()) or 'none'}); "
+                             f"give it in a [[grid]] block of the penalties that take it")
+        own_rule = cfg.penalty == "vcp" or cfg.lam == AUTO  # pruned by what it trained for
+        for ratio in () if own_rule else ratios:
+            replace(cfg, ratio=ratio).validate()
+    except ValueError as err:
+        raise ValueError(f"{source}: run {name}: {err}") from err
+    cfg = replace(cfg, out=str(out / name))
+    return SweepRun(name, cfg, (None,) if own_rule else ratios)
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
@@ -158,7 +176,8 @@ def _execute(run: SweepRun, cache: dict[tuple[Any, ...], ImageData]) -> None:
         for ratio in run.ratios:
             if (run.ratio_dir(ratio) / "results.json").exists():
                 continue
-            ratio_cfg = replace(cfg, ratio=ratio, threshold=None, target_flops=None,
-                                out=str(run.ratio_dir(ratio)))
+            ratio_cfg = (replace(cfg, out=str(run.ratio_dir(ratio))) if ratio is None else
+                         replace(cfg, ratio=ratio, threshold=None, target_flops=None,
+                                 target_params=None, out=str(run.ratio_dir(ratio))))
             prune_and_finetune(model, sparse_acc, data, ratio_cfg, run.ratio_dir(ratio),
                                resume=True)

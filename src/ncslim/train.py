@@ -35,10 +35,9 @@ from .io import (
     model_payload,
     safe_load,
 )
-from .penalties import make_penalty
 from .progress import EpochProgress, RunProgress
-from .regularizer import SparsityRegularizer, find_scales
-from .vcp import VariationalScales
+from .regularizer import find_scales
+from .sparsity import SparsityMethod
 
 log = logging.getLogger("ncslim")
 
@@ -78,6 +77,12 @@ def lr_at(cfg: Config, epoch: int, epochs: int) -> float:
     if cfg.schedule == "cosine":
         return 0.5 * cfg.lr * (1.0 + math.cos(math.pi * epoch / max(epochs, 1)))
     return cfg.lr * (0.1 ** ((epoch >= 0.5 * epochs) + (epoch >= 0.75 * epochs)))
+
+
+def sgd(cfg: Config, method: SparsityMethod) -> torch.optim.SGD:
+    """The paper's optimizer over the method's parameter groups."""
+    return torch.optim.SGD(method.param_groups(cfg.weight_decay), lr=cfg.lr,
+                           momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
 
 
 def steps_per_epoch(data: ImageData, cfg: Config) -> int:
@@ -135,7 +140,11 @@ class Trainer:
     """One training stage of one model: ``Trainer(...).fit()`` runs (or resumes) it."""
 
     def __init__(self, model: nn.Module, data: ImageData, cfg: Config, stage_dir: Path,
-                 epochs: int, sparsity: bool, progress: RunProgress | None = None) -> None:
+                 epochs: int, method: SparsityMethod | None = None,
+                 optimizer: torch.optim.Optimizer | None = None,
+                 progress: RunProgress | None = None) -> None:
+        """Train ``model`` with ``method`` (default: no sparsity) and ``optimizer`` (default:
+        :func:`sgd` over the method's parameter groups)."""
         self.model, self.data, self.cfg, self.epochs = model, data, cfg, epochs
         self.dir = Path(stage_dir)
         self.device = data.train_images.device
@@ -143,19 +152,8 @@ class Trainer:
         self.progress = progress or RunProgress(epochs * self.steps, distributed.is_main())
         if cfg.channels_last:
             model.to(memory_format=torch.channels_last)
-        self.reg: SparsityRegularizer | VariationalScales | None = None
-        if sparsity and cfg.penalty == "vcp":
-            kl_weight = (1.0 / data.train_labels.numel() if cfg.vcp_kl_weight is None
-                         else cfg.vcp_kl_weight)
-            self.reg = VariationalScales(model, kl_weight, cfg.vcp_sigma_init, seed=cfg.seed)
-        elif sparsity and cfg.penalty != "none":
-            penalty = make_penalty(cfg.penalty, cfg.lam, **cfg.penalty_params())
-            self.reg = SparsityRegularizer(model, penalty, cfg.mode,
-                                           decay_gammas=cfg.decay_gammas)
-        groups = (self.reg.param_groups(cfg.weight_decay) if self.reg
-                  else [{"params": list(model.parameters()), "weight_decay": cfg.weight_decay}])
-        self.opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
-                                   nesterov=cfg.nesterov and cfg.momentum > 0)
+        self.method = method or SparsityMethod(model)
+        self.opt = optimizer or sgd(cfg, self.method)
         use_scaler = cfg.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         self.part = (distributed.rank(), distributed.world_size())
@@ -173,7 +171,7 @@ class Trainer:
 
     def train_epoch(self, epoch: int, lr: float, progress: EpochProgress) -> dict[str, float]:
         """One pass over the training set; the hot loop."""
-        model, opt, scaler, reg, cfg = self.forward, self.opt, self.scaler, self.reg, self.cfg
+        model, opt, scaler, method, cfg = self.forward, self.opt, self.scaler, self.method, self.cfg
         for group in opt.param_groups:
             group["lr"] = lr
         self.model.train()
@@ -182,9 +180,7 @@ class Trainer:
         first_bad = torch.full((), -1, device=self.device, dtype=torch.long)  # first NaN/inf step
         seen = 0
         generator = epoch_generator(self.device, cfg.seed, epoch)
-        variational = isinstance(reg, VariationalScales)
-        if variational:
-            reg.reseed(cfg.seed, epoch)
+        method.begin_epoch(cfg.seed, epoch)
         for step, (x, y) in enumerate(batches(
                 self.data.train_images, self.data.train_labels, cfg.batch_size,
                 info=self.data.info, train=True, generator=generator, drop_last=True,
@@ -193,24 +189,22 @@ class Trainer:
                 out = model(x)
                 loss = F.cross_entropy(out.float(), y)
             opt.zero_grad(set_to_none=True)
-            scaler.scale(loss + reg.kl() if variational else loss).backward()
-            if variational:
-                reg.average_gradients()  # under torchrun: log sigma lives outside DDP's model
-            if reg is not None and reg.mode == "subgradient":
-                scaler.unscale_(opt)  # the penalty must see true gradients, not scaled ones
-                reg.apply_gradient()
+            scaler.scale(loss + method.loss_term()).backward()
+            scaler.unscale_(opt)  # the method must see true gradients, not scaled ones
+            method.after_backward()
             scaler.step(opt)
             scaler.update()
-            if reg is not None and reg.mode == "proximal":
-                reg.proximal_step(lr)
+            method.after_step(lr)
             loss = loss.detach()
             loss_sum += loss * y.numel()
             correct += (out.argmax(1) == y).sum()
             first_bad = torch.where((first_bad < 0) & ~loss.isfinite(), step, first_bad)
             seen += y.numel()
             reading = progress.step(loss)  # the loss of earlier steps; never waits for the device
-            if reading is not None and not math.isfinite(reading):
-                self._diverged("the loss", epoch, int(first_bad))
+            if reading is not None:
+                if not math.isfinite(reading):
+                    self._diverged("the loss", epoch, int(first_bad))
+                self.progress.note(lam=method.lam)  # a host float: the controller moves it
         if first_bad.item() >= 0:  # sync point, once per epoch
             self._diverged("the loss", epoch, int(first_bad))
         loss_sum, correct, images = distributed.all_sum(
@@ -228,7 +222,7 @@ class Trainer:
 
     def fit(self, resume: bool = False) -> StageResult:
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.progress.begin_stage(lam=self._lam())
+        self.progress.begin_stage(lam=self.method.lam)
         if resume:
             self._restore()
             self.progress.skip(self.start_epoch * self.steps)
@@ -238,9 +232,7 @@ class Trainer:
         for epoch in range(self.start_epoch, self.epochs):
             self._run_epoch(epoch)
         distributed.plain_batchnorm(self.model)
-        if isinstance(self.reg, VariationalScales):  # sampling ends; the sigmas stay on the model
-            self.reg.remove()
-            self.model.vcp_sigma = self.reg.sigmas()  # also when a resume had no epoch left
+        self.method.finish()  # also when a resume had no epoch left
         acc = self.history[-1]["test_acc"] if self.history else evaluate(
             self.model, self.data, self.cfg.channels_last, self.cfg.amp)[0]
         return StageResult(self.model, acc, self.epochs, self.history)
@@ -258,13 +250,11 @@ class Trainer:
         record = {"epoch": epoch + 1, "lr": lr, **stats, "test_acc": test_acc,
                   "test_loss": test_loss, "epoch_time": seconds,
                   "images_per_s": stats["images"] / seconds, **gamma_stats(self.model)}
-        record["lam"] = self._lam()
-        if self.reg is not None:
-            record["penalty"] = float(self.reg.penalty_value())
-        if isinstance(self.reg, VariationalScales):  # they travel in every model payload
-            self.model.vcp_sigma = self.reg.sigmas()
+        record.update(self.method.end_epoch())
         self._check_gammas(epoch)
-        self.progress.note(test_acc=test_acc, small=record["gamma_below_1e-2"], lam=record["lam"])
+        self.progress.note(test_acc=test_acc, small=record["gamma_below_1e-2"], lam=record["lam"],
+                           **({"distance": record["target_distance"]}
+                              if "target_distance" in record else {}))
         self.history.append(record)
         if distributed.is_main():
             self._save(record)
@@ -272,10 +262,6 @@ class Trainer:
                  "|gamma|<1e-2 %.1f%%  %.1fs  %.0f img/s", self.dir.name, epoch + 1, self.epochs,
                  record["train_loss"], 100 * record["train_acc"], 100 * test_acc, lr,
                  100 * record["gamma_below_1e-2"], seconds, record["images_per_s"])
-
-    def _lam(self) -> float:
-        """The penalty weight this stage trains with (0 without a penalty, and for VCP)."""
-        return self.cfg.lam if self.reg is not None and self.cfg.penalty != "vcp" else 0.0
 
     def _check_gammas(self, epoch: int) -> None:
         """The loss is watched step by step in :meth:`train_epoch`; the gammas once per epoch."""
@@ -294,8 +280,7 @@ class Trainer:
             "format": CHECKPOINT_FORMAT, "version": FORMAT_VERSION, "epoch": record["epoch"],
             "epochs": self.epochs, "best_acc": self.best_acc, "config": self.cfg.to_dict(),
             "model": payload, "optimizer": self.opt.state_dict(),
-            "scaler": self.scaler.state_dict(), "sparsity": self.reg is not None,
-            "vcp": self.reg.state_dict() if isinstance(self.reg, VariationalScales) else None,
+            "scaler": self.scaler.state_dict(), "method": self.method.state_dict(),
         }, self.dir / "last.pt")
 
     def _restore(self) -> None:
@@ -312,11 +297,10 @@ class Trainer:
         self.model.load_state_dict(state["model"]["state_dict"])
         self.opt.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
-        if isinstance(self.reg, VariationalScales):
-            if not state.get("vcp"):
-                raise ValueError(f"{path} was not trained with --penalty vcp; resume it with its "
-                                 f"own settings (config.json) or choose another --out")
-            self.reg.load_state_dict(state["vcp"])
+        try:  # checkpoints before the method protocol kept VCP's state under "vcp"
+            self.method.load_state_dict(state.get("method") or state.get("vcp") or {})
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
         self.start_epoch, self.best_acc = state["epoch"], state["best_acc"]
         self.history = _read_metrics(self.dir / "metrics.jsonl", keep=self.start_epoch,
                                      rewrite=distributed.is_main())

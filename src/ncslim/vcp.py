@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import distributed
-from .regularizer import LayerFilter, find_scales, unwrap
+from .regularizer import LayerFilter, find_scales
+from .sparsity import SparsityMethod
 
 MU_THRESHOLD = 0.02
 SIGMA_THRESHOLD = 0.01
@@ -51,14 +52,12 @@ def _sampled_batch_norm(bn: nn.modules.batchnorm._BatchNorm, log_sigma: torch.Te
                         0.0 if momentum is None else momentum, bn.eps)
 
 
-class VariationalScales:
+class VariationalScales(SparsityMethod):
     """Gaussian BN scales for ``model``: installs the sampling, holds sigma, gives the KL term.
 
     ``kl_weight`` multiplies the summed KL (against the *mean* cross-entropy: 1 / N_train is the
     ELBO's weight). The model's BN layers sample while it trains until :meth:`remove` is called.
     """
-
-    mode = "variational"
 
     def __init__(self, model: nn.Module, kl_weight: float, sigma_init: float = SIGMA_INIT,
                  layers: LayerFilter = None, seed: int = 0) -> None:
@@ -66,7 +65,7 @@ class VariationalScales:
             raise ValueError(f"vcp: kl_weight must be a finite number >= 0, got {kl_weight}")
         if not (sigma_init > 0 and math.isfinite(sigma_init)):
             raise ValueError(f"vcp: sigma_init must be a finite number > 0, got {sigma_init}")
-        self.model = unwrap(model)
+        super().__init__(model)
         self.kl_weight = float(kl_weight)
         scales = find_scales(self.model, layers)
         modules = dict(self.model.named_modules())
@@ -87,6 +86,25 @@ class VariationalScales:
     def reseed(self, seed: int, epoch: int) -> None:
         """The noise of an epoch comes from (seed, epoch): a resumed run draws the same."""
         self._noise.manual_seed(seed * 1_000_003 + epoch + 7)
+
+    # the sparsity-method hooks (ncslim.sparsity)
+    def begin_epoch(self, seed: int, epoch: int) -> None:
+        self.reseed(seed, epoch)
+
+    def loss_term(self) -> torch.Tensor:
+        return self.kl()
+
+    def after_backward(self) -> None:
+        self.average_gradients()  # under torchrun: log sigma lives outside DDP's model
+
+    def end_epoch(self) -> dict[str, float]:
+        self.model.vcp_sigma = self.sigmas()  # they travel in every model payload
+        return {"lam": 0.0, "penalty": float(self.penalty_value())}
+
+    def finish(self) -> None:
+        """Sampling ends; the sigmas stay on the model."""
+        self.remove()
+        self.model.vcp_sigma = self.sigmas()
 
     def remove(self) -> None:
         """Stop sampling: the BN layers are plain again (gamma = mu)."""
@@ -135,6 +153,9 @@ class VariationalScales:
         return {"log_sigma": {n: s.detach().clone() for n, s in zip(self.names, self.log_sigmas)}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "log_sigma" not in state:
+            raise ValueError("the checkpoint was not trained with --penalty vcp; resume it with "
+                             "its own settings (config.json) or choose another --out")
         stored = state["log_sigma"]
         if set(stored) != set(self.names):
             raise ValueError("the checkpoint's VCP sigmas belong to other BN layers")

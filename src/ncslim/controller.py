@@ -1,0 +1,140 @@
+"""``--lam auto``: lambda adapted while training, so that the channels a pruning target removes
+end with |gamma| near zero and the others are penalised as little as that allows.
+
+    reg = ncslim.SparsityRegularizer(model, ncslim.make_penalty("tl1", lam=START_LAM))
+    method = LambdaController(reg, target=0.5, total_steps=epochs * steps_per_epoch)
+    # then the hooks of ncslim.sparsity, as for any method: one call per step each
+
+The controller is integral control of log lambda on the share of scaling factors near zero:
+every ``every`` steps it measures ``share = mean(|gamma| <= zero)`` on the device and, one
+update later (so the loop never waits for the device, and every process and a resumed run see
+the same values), moves ``log lambda`` by ``gain * (wanted - share)``. ``wanted`` ramps from 0
+to the target's share over the first ``ramp`` of the steps (a tightening schedule) and then
+holds, so the sparsity settles while the learning rate is still high and the kept channels
+train on after it. Too few small gammas raise lambda, too many lower it. ``zero`` is
+``ZERO_SHARE`` of the gammas' initial median (0.01 for the reference initialisation, gamma 0.5).
+
+A target given as a FLOPs or parameter fraction becomes a share of channels once an epoch: the
+share that pruning to that budget would remove from the current model (``share_of``).
+docs/lambda-controller.md explains the choice and its measurements.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .regularizer import SparsityRegularizer
+from .sparsity import SparsityMethod
+
+START_LAM = 1e-4  # the paper's lambda for VGG: where the controller starts
+LAM_RANGE = (1e-7, 1.0)
+ZERO_SHARE = 0.02  # "near zero": below this share of the initial median |gamma|
+EVERY = 10  # steps between two updates
+GAIN = 0.5  # change of log lambda per update for a distance of 1 (all channels)
+RAMP = 0.4  # share of the training over which the wanted share grows to the target
+
+
+class LambdaController(SparsityMethod):
+    """A :class:`~ncslim.regularizer.SparsityRegularizer` whose lambda follows a target.
+
+    ``target`` is the share of channels pruning will remove (a ratio), or a function of the model
+    that returns it (called at the start of every epoch: FLOPs and parameter budgets).
+    """
+
+    def __init__(self, regularizer: SparsityRegularizer, target: float | Callable[[Any], float],
+                 total_steps: int, every: int = EVERY, gain: float = GAIN,
+                 ramp: float = RAMP) -> None:
+        super().__init__(regularizer.model)
+        if callable(target):
+            self._share_of, share = target, None
+        else:
+            if not 0.0 <= target < 1.0:
+                raise ValueError(f"the controller's target share must be in [0, 1), got {target}")
+            self._share_of, share = None, float(target)
+        self.reg = regularizer
+        self.total_steps, self.every, self.gain, self.ramp = max(total_steps, 1), every, gain, ramp
+        gammas = regularizer.scales().abs().float()
+        self.zero = ZERO_SHARE * float(gammas.median())
+        self.target_share = share if share is not None else 0.0
+        self.steps = 0
+        self.pending: torch.Tensor | None = None  # the last measurement, applied at the next update
+        self.after_backward = regularizer.after_backward  # type: ignore[method-assign]
+        self._aim()
+
+    @property
+    def lam(self) -> float:
+        return self.reg.penalty.lam
+
+    def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        return self.reg.param_groups(weight_decay)
+
+    def wanted(self) -> float:
+        """The share of near-zero gammas wanted now: the target, ramped in over the first steps."""
+        return self.target_share * min(1.0, self.steps / (self.ramp * self.total_steps))
+
+    def begin_epoch(self, seed: int, epoch: int) -> None:
+        if self._share_of is not None:
+            self.target_share = float(self._share_of(self.model))
+            self._aim()
+
+    def _aim(self) -> None:
+        """Point the penalty at the channels pruning to the target would remove now: the
+        ``target_share`` smallest |gamma| (on the device, no sync)."""
+        with torch.no_grad():
+            scales = self.reg._gather().abs()
+            count = round(self.target_share * scales.numel())
+            if count == 0:
+                self.reg.mask = torch.zeros_like(scales, dtype=torch.bool)
+                return
+            self.reg.mask = scales <= torch.kthvalue(scales.float(), count).values
+
+    def after_step(self, lr: float) -> None:
+        self.reg.after_step(lr)
+        self.steps += 1
+        if self.steps % self.every:
+            return
+        if self.pending is not None:
+            self._update(float(self.pending))  # measured `every` steps ago: long since computed
+        self.pending = self._measure()
+        self._aim()
+
+    def _measure(self) -> torch.Tensor:
+        with torch.no_grad():
+            return (self.reg._gather().abs() <= self.zero).float().mean()
+
+    def _update(self, share: float) -> None:
+        lam = self.reg.penalty.lam * math.exp(self.gain * (self.wanted() - share))
+        self.reg.penalty.lam = min(max(lam, LAM_RANGE[0]), LAM_RANGE[1])
+
+    def share_near_zero(self) -> float:
+        return float(self._measure())
+
+    def end_epoch(self) -> dict[str, float]:
+        share = self.share_near_zero()  # one sync an epoch, with the evaluation's
+        return {"lam": self.lam, "penalty": float(self.reg.penalty_value()),
+                "target_share": self.target_share, "share_near_zero": share,
+                "target_distance": self.target_share - share}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"lam": self.reg.penalty.lam, "steps": self.steps,
+                "target_share": self.target_share, "zero": self.zero,
+                "pending": None if self.pending is None else float(self.pending),
+                "mask": self.reg.mask.detach().cpu().clone()}  # aimed at the last update's gammas
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "lam" not in state or "steps" not in state:
+            raise ValueError("the checkpoint holds no lambda-controller state (it was not trained "
+                             "with --lam auto); resume it with its own settings (config.json)")
+        self.reg.penalty.lam = float(state["lam"])
+        self.steps, self.target_share = int(state["steps"]), float(state["target_share"])
+        self.zero = float(state["zero"])
+        device = self.reg.gammas[0].device
+        self.pending = (None if state["pending"] is None
+                        else torch.tensor(state["pending"], device=device))
+        if state.get("mask") is None or state["mask"].shape != self.reg.mask.shape:
+            raise ValueError("the checkpoint's lambda-controller state is for other channels")
+        self.reg.mask = state["mask"].to(device=device, dtype=torch.bool)

@@ -1,0 +1,52 @@
+"""The sparsity method a configuration asks for (``ncslim.sparsity`` defines the protocol).
+
+    method = make_method(cfg, model, n_train=20000, steps=8 * 312)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from .config import AUTO, Config
+from .controller import LambdaController
+from .penalties import make_penalty
+from .regularizer import SparsityRegularizer
+from .sparsity import SparsityMethod
+from .vcp import VariationalScales
+
+
+def make_method(cfg: Config, model: nn.Module, n_train: int, steps: int,
+                sparsity: bool = True) -> SparsityMethod:
+    """``sparsity=False`` (fine-tuning) or ``--penalty none``: no sparsity; ``vcp``: the
+    Bayesian baseline; else the penalty, with ``--lam auto`` under the lambda controller.
+    ``steps`` is the number of training steps of the stage (the controller's schedule)."""
+    if not sparsity or cfg.penalty == "none":
+        return SparsityMethod(model)
+    if cfg.penalty == "vcp":
+        kl_weight = 1.0 / n_train if cfg.vcp_kl_weight is None else cfg.vcp_kl_weight
+        return VariationalScales(model, kl_weight, cfg.vcp_sigma_init, seed=cfg.seed)
+    penalty = make_penalty(cfg.penalty, cfg.start_lam(), **cfg.penalty_params())
+    regularizer = SparsityRegularizer(model, penalty, cfg.mode, decay_gammas=cfg.decay_gammas)
+    if cfg.lam != AUTO:
+        return regularizer
+    return LambdaController(regularizer, target_of(cfg), total_steps=steps)
+
+
+def target_of(cfg: Config) -> float | Callable[[Any], float]:
+    """The share of channels the config's pruning rule removes: its ratio, or for a FLOPs or
+    parameter budget a function of the model (what pruning it now would remove)."""
+    rule = cfg.prune_rule()
+    if "ratio" in rule:
+        return float(rule["ratio"] or 0.0)
+    measure, fraction = next((k.removeprefix("target_"), v) for k, v in rule.items())
+    options = {"min_channels": cfg.min_channels, "round_to": cfg.round_to}
+
+    def share(model: nn.Module) -> float:
+        from .pruning import prune_to_budget
+
+        return prune_to_budget(model, fraction, measure=measure, **options)[1].removed_fraction
+
+    return share

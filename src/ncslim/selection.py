@@ -1,0 +1,97 @@
+"""The channel-selection rule of network slimming, shared by every pruning path.
+
+Which channels stay is decided here, once, from per-channel scores (|gamma| unless other scores
+are given): rank the scores of all prunable layers together and remove the lowest ``ratio`` of
+them, or remove every channel scoring <= ``threshold``; then no layer keeps fewer than
+``min_channels`` channels, and kept counts are rounded up to multiples of ``round_to``.
+
+:mod:`ncslim.pruning` (our own families) and :mod:`ncslim.generic` (any CNN, through
+Torch-Pruning) both apply it; this module depends on neither, nor on anything above them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Selection:
+    """The outcome of the rule over several layers (or coupled groups of channels)."""
+
+    keep: list[torch.Tensor]  # per layer: sorted indices of the channels that stay
+    threshold: float  # the score threshold the rule amounts to
+    floored: list[bool]  # per layer: whether the min_channels floor applied
+
+
+def check_rule(ratio: float | None, threshold: float | None, min_channels: int,
+               round_to: int) -> None:
+    """Raise ValueError unless exactly one of ratio / threshold is given and all are in range."""
+    if (ratio is None) == (threshold is None):
+        raise ValueError("prune_model: give exactly one of ratio or threshold")
+    if ratio is not None and not 0.0 <= ratio < 1.0:
+        raise ValueError(f"prune ratio must be in [0, 1), got {ratio}")
+    if threshold is not None and not (threshold >= 0.0 and math.isfinite(threshold)):
+        raise ValueError(f"prune threshold must be a finite number >= 0, got {threshold}")
+    if not isinstance(min_channels, int) or min_channels < 1:
+        raise ValueError(f"min_channels must be an int >= 1, got {min_channels}")
+    if not isinstance(round_to, int) or round_to < 1:
+        raise ValueError(f"round_to must be an int >= 1, got {round_to}")
+
+
+def channel_scores(modules: Mapping[str, nn.Module], bn: str,
+                   scores: Mapping[str, torch.Tensor] | None) -> torch.Tensor:
+    """The ranking scores of one BN's channels: ``scores[bn]`` if given, else |gamma|."""
+    weight = modules[bn].weight.detach()
+    if scores is None:
+        return weight.abs().float()
+    if bn not in scores or scores[bn].numel() != weight.numel():
+        raise ValueError(f"scores must hold {weight.numel()} values for BN {bn}, got "
+                         f"{'none' if bn not in scores else scores[bn].numel()}")
+    return scores[bn].detach().to(weight.device).float().flatten()
+
+
+def global_keep(scores: torch.Tensor, ratio: float | None,
+                threshold: float | None) -> tuple[torch.Tensor, float]:
+    """Mask over all prunable channels, and the score threshold it amounts to."""
+    if threshold is not None:
+        return scores > threshold, threshold
+    removed = int(ratio * scores.numel())
+    keep = torch.ones_like(scores, dtype=torch.bool)
+    if removed == 0:
+        return keep, 0.0
+    order = torch.argsort(scores, stable=True)
+    keep[order[:removed]] = False
+    return keep, float(scores[order[removed - 1]])
+
+
+def layer_keep(scores: torch.Tensor, mask: torch.Tensor, min_channels: int,
+               round_to: int) -> tuple[torch.Tensor, bool]:
+    """Indices kept in one layer after the floor and the rounding; whether the floor applied."""
+    total = scores.numel()
+    count = int(mask.sum())
+    floored = count < min(min_channels, total)
+    target = max(count, min(min_channels, total))
+    target = min(total, -(-target // round_to) * round_to)
+    if target == count:
+        return mask.nonzero().flatten(), floored
+    # Kept channels first, then the strongest of the removed ones.
+    ranked = torch.where(mask, torch.full_like(scores, math.inf), scores)
+    return ranked.topk(target).indices.sort().values, floored
+
+
+def select_channels(layer_scores: Sequence[torch.Tensor], ratio: float | None,
+                    threshold: float | None, min_channels: int, round_to: int) -> Selection:
+    """The rule over all layers: one global ranking, then each layer's floor and rounding."""
+    check_rule(ratio, threshold, min_channels, round_to)
+    mask, cut = global_keep(torch.cat(list(layer_scores)), ratio, threshold)
+    keep, floored = [], []
+    for scores, layer_mask in zip(layer_scores, mask.split([s.numel() for s in layer_scores])):
+        kept, hit_floor = layer_keep(scores, layer_mask, min_channels, round_to)
+        keep.append(kept)
+        floored.append(hit_floor)
+    return Selection(keep, cut, floored)

@@ -1,0 +1,203 @@
+"""One pruning rule: the modules that hold it, and ``ncslim prune`` (real and dry run) applying it.
+
+The CLI tests prune a saved tiny VGG with spread-out BN scales; they need no data set.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import spread_bn
+
+import ncslim
+from ncslim.cli import main
+
+SRC = Path(ncslim.__file__).parent
+RULE_MODULES = ("selection", "generic", "pruning")
+
+
+def _module_name(path: Path, root: Path) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph(root: Path = SRC) -> dict[str, set[str]]:
+    """module -> the modules of the package at ``root`` it imports (lazy imports included)."""
+    modules = {_module_name(p, root): p for p in root.rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = package.split(".") if package else []
+                base = base[:len(base) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            elif (isinstance(node, ast.ImportFrom)
+                  and (node.module or "").split(".")[0] == root.name):
+                target = node.module.partition(".")[2]
+            elif isinstance(node, ast.Import):
+                deps |= {a.name.partition(".")[2] for a in node.names
+                         if a.name.startswith(f"{root.name}.")}
+                continue
+            else:
+                continue
+            for alias in node.names:  # `from . import io` imports the module io
+                sub = f"{target}.{alias.name}".lstrip(".")
+                deps.add(sub if sub in modules else target)
+        graph[name] = deps - {name}
+    return graph
+
+
+def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), list(graph[start])
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo.extend(graph.get(module, ()))
+    return seen
+
+
+def test_the_import_graph_sees_every_kind_of_import(tmp_path):
+    package = tmp_path / "pkg"
+    (package / "sub").mkdir(parents=True)
+    files = {"__init__.py": "", "sub/__init__.py": "from .. import c\n",
+             "a.py": "from .b import x\n", "b.py": "def f():\n    from .a import y\n",
+             "c.py": "from . import sub\nimport pkg.a\n", "d.py": "from pkg.sub import z\n"}
+    for name, text in files.items():
+        (package / name).write_text(text)
+    graph = import_graph(package)
+    assert graph == {"": set(), "sub": {"c"}, "a": {"b"}, "b": {"a"}, "c": {"sub", "a"},
+                     "d": {"sub"}}
+    assert "a" in reachable(graph, "a") and "c" in reachable(graph, "c")
+    assert "d" not in reachable(graph, "d")
+
+
+@pytest.mark.parametrize("module", RULE_MODULES)
+def test_the_pruning_modules_are_in_no_import_cycle(module):
+    graph = import_graph()
+    assert module not in reachable(graph, module)
+
+
+def test_the_selection_rule_is_the_lowest_pruning_module():
+    graph = import_graph()
+    assert graph["selection"] == set()  # it imports no other ncslim module
+    assert "selection" in graph["generic"] and "selection" in graph["pruning"]
+    assert "pruning" not in reachable(graph, "generic")
+
+
+# --- ncslim prune, real and dry run ---
+
+LAYER = re.compile(r"^(\S+)\s+(\d+) / (\d+)$", re.M)
+SIZES = re.compile(r"^(params|FLOPs) +([\d,]+) -> ([\d,]+)", re.M)
+
+
+@pytest.fixture
+def model_file(tmp_path) -> Path:
+    torch.manual_seed(0)
+    model = spread_bn(ncslim.build_model("vgg", num_classes=10, in_channels=1, depth=11,
+                                         width=0.0625))
+    path = tmp_path / "model.pt"
+    ncslim.save_model(model, path)
+    return path
+
+
+def dry_run(path: Path, capsys, *flags: str) -> list[tuple[str, str]]:
+    """(label, report) of each pruning ``ncslim prune --dry-run`` prints."""
+    capsys.readouterr()
+    assert main(["prune", "--checkpoint", str(path), "--dry-run", "--device", "cpu",
+                 *flags]) == 0
+    parts = re.split(r"^--- (.+)$", capsys.readouterr().out, flags=re.M)
+    return list(zip(parts[1::2], parts[2::2]))
+
+
+def kept(report: str) -> dict[str, int]:
+    return {name: int(k) for name, k, _ in LAYER.findall(report)}
+
+
+def sizes(report: str) -> dict[str, tuple[int, int]]:
+    return {what: (int(a.replace(",", "")), int(b.replace(",", "")))
+            for what, a, b in SIZES.findall(report)}
+
+
+def test_dry_run_without_ratios_reports_the_preset_ratio(model_file, capsys):
+    ((label, report),) = dry_run(model_file, capsys)
+    assert label == "ratio 0.5" and "compensated" not in report
+    assert "threshold" in report and sizes(report)["params"][1] < sizes(report)["params"][0]
+
+
+def test_dry_run_honours_threshold(model_file, capsys):
+    model = ncslim.load_model(model_file)
+    bns = {s.bn: dict(model.named_modules())[s.bn] for s in model.prune_slots()}
+    gammas = torch.cat([bn.weight.detach().abs() for bn in bns.values()])
+    cut = float(gammas.quantile(0.2))  # removes ~20 %, not the preset's 50 %
+    ((label, report),) = dry_run(model_file, capsys, "--threshold", f"{cut:.6g}")
+    assert label == f"threshold {float(f'{cut:.6g}'):g}"
+    expected = {name: max(1, int((bn.weight.detach().abs() > float(f"{cut:.6g}")).sum()))
+                for name, bn in bns.items()}
+    assert kept(report) == expected
+    ((_, plain),) = dry_run(model_file, capsys)
+    assert kept(plain) != expected
+
+
+@pytest.mark.parametrize(("flag", "what"), [("--target-flops", "FLOPs"),
+                                            ("--target-params", "params")])
+def test_dry_run_honours_a_size_target_and_matches_the_real_prune(model_file, capsys, tmp_path,
+                                                                  flag, what):
+    ((label, report),) = dry_run(model_file, capsys, flag, "0.6")
+    assert label == f"{flag[2:]} 0.6"
+    before, after = sizes(report)[what]
+    assert 0.5 * before < after <= 0.6 * before  # the smallest ratio that fits, not any
+    ((_, plain),) = dry_run(model_file, capsys)
+    assert sizes(plain)[what][1] < 0.5 * before  # the preset's ratio 0.5 removes more
+    # the dry run shows what the real prune does
+    assert main(["prune", "--checkpoint", str(model_file), flag, "0.6", "--device", "cpu",
+                 "--out", str(tmp_path / "p")]) == 0
+    record = json.loads((tmp_path / "p" / "prune.json").read_text())
+    assert record[f"{what.lower()}_after"] == after
+    assert kept(report) == {la["name"]: la["kept"] for la in record["layers"]}
+
+
+def test_dry_run_honours_compensate_min_channels_and_round_to(model_file, capsys):
+    plain = dry_run(model_file, capsys, "--ratios", "0.4,0.8")
+    assert [label for label, _ in plain] == ["ratio 0.4", "ratio 0.8"]
+    assert not any("compensated" in report for _, report in plain)
+    both = dry_run(model_file, capsys, "--ratios", "0.4,0.8", "--compensate", "--round-to", "4")
+    assert [label for label, _ in both] == ["ratio 0.4", "ratio 0.8"]
+    for (_, report), (_, before) in zip(both, plain):
+        assert "compensated: the mean output of the removed channels is folded" in report
+        totals = {name: int(t) for name, _, t in LAYER.findall(report)}
+        assert all(k % 4 == 0 or k == totals[name] for name, k in kept(report).items())
+        assert kept(report) != kept(before)
+
+
+def test_ratios_override_the_configured_rule_in_a_dry_run(model_file, capsys):
+    runs = dry_run(model_file, capsys, "--ratios", "0.3", "--target-params", "0.2")
+    ((label, report),) = runs
+    ((_, at_ratio),) = dry_run(model_file, capsys, "--ratios", "0.3")
+    assert label == "ratio 0.3" and kept(report) == kept(at_ratio)
+
+
+def test_prune_to_target_params_writes_a_model_within_the_budget(model_file, tmp_path, capsys):
+    assert main(["prune", "--checkpoint", str(model_file), "--target-params", "0.5",
+                 "--device", "cpu", "--out", str(tmp_path / "p")]) == 0
+    full = ncslim.count_params(ncslim.load_model(model_file))
+    small = ncslim.count_params(ncslim.load_model(tmp_path / "p" / "pruned.pt"))
+    assert small <= 0.5 * full
+    assert small > 0.4 * full  # the smallest ratio that fits, not any
+    record = json.loads((tmp_path / "p" / "prune.json").read_text())
+    assert record["params_after"] == small and record["params_before"] == full
+
+
+def test_an_unreachable_target_names_its_flag(model_file, capsys):
+    capsys.readouterr()
+    assert main(["prune", "--checkpoint", str(model_file), "--target-params", "0.01",
+                 "--min-channels", "8", "--device", "cpu", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "parameters cannot fall to 1.0% of the original (--target-params)" in err

@@ -1,0 +1,177 @@
+"""One protocol for every sparsity method: the loop calls the same hooks whatever the method, a new
+method needs no edit of the trainer, and the lambda controller is one more method."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import ncslim
+from ncslim import train
+from ncslim.config import load_config
+from ncslim.controller import START_LAM, LambdaController
+from ncslim.data import DATASETS, ImageData
+from ncslim.methods import make_method
+from ncslim.penalties import PENALTIES
+from ncslim.regularizer import MODES, SparsityRegularizer
+from ncslim.sparsity import SparsityMethod
+from ncslim.train import Trainer
+
+
+def test_the_hot_loop_knows_no_method_and_no_mode():
+    source = inspect.getsource(train.Trainer.train_epoch)
+    tree = ast.parse(source.lstrip())
+    calls = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call)
+             and isinstance(n.func, ast.Name)}
+    strings = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant)
+               and isinstance(n.value, str)}
+    assert "isinstance" not in calls
+    assert not strings & {*MODES, "vcp", "none", *PENALTIES}
+    assert "VariationalScales" not in inspect.getsource(train)
+
+
+def tiny_data(n: int = 64) -> ImageData:
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=gen)
+    labels = torch.randint(0, 10, (n,), generator=gen)
+    return ImageData(images, labels, images[:32], labels[:32], DATASETS["cifar10"])
+
+
+class CountingMethod(SparsityMethod):
+    """A new method written outside the package: an L2 pull on the BN scales, counting hooks."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model)
+        self.calls = {"loss_term": 0, "after_backward": 0, "after_step": 0, "begin_epoch": 0,
+                      "end_epoch": 0, "finish": 0}
+        self.gammas = list(ncslim.regularizer.find_scales(model).values())
+
+    def loss_term(self) -> torch.Tensor:
+        self.calls["loss_term"] += 1
+        return 1e-3 * sum(g.square().sum() for g in self.gammas)
+
+    def after_backward(self) -> None:
+        self.calls["after_backward"] += 1
+        assert all(g.grad is not None for g in self.gammas)
+
+    def after_step(self, lr: float) -> None:
+        self.calls["after_step"] += 1
+
+    def begin_epoch(self, seed: int, epoch: int) -> None:
+        self.calls["begin_epoch"] += 1
+
+    def end_epoch(self) -> dict[str, float]:
+        self.calls["end_epoch"] += 1
+        return {"lam": 1e-3, "l2": 1.0}
+
+    def finish(self) -> None:
+        self.calls["finish"] += 1
+
+    def state_dict(self) -> dict:
+        return {"calls": dict(self.calls)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.calls.update(state["calls"])
+
+
+def test_a_new_method_runs_in_the_trainer_without_editing_it(tmp_path):
+    cfg = load_config(None, {"dataset": "cifar10", "batch_size": 16, "epochs": 2,
+                             "device": "cpu", "out": str(tmp_path)})
+    model = ncslim.build_model("vgg", depth=11, width=0.0625)
+    method = CountingMethod(model)
+    result = Trainer(model, tiny_data(), cfg, tmp_path / "stage", 2, method).fit()
+    steps = 2 * (64 // 16)
+    assert method.calls == {"loss_term": steps, "after_backward": steps, "after_step": steps,
+                            "begin_epoch": 2, "end_epoch": 2, "finish": 1}
+    assert [r["l2"] for r in result.history] == [1.0, 1.0]
+    state = ncslim.train.load_checkpoint(tmp_path / "stage" / "last.pt")
+    assert state["method"]["calls"]["after_step"] == steps  # its state is in last.pt
+
+
+@pytest.mark.parametrize("penalty", sorted(PENALTIES))
+@pytest.mark.parametrize("mode", MODES)
+def test_lam_auto_works_for_every_penalty_and_mode(tmp_path, penalty, mode):
+    cfg = load_config(None, {"dataset": "cifar10", "batch_size": 8, "epochs": 1, "lam": "auto",
+                             "penalty": penalty, "mode": mode, "ratio": 0.5, "device": "cpu",
+                             "out": str(tmp_path)})
+    model = ncslim.build_model("vgg", depth=11, width=0.0625)
+    method = make_method(cfg, model, n_train=64, steps=8)
+    assert isinstance(method, LambdaController) and method.lam == START_LAM
+    method.every, method.ramp = 2, 0.01  # a short schedule: four updates in eight steps
+    result = Trainer(model, tiny_data(), cfg, tmp_path / "stage", 1, method).fit()
+    record = result.history[-1]
+    assert record["lam"] > START_LAM  # nothing near zero yet: lambda rose
+    assert record["target_share"] == 0.5
+    assert math.isclose(record["target_distance"], 0.5 - record["share_near_zero"])
+
+
+def _proximal_l1(target: float, gammas: torch.Tensor, steps: int,
+                 lams: list[float] | None = None) -> LambdaController:
+    """A controller over gammas that only the prox moves (no data), `steps` steps at lr 0.1."""
+    layer = nn.BatchNorm2d(gammas.numel())
+    with torch.no_grad():
+        layer.weight.copy_(gammas)
+    reg = SparsityRegularizer(nn.Sequential(layer), ncslim.make_penalty("l1", lam=START_LAM),
+                              mode="proximal")
+    controller = LambdaController(reg, target=target, total_steps=steps)
+    for _ in range(steps):
+        controller.after_step(0.1)
+        if lams is not None:
+            lams.append(controller.lam)
+    return controller
+
+
+def test_the_controller_brings_the_target_share_near_zero_and_no_more():
+    gammas = torch.linspace(0.05, 1.0, 200)
+    lams: list[float] = []
+    controller = _proximal_l1(0.3, gammas, steps=600, lams=lams)
+    assert controller.share_near_zero() == pytest.approx(0.3)
+    assert max(lams) > 10 * START_LAM  # it had to raise lambda to get there
+    after = controller.reg.scales()
+    assert (after[:60] <= controller.zero).all()  # the 30 % that pruning removes: near zero
+    assert torch.equal(after[60:], gammas[60:])  # the rest: never touched by the penalty
+
+
+def test_a_controllers_state_restores_it_exactly():
+    gammas = torch.linspace(0.05, 1.0, 50)
+    first = _proximal_l1(0.5, gammas, steps=35)  # a measurement is pending at step 30
+    state = first.state_dict()
+    assert state["pending"] is not None and state["steps"] == 35
+    second = _proximal_l1(0.5, gammas, steps=0)
+    second.load_state_dict(state)
+    assert (second.lam, second.steps, float(second.pending)) == (
+        first.lam, first.steps, float(first.pending))
+    with pytest.raises(ValueError, match="not trained with --lam auto"):
+        second.load_state_dict({})
+
+
+def test_the_controller_in_your_own_loop_on_another_cnn():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+    reg = SparsityRegularizer(model, ncslim.make_penalty("tl1", lam=START_LAM, a=1.0))
+    method = LambdaController(reg, target=0.5, total_steps=40, every=2)
+    opt = torch.optim.SGD(method.param_groups(1e-4), lr=0.1, momentum=0.9)
+    x, y = torch.randn(16, 3, 8, 8), torch.randint(0, 10, (16,))
+    for _ in range(40):
+        opt.zero_grad(set_to_none=True)
+        (F.cross_entropy(model(x), y) + method.loss_term()).backward()
+        method.after_backward()
+        opt.step()
+        method.after_step(0.1)
+    assert method.lam > START_LAM and method.steps == 40
+
+
+def test_lam_auto_needs_a_penalty_and_a_target(tmp_path):
+    for bad in ({"penalty": "none"}, {"penalty": "vcp"}, {"threshold": 0.01}):
+        with pytest.raises(ValueError, match="--lam auto adapts a penalty"):
+            load_config(None, {"lam": "auto", "penalty": "l1", **bad})
+    assert load_config(None, {"lam": "auto", "target_params": 0.3}).lam == "auto"
+    assert Path(ncslim.controller.__file__).name == "controller.py"
