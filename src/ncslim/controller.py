@@ -1,9 +1,11 @@
 """``--lam auto``: lambda adapted while training, so that the channels a pruning target removes
 end with |gamma| near zero and the others are penalised as little as that allows.
 
-    reg = ncslim.SparsityRegularizer(model, ncslim.make_penalty("tl1", lam=START_LAM))
-    method = LambdaController(reg, target=0.5, total_steps=epochs * steps_per_epoch)
-    # then the hooks of ncslim.sparsity, as for any method: one call per step each
+    reg = ncslim.SparsityRegularizer(model, ncslim.make_penalty("tl1", lam=START_LAM),
+                                     mode="proximal")
+    auto = LambdaController(reg, target=0.5, total_steps=epochs * steps_per_epoch)
+    ...  # each step, after opt.step(), one call, as with reg.proximal_step(lr):
+    auto.after_step(lr)                # subgradient mode: auto.after_backward() before step()
 
 The controller is integral control of log lambda on the share of scaling factors near zero:
 every ``every`` steps it measures ``share = mean(|gamma| <= zero)`` on the device and, one
@@ -62,7 +64,11 @@ class LambdaController(SparsityMethod):
         self.target_share = share if share is not None else 0.0
         self.steps = 0
         self.pending: torch.Tensor | None = None  # the last measurement, applied at the next update
-        self.after_backward = regularizer.after_backward  # type: ignore[method-assign]
+        # one call per step, as for the plain regularizer: the hook its mode uses also counts
+        if regularizer.mode == "proximal":
+            self.after_step = self._prox_and_count  # type: ignore[method-assign]
+        else:
+            self.after_backward = self._gradient_and_count  # type: ignore[method-assign]
         self._aim()
 
     @property
@@ -92,8 +98,15 @@ class LambdaController(SparsityMethod):
                 return
             self.reg.mask = scales <= torch.kthvalue(scales.float(), count).values
 
-    def after_step(self, lr: float) -> None:
-        self.reg.after_step(lr)
+    def _prox_and_count(self, lr: float) -> None:
+        self.reg.proximal_step(lr)
+        self._count()
+
+    def _gradient_and_count(self) -> None:
+        self.reg.apply_gradient()
+        self._count()
+
+    def _count(self) -> None:
         self.steps += 1
         if self.steps % self.every:
             return

@@ -1,0 +1,100 @@
+"""Cost of ``--lam auto``: the lambda controller's hooks against the plain penalty's and against
+one training step, measured side by side in one process.
+
+    python benchmarks/controller_cost.py --device cpu
+    python benchmarks/controller_cost.py --device cuda --width 1
+
+For each architecture (CIFAR-10 shapes, batch 64) and mode: the median time of ``every`` steps'
+hooks (``after_backward`` and ``after_step``; one of them the controller's update: a measurement,
+a top-k mask of the channels to prune, a multiplicative step of lambda) for the plain regularizer
+and for the controller, and the median time of one full training step. The controller's extra
+cost per step is (controller - regularizer) / every, reported as a share of a training step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from common import print_json  # benchmarks/ is on sys.path when run as a script
+
+import ncslim
+from ncslim.controller import EVERY, START_LAM, LambdaController
+
+
+def median_time(fn: Callable[[], None], device: torch.device, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def hooks(method: ncslim.sparsity.SparsityMethod, steps: int) -> Callable[[], None]:
+    def run() -> None:
+        for _ in range(steps):
+            method.after_backward()
+            method.after_step(0.1)
+    return run
+
+
+def measure(arch: str, mode: str, width: float, device: torch.device,
+            repeats: int) -> dict[str, float]:
+    model = ncslim.build_model(arch, width=width).to(device)
+    x = torch.randn(64, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (64,), device=device)
+    penalty = ncslim.make_penalty("tl1", lam=START_LAM, a=1.0)
+    plain = ncslim.SparsityRegularizer(model, penalty, mode=mode)
+    controller = LambdaController(
+        ncslim.SparsityRegularizer(model, ncslim.make_penalty("tl1", lam=START_LAM, a=1.0),
+                                   mode=mode), target=0.5, total_steps=10_000)
+    opt = torch.optim.SGD(plain.param_groups(1e-4), lr=0.1, momentum=0.9)
+    loss = F.cross_entropy(model(x), y)
+    loss.backward()  # every gamma has a gradient for apply_gradient
+
+    def train_step() -> None:
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        plain.after_backward()
+        opt.step()
+        plain.after_step(0.1)
+
+    step = median_time(train_step, device, repeats)
+    base = median_time(hooks(plain, EVERY), device, repeats * 3) / EVERY
+    auto = median_time(hooks(controller, EVERY), device, repeats * 3) / EVERY
+    return {"step_ms": 1e3 * step, "penalty_ms": 1e3 * base, "controller_ms": 1e3 * auto,
+            "extra_share": (auto - base) / step}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--archs", default="vgg,resnet,densenet")
+    parser.add_argument("--width", type=float, default=0.5)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    rows = []
+    print(f"{'arch':<10}{'mode':<13}{'train step ms':>15}{'penalty ms':>12}"
+          f"{'controller ms':>15}{'extra / step':>14}")
+    for arch in args.archs.split(","):
+        for mode in ("subgradient", "proximal"):
+            row = measure(arch, mode, args.width, device, args.repeats)
+            rows.append({"arch": arch, "mode": mode, "width": args.width, **row})
+            print(f"{arch:<10}{mode:<13}{row['step_ms']:>15.1f}{row['penalty_ms']:>12.3f}"
+                  f"{row['controller_ms']:>15.3f}{100 * row['extra_share']:>13.3f}%")
+    print_json("controller_cost", device, rows)
+
+
+if __name__ == "__main__":
+    main()
