@@ -25,7 +25,7 @@ def test_custom_models_page_runs(tmp_path, monkeypatch):
     loader = [(torch.randn(8, 3, 16, 16, generator=gen), torch.randint(0, 10, (8,), generator=gen))
               for _ in range(3)]
     scope = {"torch": torch, "model": MobileNetV2Style(), "loader": loader}
-    training, export = python_blocks("custom-models.md")
+    training, export, auto = python_blocks("custom-models.md")
     exec(training, scope)
     small, report = scope["small"], scope["report"]
     assert report.params_after < report.params_before
@@ -33,3 +33,8 @@ def test_custom_models_page_runs(tmp_path, monkeypatch):
     exec(export.replace("(1, 3, 224, 224)", "(1, 3, 16, 16)"), scope)
     assert (tmp_path / "small.onnx").stat().st_size > 0
     assert small(loader[0][0]).shape == (8, 10)
+    scope["model"] = MobileNetV2Style()  # the lambda controller's block, on a fresh model
+    scope["loader"] = loader * 3  # 27 steps: two updates, the first measurement applied
+    exec(auto, scope)
+    assert scope["auto"].steps == 27 and scope["auto"].lam > scope["START_LAM"]
+    assert scope["report"].removed_fraction == pytest.approx(0.5, abs=0.05)
