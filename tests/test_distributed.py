@@ -181,3 +181,41 @@ def test_what_torchrun_cannot_run_is_one_line(tmp_path, argv, message):
     errors = [line for line in done.stderr.splitlines() if line.startswith(f"ncslim {argv[0]}:")]
     assert errors and all(re.search(message, line) for line in errors)
     assert "Traceback" not in "\n".join(errors)
+
+
+ONE_LAMBDA = """
+import torch, torch.distributed as dist, torch.nn.functional as F
+import ncslim
+from ncslim.controller import START_LAM, LambdaController
+
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+torch.manual_seed(0)
+model = ncslim.build_model("vgg", depth=11, width=0.0625)
+reg = ncslim.SparsityRegularizer(model, ncslim.make_penalty("l1", lam=START_LAM), mode="proximal")
+auto = LambdaController(reg, target=0.5, total_steps=60, every=3)
+ddp = torch.nn.parallel.DistributedDataParallel(model)
+opt = torch.optim.SGD(auto.param_groups(1e-4), lr=0.1, momentum=0.9)
+gen = torch.Generator().manual_seed(100 + rank)  # each rank its own data
+lams = []
+for step in range(60):
+    x, y = torch.randn(8, 3, 32, 32, generator=gen), torch.randint(0, 10, (8,), generator=gen)
+    opt.zero_grad(set_to_none=True)
+    F.cross_entropy(ddp(x), y).backward()
+    opt.step()
+    auto.after_step(0.1)
+    lams.append(auto.lam)
+every = [None, None]
+dist.all_gather_object(every, lams)
+assert every[0] == every[1], "lambda differs between ranks"
+assert lams[-1] > 10 * START_LAM, lams[-1]
+masks = [torch.zeros_like(reg.mask), torch.zeros_like(reg.mask)]
+dist.all_gather(masks, reg.mask.clone())
+assert torch.equal(masks[0], masks[1])
+print("ok", rank)
+dist.destroy_process_group()
+"""
+
+
+def test_the_lambda_controller_keeps_one_lambda_on_every_rank(tmp_path):
+    assert passes_on_two_ranks(tmp_path, ONE_LAMBDA)

@@ -95,3 +95,10 @@ def test_a_disabled_progress_prints_nothing(caplog):
         for _ in range(10):
             bar.step(torch.tensor(1.0))
     assert not caplog.records and run.done == 10
+
+
+def test_lam_auto_shows_lambda_and_the_distance_to_its_target():
+    run = RunProgress(total_steps=10)
+    run.begin_stage(lam=1e-4)
+    run.note(lam=2.5e-3, distance=0.123)
+    assert run.describe(0.5) == "loss 0.5000  lam 0.0025  to target +12.3%"

@@ -175,3 +175,25 @@ def test_lam_auto_needs_a_penalty_and_a_target(tmp_path):
             load_config(None, {"lam": "auto", "penalty": "l1", **bad})
     assert load_config(None, {"lam": "auto", "target_params": 0.3}).lam == "auto"
     assert Path(ncslim.controller.__file__).name == "controller.py"
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+                    reason="Debian's dataset-fashion-mnist is not installed")
+def test_lam_auto_from_the_command_line_with_amp(tmp_path, capsys):
+    import json
+
+    from ncslim.cli import main
+
+    out = tmp_path / "t"
+    assert main(["train", "--dataset", "fashion-mnist", "--arch", "vgg", "--depth", "11",
+                 "--width", "0.0625", "--limit-train", "320", "--limit-test", "96",
+                 "--batch-size", "16", "--epochs", "2", "--device", "cpu", "--amp",
+                 "--lam", "auto", "--target-params", "0.5", "--out", str(out)]) == 0
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2]
+    assert all({"lam", "target_share", "share_near_zero", "target_distance"} <= set(r)
+               for r in lines)
+    assert 0 < lines[-1]["target_share"] < 1  # the share that keeps 50 % of the parameters
+    assert lines[-1]["lam"] > START_LAM
+    config = json.loads((out / "config.json").read_text())["config"]
+    assert config["lam"] == "auto" and config["target_params"] == 0.5
