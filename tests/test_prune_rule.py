@@ -85,6 +85,12 @@ def test_the_pruning_modules_are_in_no_import_cycle(module):
     assert module not in reachable(graph, module)
 
 
+def test_no_module_of_the_package_is_in_an_import_cycle():
+    graph = import_graph()
+    assert {"report", "figures", "rundata", "sparsity", "controller"} <= set(graph)
+    assert [m for m in sorted(graph) if m in reachable(graph, m)] == []
+
+
 def test_the_selection_rule_is_the_lowest_pruning_module():
     graph = import_graph()
     assert graph["selection"] == set()  # it imports no other ncslim module

@@ -15,8 +15,8 @@ import pytest
 from ncslim import data as D
 from ncslim.cli import main
 from ncslim.config import Config
-from ncslim.report import channel_bars, gamma_histogram, run_curves
 from ncslim.report import report as make_report
+from ncslim.rundata import channel_bars, gamma_histogram, run_curves
 
 PNG = b"\x89PNG\r\n\x1a\n"
 RUN_FILES = {"curves": "run_training_curves.png", "gamma": "run_gamma_histogram.png",

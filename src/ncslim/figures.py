@@ -18,7 +18,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from .report import RunCurves, channel_bars, gamma_histogram, run_curves  # noqa: E402
+from .rundata import RunCurves, channel_bars, gamma_histogram, run_curves  # noqa: E402
 
 DPI = 130
 Rows = list[dict[str, Any]]

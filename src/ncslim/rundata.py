@@ -1,0 +1,109 @@
+"""What one run directory holds, as the report's figures need it: both stages' metrics on one
+epoch axis, the |gamma| histogram and its pruning cut, the channels kept per layer.
+
+Read by :mod:`ncslim.report` (tables) and :mod:`ncslim.figures` (figures); imports neither.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The epoch records of a ``metrics.jsonl``, by epoch (the last line of an epoch wins, as
+    after a resume); ``[]`` where the file is missing."""
+    if not path.is_file():
+        return []
+    records = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            record = json.loads(line)
+            records[record["epoch"]] = record
+    return [records[e] for e in sorted(records)]
+
+
+@dataclass
+class RunCurves:
+    """Both stages of one run on one epoch axis: fine-tuning epoch e is drawn at boundary + e."""
+
+    train: list[dict[str, Any]] = field(default_factory=list)
+    finetune: list[dict[str, Any]] = field(default_factory=list)
+    acc_pruned: float | None = None  # test accuracy right after pruning, drawn at the boundary
+
+    @property
+    def boundary(self) -> int:
+        """The last epoch of sparsity training (where the run was pruned)."""
+        return self.train[-1]["epoch"] if self.train else 0
+
+    def series(self, key: str, stage: str) -> tuple[list[int], list[float]]:
+        """(epochs on the shared axis, values) of ``key`` in ``stage`` ("train" or "finetune");
+        records without it are skipped."""
+        records, offset = (self.train, 0) if stage == "train" else (self.finetune, self.boundary)
+        points = [(offset + r["epoch"], r[key]) for r in records if r.get(key) is not None]
+        return [x for x, _ in points], [y for _, y in points]
+
+    def has(self, key: str) -> bool:
+        return any(r.get(key) is not None for r in self.train + self.finetune)
+
+
+def run_curves(run_dir: Path, results: dict[str, Any] | None = None) -> RunCurves:
+    """The metrics of a run directory; a sweep's run keeps ``train/`` one level up."""
+    run_dir = Path(run_dir)
+    train = run_dir / "train" / "metrics.jsonl"
+    if not train.is_file():
+        train = run_dir.parent / "train" / "metrics.jsonl"
+    acc = (results or {}).get("accuracy", {}).get("pruned")
+    return RunCurves(read_metrics(train), read_metrics(run_dir / "finetune" / "metrics.jsonl"), acc)
+
+
+def pruning_cut(results: dict[str, Any]) -> float | None:
+    """The |gamma| at or below which channels were pruned; ``None`` where it is not a |gamma|
+    (VCP ranks its own scores) or nothing was cut."""
+    if results.get("config", {}).get("penalty") == "vcp":
+        return None
+    cut = results.get("prune", {}).get("threshold")
+    return cut if isinstance(cut, (int, float)) and cut > 0 else None
+
+
+def gamma_histogram(results: dict[str, Any], bins_per_decade: int = 8,
+                    min_bins: int = 24) -> dict[str, Any] | None:
+    """Log-spaced histogram of |gamma| after sparsity training: ``edges``, ``counts``, ``cut``,
+    ``exact``, and ``zeros``: the channels a log axis cannot show, those below ``floor``
+    (exactly 0 where ``floor`` is 0).
+
+    From ``gamma_values``, over their range (and the cut's) in quarter decades, at least
+    ``min_bins`` bins; a run without them falls back to the coarse decade histogram in
+    ``results["gamma"]`` (``exact`` False); ``None`` if neither is there.
+    """
+    cut = pruning_cut(results)
+    values = results.get("gamma_values")
+    if values:
+        data = np.abs(np.asarray(values, dtype=float))
+        positive = data[data > 0]
+        extent = np.log10([*positive.tolist(), *([cut] if cut else [])] or [1.0])
+        low, high = np.floor(4 * extent.min()) / 4, np.ceil(4 * extent.max()) / 4
+        high = max(high, low + 0.25)
+        count = max(min_bins, int(round(bins_per_decade * (high - low))))
+        edges = np.logspace(low, high, count + 1)
+        counts, _ = np.histogram(positive, bins=edges)
+        return {"edges": edges.tolist(), "counts": counts.tolist(),
+                "zeros": int((data == 0).sum()), "floor": 0.0, "cut": cut, "exact": True}
+    coarse = results.get("gamma", {}).get("gamma_hist")
+    if not coarse:
+        return None
+    # counts[i] is [edges[i], edges[i + 1]), the last one [edges[-1], inf): drawn a decade wide
+    edges, counts = coarse["edges"], coarse["counts"]
+    return {"edges": [*edges[1:], 10 * edges[-1]], "counts": counts[1:], "zeros": counts[0],
+            "floor": edges[1], "cut": cut, "exact": False}
+
+
+def channel_bars(results: dict[str, Any]) -> tuple[list[str], list[int], list[int]]:
+    """(layer names, channels kept, channels before pruning), in network order."""
+    layers = results.get("channels", [])
+    return ([c["layer"] for c in layers], [c["kept"] for c in layers],
+            [c["total"] for c in layers])
