@@ -112,6 +112,25 @@ def test_lam_auto_works_for_every_penalty_and_mode(tmp_path, penalty, mode):
     assert math.isclose(record["target_distance"], 0.5 - record["share_near_zero"])
 
 
+@pytest.mark.parametrize("arch, kwargs", [("vgg", {"depth": 11, "width": 0.0625}),
+                                          ("densenet", {"depth": 10, "width": 0.34}),
+                                          ("resnet", {"depth": 11, "width": 0.25})])
+def test_lam_auto_aims_at_a_flops_target_on_every_family(tmp_path, arch, kwargs):
+    cfg = load_config(None, {"dataset": "cifar10", "batch_size": 8, "epochs": 1, "lam": "auto",
+                             "penalty": "mcp", "mode": "proximal", "target_flops": 0.6,
+                             "device": "cpu", "out": str(tmp_path)})
+    model = ncslim.build_model(arch, **kwargs)
+    method = make_method(cfg, model, n_train=64, steps=8)
+    method.every, method.ramp = 2, 0.01
+    result = Trainer(model, tiny_data(), cfg, tmp_path / "stage", 1, method).fit()
+    assert 0 < result.history[-1]["target_share"] < 1
+    method.begin_epoch(cfg.seed, 1)  # each epoch: the share the budget removes from the model now
+    pruned = ncslim.pruning.prune_to_budget(model, 0.6, measure="flops")[1]
+    assert method.target_share == pruned.removed_fraction
+    assert pruned.flops_after <= 0.6 * pruned.flops_before
+    assert int(method.reg.mask.sum()) == round(method.target_share * method.reg.mask.numel())
+
+
 def _proximal_l1(target: float, gammas: torch.Tensor, steps: int,
                  lams: list[float] | None = None) -> LambdaController:
     """A controller over gammas that only the prox moves (no data), `steps` steps at lr 0.1."""
