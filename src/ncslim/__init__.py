@@ -4,6 +4,7 @@ Train with a sparsity penalty on the BatchNorm scaling factors, prune the weak c
 physically, fine-tune, and measure what was gained.
 """
 
+from .controller import LambdaController
 from .export import export_model
 from .io import ModelFileError, load_model, save_model
 from .metrics import count_flops, count_params
@@ -11,14 +12,17 @@ from .models import PruneSlot, SlimmableNet, build_model, model_names
 from .penalties import PENALTIES, Penalty, make_penalty
 from .pruning import PruneReport, prune_model
 from .regularizer import SparsityRegularizer
+from .sparsity import SparsityMethod
 
 __all__ = [
     "PENALTIES",
+    "LambdaController",
     "ModelFileError",
     "Penalty",
     "PruneReport",
     "PruneSlot",
     "SlimmableNet",
+    "SparsityMethod",
     "SparsityRegularizer",
     "build_model",
     "count_flops",
