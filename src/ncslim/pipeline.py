@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from . import __version__, distributed
-from .config import DATA_RECORD, Config
+from .config import AUTO, DATA_RECORD, Config
 from .data import ImageData, load_dataset
 from .io import atomic_write_text, run_lock, save_model
 from .methods import make_method
@@ -151,6 +151,9 @@ def _check_same_run(cfg: Config, path: Path, command: str) -> None:
         raise ValueError(f"{path.parent} holds a run of ncslim {started}; continue it with "
                          f"ncslim {started} --resume, or choose another --out")
     now = cfg.to_dict()
+    if before.get("compensate") is None:  # unset (or from before it could be): what applied
+        before = {**before, "compensate": before.get("lam") == AUTO}
+    now["compensate"] = cfg.compensates()
     changed = [k for k in now if k not in FREE_ON_RESUME and before.get(k, now[k]) != now[k]]
     if changed:
         shown = ", ".join(f"--{k.replace('_', '-')} {now[k]} (the run has {before[k]})"
