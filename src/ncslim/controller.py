@@ -61,6 +61,10 @@ class LambdaController(SparsityMethod):
         self.total_steps, self.every, self.gain, self.ramp = max(total_steps, 1), every, gain, ramp
         gammas = regularizer.scales().abs().float()
         self.zero = ZERO_SHARE * float(gammas.median())
+        # the aimed channels' BN shifts go to zero too: a channel with gamma = 0 still sends the
+        # constant relu(beta), which no bias folds exactly where zero padding meets small maps
+        modules = dict(self.model.named_modules())
+        self.betas = [modules[name].bias for name in regularizer.names]
         self.target_share = share if share is not None else 0.0
         self.steps = 0
         self.pending: torch.Tensor | None = None  # the last measurement, applied at the next update
@@ -100,10 +104,22 @@ class LambdaController(SparsityMethod):
 
     def _prox_and_count(self, lr: float) -> None:
         self.reg.proximal_step(lr)
+        with torch.no_grad():  # l1's prox on the aimed betas: soft thresholding
+            flat = torch.cat([b.detach().flatten() for b in self.betas])
+            shrunk = flat.sign() * (flat.abs() - lr * self.lam).clamp(min=0)
+            new = torch.where(self.reg.mask, shrunk, flat)
+            torch._foreach_copy_(self.betas, new.split(self.reg.sizes))
         self._count()
 
     def _gradient_and_count(self) -> None:
         self.reg.apply_gradient()
+        with torch.no_grad():  # l1's subgradient on the aimed betas
+            flat = torch.cat([b.detach().flatten() for b in self.betas])
+            step = (self.lam * flat.sign() * self.reg.mask).split(self.reg.sizes)
+            grads = [b.grad if b.grad is not None else torch.zeros_like(b) for b in self.betas]
+            torch._foreach_add_(grads, step)
+            for beta, grad in zip(self.betas, grads):
+                beta.grad = grad
         self._count()
 
     def _count(self) -> None:
