@@ -137,6 +137,7 @@ def _proximal_l1(target: float, gammas: torch.Tensor, steps: int,
     layer = nn.BatchNorm2d(gammas.numel())
     with torch.no_grad():
         layer.weight.copy_(gammas)
+        layer.bias.fill_(0.3)
     reg = SparsityRegularizer(nn.Sequential(layer), ncslim.make_penalty("l1", lam=START_LAM),
                               mode="proximal")
     controller = LambdaController(reg, target=target, total_steps=steps)
@@ -156,6 +157,9 @@ def test_the_controller_brings_the_target_share_near_zero_and_no_more():
     after = controller.reg.scales()
     assert (after[:60] <= controller.zero).all()  # the 30 % that pruning removes: near zero
     assert torch.equal(after[60:], gammas[60:])  # the rest: never touched by the penalty
+    betas = controller.betas[0].detach()
+    assert (betas[:60] == 0).all()  # an aimed channel ends sending nothing, not relu(beta)
+    assert (betas[60:] == 0.3).all()
 
 
 def test_a_controllers_state_restores_it_exactly():
