@@ -14,30 +14,14 @@ cost per step is (controller - regularizer) / every, reported as a share of a tr
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from common import print_json  # benchmarks/ is on sys.path when run as a script
+from common import median_time, print_json  # benchmarks/ is on sys.path when run as a script
 
 import ncslim
 from ncslim.controller import EVERY, START_LAM, LambdaController
-
-
-def median_time(fn: Callable[[], None], device: torch.device, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def hooks(method: ncslim.sparsity.SparsityMethod, steps: int) -> Callable[[], None]:

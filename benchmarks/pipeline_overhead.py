@@ -42,6 +42,7 @@ from ncslim.config import load_config
 from ncslim.data import PAD, ImageData, batches
 from ncslim.methods import make_method
 from ncslim.pipeline import load_data, new_model
+from ncslim.progress import EpochProgress, RunProgress
 from ncslim.train import Trainer, epoch_generator
 
 
@@ -70,16 +71,6 @@ class PerSampleDataset(Dataset):
                 image = image[:, :, ::-1]
         image = (image - self.mean) / self.std
         return torch.from_numpy(np.ascontiguousarray(image)), int(self.labels[i])
-
-
-class Silent:
-    """A progress bar that shows nothing."""
-
-    def update(self, n: int) -> None:
-        pass
-
-    def set_postfix(self, **_: str) -> None:
-        pass
 
 
 def train_steps(model: nn.Module, opt: torch.optim.Optimizer,
@@ -126,6 +117,12 @@ def timed_rows(title: str, baseline: str, methods: dict[str, Callable[[], int]],
     return rows
 
 
+def silent_epoch(trainer: Trainer) -> EpochProgress:
+    """An epoch's progress that shows nothing."""
+    return RunProgress(trainer.steps, enabled=False).epoch("bench", 1, 1, trainer.steps,
+                                                           trainer.device)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="demo")
@@ -165,7 +162,7 @@ def main() -> None:
     loader_model.train()
 
     methods: dict[str, Callable[[], int]] = {
-        "ncslim": lambda: trainer.train_epoch(0, cfg.lr, Silent())["images"],
+        "ncslim": lambda: trainer.train_epoch(0, cfg.lr, silent_epoch(trainer))["images"],
         "compute": lambda: train_steps(plain, plain_opt, held),
     }
     for w, loader in loaders.items():

@@ -12,32 +12,15 @@ batch 64. Prints a table and one JSON line with the ratios.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from common import print_json  # benchmarks/ is on sys.path when run as a script
+from common import median_time, print_json  # benchmarks/ is on sys.path when run as a script
 
 import ncslim
 
 PENALTIES = {"l1": {}, "lp": {"p": 0.5}, "tl1": {"a": 1.0}, "mcp": {"gamma": 3.0},
              "scad": {"a": 3.7}}
-
-
-def median_time(fn: Callable[[], None], device: torch.device, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def naive_subgradient(bns: list[torch.nn.Module], penalty: ncslim.Penalty) -> None:

@@ -112,7 +112,7 @@ reference.eval()
 torch.testing.assert_close(model(x), reference(x))
 plain_batchnorm(model)
 assert type(model[0]) is nn.BatchNorm2d and model[0].weight.grad is not None
-print("ok", rank)
+print(f"ok {rank}")  # one piece: the regex copes with interleaved lines
 """
 
 
@@ -212,7 +212,7 @@ assert lams[-1] > 10 * START_LAM, lams[-1]
 masks = [torch.zeros_like(reg.mask), torch.zeros_like(reg.mask)]
 dist.all_gather(masks, reg.mask.clone())
 assert torch.equal(masks[0], masks[1])
-print("ok", rank)
+print(f"ok {rank}")  # one piece: the regex copes with interleaved lines
 dist.destroy_process_group()
 """
 

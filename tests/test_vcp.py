@@ -210,7 +210,7 @@ averaged = torch.cat([s.grad.flatten() for s in vcp.log_sigmas])
 every = [torch.zeros_like(mine) for _ in range(2)]
 dist.all_gather(every, mine)
 torch.testing.assert_close(averaged, (every[0] + every[1]) / 2)
-print("ok", rank)
+print(f"ok {rank}")  # one piece: the regex copes with interleaved lines
 """
 
 

@@ -65,6 +65,7 @@ class LambdaController(SparsityMethod):
         # constant relu(beta), which no bias folds exactly where zero padding meets small maps
         modules = dict(self.model.named_modules())
         self.betas = [modules[name].bias for name in regularizer.names]
+        self._betas = torch.empty(0)
         self.target_share = share if share is not None else 0.0
         self.steps = 0
         self.pending: torch.Tensor | None = None  # the last measurement, applied at the next update
@@ -105,7 +106,7 @@ class LambdaController(SparsityMethod):
     def _prox_and_count(self, lr: float) -> None:
         self.reg.proximal_step(lr)
         with torch.no_grad():  # l1's prox on the aimed betas: soft thresholding
-            flat = torch.cat([b.detach().flatten() for b in self.betas])
+            flat = self._flat_betas()
             shrunk = flat.sign() * (flat.abs() - lr * self.lam).clamp(min=0)
             new = torch.where(self.reg.mask, shrunk, flat)
             torch._foreach_copy_(self.betas, new.split(self.reg.sizes))
@@ -114,13 +115,20 @@ class LambdaController(SparsityMethod):
     def _gradient_and_count(self) -> None:
         self.reg.apply_gradient()
         with torch.no_grad():  # l1's subgradient on the aimed betas
-            flat = torch.cat([b.detach().flatten() for b in self.betas])
+            flat = self._flat_betas()
             step = (self.lam * flat.sign() * self.reg.mask).split(self.reg.sizes)
             grads = [b.grad if b.grad is not None else torch.zeros_like(b) for b in self.betas]
             torch._foreach_add_(grads, step)
             for beta, grad in zip(self.betas, grads):
                 beta.grad = grad
         self._count()
+
+    def _flat_betas(self) -> torch.Tensor:
+        """All aimed-at BN shifts as one vector, in a buffer reused from step to step."""
+        first = self.betas[0]
+        if self._betas.device != first.device or self._betas.dtype != first.dtype:
+            self._betas = torch.empty(sum(self.reg.sizes), device=first.device, dtype=first.dtype)
+        return torch.cat([b.detach() for b in self.betas], out=self._betas)
 
     def _count(self) -> None:
         self.steps += 1
