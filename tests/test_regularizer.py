@@ -173,3 +173,19 @@ def test_works_through_distributed_data_parallel(tmp_path):
             assert torch.allclose(a.weight.grad, b.weight.grad, atol=1e-6)
     finally:
         dist.destroy_process_group()
+
+
+def test_grad_floor_bounds_the_subgradient_below_it_and_is_exact_above():
+    bn = nn.BatchNorm1d(6)
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([0.0, 1e-30, -0.005, 0.01, 0.2, -0.5]))
+    penalty = ncslim.make_penalty("lp", lam=0.1, p=0.5)
+    reg = ncslim.SparsityRegularizer(nn.Sequential(bn), penalty)
+    reg.grad_floor = 0.01
+    bn.weight.grad = torch.zeros(6)
+    reg.apply_gradient()
+    at_floor = float(penalty.grad(torch.tensor(0.01)))
+    expected = torch.tensor([0.0, at_floor * 1e-28, -at_floor / 2, at_floor,
+                             float(penalty.grad(torch.tensor(0.2))),
+                             float(penalty.grad(torch.tensor(-0.5)))])
+    torch.testing.assert_close(bn.weight.grad, expected)

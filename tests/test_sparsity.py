@@ -162,6 +162,36 @@ def test_the_controller_brings_the_target_share_near_zero_and_no_more():
     assert (betas[60:] == 0.3).all()
 
 
+def _subgradient_run(penalty: str, floor: bool, steps: int = 600) -> LambdaController:
+    """Subgradient steps of the penalty alone (no data) under the controller, SGD with momentum."""
+    layer = nn.BatchNorm2d(200)
+    with torch.no_grad():
+        layer.weight.copy_(torch.linspace(0.05, 1.0, 200))
+    reg = SparsityRegularizer(nn.Sequential(layer), ncslim.make_penalty(penalty, lam=START_LAM))
+    controller = LambdaController(reg, target=0.3, total_steps=steps)
+    if not floor:
+        reg.grad_floor = 0.0
+    opt = torch.optim.SGD(controller.param_groups(0.0), lr=0.1, momentum=0.9)
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=True)
+        controller.after_backward()
+        opt.step()
+        controller.after_step(0.1)
+    return controller
+
+
+def test_lp_subgradient_settles_at_the_target_only_with_the_bounded_step():
+    gammas = torch.linspace(0.05, 1.0, 200)
+    settled = _subgradient_run("lp", floor=True)
+    assert settled.reg.grad_floor == settled.zero > 0
+    assert settled.share_near_zero() == pytest.approx(0.3)
+    assert torch.equal(settled.reg.scales()[60:], gammas[60:])
+    swinging = _subgradient_run("lp", floor=False)  # the exact, unbounded derivative
+    assert swinging.share_near_zero() < 0.1
+    assert swinging.reg.scales().abs().max() > 1.0  # thrown across zero, ever wider
+    assert _subgradient_run("l1", floor=True, steps=1).reg.grad_floor == 0.0  # bounded: exact
+
+
 def test_a_controllers_state_restores_it_exactly():
     gammas = torch.linspace(0.05, 1.0, 50)
     first = _proximal_l1(0.5, gammas, steps=35)  # a measurement is pending at step 30

@@ -61,6 +61,7 @@ class LambdaController(SparsityMethod):
         self.total_steps, self.every, self.gain, self.ramp = max(total_steps, 1), every, gain, ramp
         gammas = regularizer.scales().abs().float()
         self.zero = ZERO_SHARE * float(gammas.median())
+        self._set_floor()
         # the aimed channels' BN shifts go to zero too: a channel with gamma = 0 still sends the
         # constant relu(beta), which no bias folds exactly where zero padding meets small maps
         modules = dict(self.model.named_modules())
@@ -91,6 +92,11 @@ class LambdaController(SparsityMethod):
         if self._share_of is not None:
             self.target_share = float(self._share_of(self.model))
             self._aim()
+
+    def _set_floor(self) -> None:
+        # lp's derivative is unbounded at 0: exact subgradient steps throw an aimed gamma across
+        # zero, and the harder lambda pushes the wider it swings (docs/lambda-controller.md)
+        self.reg.grad_floor = self.zero if self.reg.penalty.SINGULAR_AT_ZERO else 0.0
 
     def _aim(self) -> None:
         """Point the penalty at the channels pruning to the target would remove now: the
@@ -169,6 +175,7 @@ class LambdaController(SparsityMethod):
         self.reg.penalty.lam = float(state["lam"])
         self.steps, self.target_share = int(state["steps"]), float(state["target_share"])
         self.zero = float(state["zero"])
+        self._set_floor()
         device = self.reg.gammas[0].device
         self.pending = (None if state["pending"] is None
                         else torch.tensor(state["pending"], device=device))

@@ -85,6 +85,8 @@ class Penalty(ABC):
     name: ClassVar[str]
     PARAM_NAMES: ClassVar[tuple[str, ...]] = ()
     PARAM_HELP: ClassVar[dict[str, str]] = {}
+    # whether the derivative is unbounded as x -> 0 (subgradient steps near zero then overshoot)
+    SINGULAR_AT_ZERO: ClassVar[bool] = False
 
     def __init__(self, lam: float) -> None:
         self.lam = _real(self.name, "lam", lam, "a finite number >= 0", lambda v: v >= 0.0)
@@ -170,6 +172,7 @@ class Lp(Penalty):
 
     name = "lp"
     PARAM_NAMES, PARAM_HELP = ("p",), {"p": "in (0, 1)"}
+    SINGULAR_AT_ZERO = True
 
     def __init__(self, lam: float, *, p: float = 0.5) -> None:
         super().__init__(lam)

@@ -106,6 +106,9 @@ class SparsityRegularizer(SparsityMethod):
         # which channels the penalty acts on (None: all); the lambda controller sets it to the
         # channels its pruning target removes, so that the others train free of the penalty
         self.mask: torch.Tensor | None = None
+        # the subgradient is taken at |gamma| no smaller than this (sign kept): a bounded step
+        # near zero for a penalty whose derivative is unbounded there (lp); 0 = the exact one
+        self.grad_floor = 0.0
 
     def __repr__(self) -> str:
         return (f"SparsityRegularizer({self.penalty!r}, mode={self.mode!r}, "
@@ -145,7 +148,13 @@ class SparsityRegularizer(SparsityMethod):
                      for g, grad in zip(self.gammas, grads)]
             for g, grad in zip(self.gammas, grads):
                 g.grad = grad
-        step = self.penalty.grad(self._gather())
+        flat = self._gather()
+        if self.grad_floor > 0.0:  # below the floor, the floor's derivative scaled down linearly
+            size = flat.abs()
+            step = (self.penalty.grad(flat.sign() * size.clamp(min=self.grad_floor))
+                    * (size / self.grad_floor).clamp(max=1.0))
+        else:
+            step = self.penalty.grad(flat)
         if self.mask is not None:
             step = step * self.mask
         torch._foreach_add_(grads, step.split(self.sizes))
