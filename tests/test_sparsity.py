@@ -192,6 +192,20 @@ def test_lp_subgradient_settles_at_the_target_only_with_the_bounded_step():
     assert _subgradient_run("l1", floor=True, steps=1).reg.grad_floor == 0.0  # bounded: exact
 
 
+def test_the_aim_never_takes_a_layers_last_channels_as_pruning_keeps_them():
+    weak, strong = nn.BatchNorm2d(4), nn.BatchNorm2d(12)
+    with torch.no_grad():
+        weak.weight.copy_(torch.tensor([0.01, 0.02, 0.03, 0.04]))
+        strong.weight.copy_(torch.linspace(0.1, 1.0, 12))
+    reg = SparsityRegularizer(nn.Sequential(weak, strong), ncslim.make_penalty("l1", lam=1e-3))
+    for min_channels, aimed_in_weak in ((1, 3), (2, 2)):
+        controller = LambdaController(reg, target=0.25, total_steps=10,
+                                      min_channels=min_channels)
+        mask = controller.reg.mask
+        assert int(mask.sum()) == 4 and int(mask[:4].sum()) == aimed_in_weak
+        assert not mask[3]  # the weak layer's strongest channel stays, as pruning leaves it
+
+
 def test_a_controllers_state_restores_it_exactly():
     gammas = torch.linspace(0.05, 1.0, 50)
     first = _proximal_l1(0.5, gammas, steps=35)  # a measurement is pending at step 30

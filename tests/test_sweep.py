@@ -79,6 +79,11 @@ def test_a_block_without_penalty_is_named_after_the_penalty_it_trains_with():
     assert [r.config.penalty for r in runs] == ["lp", "scad", "scad"]
     assert runs[1].dir == Path("runs/sweep/scad_lam0.0001_s0")
     assert runs[0].config.penalty_params() == {"p": 0.5}
+    spec = {"grid": [{"penalty": "l1", "lam": "auto", "target_flops": 0.4,
+                      "cost_weighted": [True, False]}]}
+    assert [r.name for r in sweep.expand(spec)] == [
+        "l1_cost-weighted_lamauto_target_flops0.4_s0",
+        "l1_no-cost-weighted_lamauto_target_flops0.4_s0"]
 
 
 @pytest.mark.parametrize("text", ["2", "0/2", "3/2", "a/b"])

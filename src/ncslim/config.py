@@ -132,6 +132,10 @@ class Config:
                                       PRUNE_TARGET, unset="off")
     target_params: float | None = _opt(None, "prune until parameters <= this fraction of the "
                                              "original", PRUNE_TARGET, unset="off")
+    cost_weighted: bool = _opt(False, "a --target-flops/--target-params budget removes channels "
+                                      "by |gamma| per unit of what removing them saves "
+                                      "(MorphNet's weighting) instead of by |gamma|",
+                               PRUNE_TARGET)
     min_channels: int = _opt(1, "never keep fewer channels in a layer", PRUNE_TARGET)
     round_to: int = _opt(1, "round kept channel counts up to a multiple of this", PRUNE_TARGET)
     compensate: bool | None = _opt(None, "fold the mean output of removed channels into the next "
@@ -173,6 +177,15 @@ class Config:
             return {"target_params": self.target_params}
         return {"ratio": self.ratio}
 
+    def budget(self) -> tuple[str, float] | None:
+        """The pruning budget as (measure, fraction kept): ("flops", 0.4); None for a ratio or
+        a threshold."""
+        rule = self.prune_rule()
+        for key, value in rule.items():
+            if key.startswith("target_") and value is not None:
+                return key.removeprefix("target_"), value
+        return None
+
     def validate(self) -> Config:
         _check_choices(self)
         _check_ranges(self)
@@ -187,6 +200,10 @@ class Config:
             raise ValueError(f"--lam auto adapts a penalty's lambda to a pruning target: give "
                              f"--penalty {'/'.join(PENALTIES)} and --ratio, --target-flops or "
                              f"--target-params (not --threshold)")
+        if self.cost_weighted and (self.penalty == "vcp" or self.budget() is None):
+            raise ValueError("--cost-weighted weighs channels by what they save of a budget: "
+                             "give --target-flops or --target-params (not --ratio or "
+                             "--threshold, and not --penalty vcp, which prunes by its own rule)")
         if self.penalty not in ("none", "vcp"):
             from .penalties import make_penalty
 

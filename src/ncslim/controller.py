@@ -45,11 +45,14 @@ class LambdaController(SparsityMethod):
 
     ``target`` is the share of channels pruning will remove (a ratio), or a function of the model
     that returns it (called at the start of every epoch: FLOPs and parameter budgets).
+    ``weights`` (one per channel, flat in the regularizer's order) make the aim rank
+    ``|gamma| / weight``: MorphNet's cost weighting (:mod:`ncslim.costs`).
     """
 
     def __init__(self, regularizer: SparsityRegularizer, target: float | Callable[[Any], float],
                  total_steps: int, every: int = EVERY, gain: float = GAIN,
-                 ramp: float = RAMP) -> None:
+                 ramp: float = RAMP, weights: torch.Tensor | None = None,
+                 min_channels: int = 1) -> None:
         super().__init__(regularizer.model)
         if callable(target):
             self._share_of, share = target, None
@@ -58,6 +61,14 @@ class LambdaController(SparsityMethod):
                 raise ValueError(f"the controller's target share must be in [0, 1), got {target}")
             self._share_of, share = None, float(target)
         self.reg = regularizer
+        # per channel, what removing it saves relative to the mean (ncslim.costs): the aim
+        # ranks |gamma| / weight, as pruning to the budget then does
+        self.inverse_weights = None if weights is None else 1.0 / weights.clamp(min=1e-12)
+        # pruning keeps each layer's strongest min_channels whatever the target: never aimed
+        sizes = torch.tensor(regularizer.sizes)
+        self.min_channels = min_channels
+        self._layer_of = torch.repeat_interleave(torch.arange(len(sizes)), sizes)
+        self._layer_start = sizes.cumsum(0) - sizes
         self.total_steps, self.every, self.gain, self.ramp = max(total_steps, 1), every, gain, ramp
         gammas = regularizer.scales().abs().float()
         self.zero = ZERO_SHARE * float(gammas.median())
@@ -100,14 +111,32 @@ class LambdaController(SparsityMethod):
 
     def _aim(self) -> None:
         """Point the penalty at the channels pruning to the target would remove now: the
-        ``target_share`` smallest |gamma| (on the device, no sync)."""
+        ``target_share`` smallest |gamma| (per unit of cost with ``weights``) outside each
+        layer's ``min_channels`` strongest (on the device, no sync)."""
         with torch.no_grad():
             scales = self.reg._gather().abs()
+            if self.inverse_weights is not None:
+                if self.inverse_weights.device != scales.device:  # once, not at every aim
+                    self.inverse_weights = self.inverse_weights.to(scales.device)
+                scales = scales * self.inverse_weights
+            scales = self._floor_kept(scales)
             count = round(self.target_share * scales.numel())
             if count == 0:
                 self.reg.mask = torch.zeros_like(scales, dtype=torch.bool)
                 return
             self.reg.mask = scales <= torch.kthvalue(scales.float(), count).values
+
+    def _floor_kept(self, scores: torch.Tensor) -> torch.Tensor:
+        """``scores`` with each layer's ``min_channels`` highest set to inf (sorts, no sync)."""
+        if self._layer_of.device != scores.device:
+            self._layer_of = self._layer_of.to(scores.device)
+            self._layer_start = self._layer_start.to(scores.device)
+        falling = torch.argsort(scores, descending=True, stable=True)
+        by_layer = falling[torch.argsort(self._layer_of[falling], stable=True)]
+        rank = torch.empty_like(by_layer)
+        rank[by_layer] = (torch.arange(by_layer.numel(), device=scores.device)
+                          - self._layer_start[self._layer_of[by_layer]])
+        return torch.where(rank < self.min_channels, torch.inf, scores.float())
 
     def _prox_and_count(self, lr: float) -> None:
         self.reg.proximal_step(lr)

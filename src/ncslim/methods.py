@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import nn
 
 from .config import AUTO, Config
@@ -32,21 +33,42 @@ def make_method(cfg: Config, model: nn.Module, n_train: int, steps: int,
     regularizer = SparsityRegularizer(model, penalty, cfg.mode, decay_gammas=cfg.decay_gammas)
     if cfg.lam != AUTO:
         return regularizer
-    return LambdaController(regularizer, target_of(cfg), total_steps=steps)
+    weights = cost_weights(cfg, model)
+    flat = None if weights is None else torch.cat(
+        [torch.full_like(gamma, weights[name], dtype=torch.float32)
+         for name, gamma in zip(regularizer.names, regularizer.gammas)])
+    return LambdaController(regularizer, target_of(cfg, weights), total_steps=steps,
+                            weights=flat, min_channels=cfg.min_channels)
 
 
-def target_of(cfg: Config) -> float | Callable[[Any], float]:
+def cost_weights(cfg: Config, model: nn.Module) -> dict[str, float] | None:
+    """With ``cost_weighted``: each BN layer's cost of one channel in the budget's measure,
+    relative to the mean channel (:mod:`ncslim.costs`); else None."""
+    budget = cfg.budget()
+    if not cfg.cost_weighted or budget is None:
+        return None
+    from .costs import budget_weights
+
+    return budget_weights(model, budget[0], min_channels=cfg.min_channels)
+
+
+def target_of(cfg: Config, weights: dict[str, float] | None = None,
+              ) -> float | Callable[[Any], float]:
     """The share of channels the config's pruning rule removes: its ratio, or for a FLOPs or
-    parameter budget a function of the model (what pruning it now would remove)."""
-    rule = cfg.prune_rule()
-    if "ratio" in rule:
-        return float(rule["ratio"] or 0.0)
-    measure, fraction = next((k.removeprefix("target_"), v) for k, v in rule.items())
+    parameter budget a function of the model (what pruning it now would remove, ranking
+    ``|gamma| / weight`` with ``weights``)."""
+    budget = cfg.budget()
+    if budget is None:
+        return float(cfg.prune_rule().get("ratio") or 0.0)
+    measure, fraction = budget
     options = {"min_channels": cfg.min_channels, "round_to": cfg.round_to}
 
     def share(model: nn.Module) -> float:
+        from .costs import cost_weighted_scores
         from .pruning import prune_to_budget
 
-        return prune_to_budget(model, fraction, measure=measure, **options)[1].removed_fraction
+        scores = None if weights is None else cost_weighted_scores(model, weights)
+        return prune_to_budget(model, fraction, measure=measure, scores=scores,
+                               **options)[1].removed_fraction
 
     return share

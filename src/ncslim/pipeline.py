@@ -26,9 +26,10 @@ from torch import nn
 
 from . import __version__, distributed
 from .config import AUTO, DATA_RECORD, Config
+from .costs import cost_weighted_scores
 from .data import ImageData, load_dataset
 from .io import atomic_write_text, run_lock, save_model
-from .methods import make_method
+from .methods import cost_weights, make_method
 from .metrics import (
     count_flops,
     count_params,
@@ -39,7 +40,7 @@ from .metrics import (
 )
 from .models import SlimmableNet, build_model
 from .progress import RunProgress
-from .pruning import PruneReport, prune_model, prune_to_budget
+from .pruning import MEASURES, PruneReport, prune_model, prune_to_budget
 from .regularizer import find_scales
 from .train import Trainer, evaluate, gamma_stats, resolve_device, steps_per_epoch
 from .vcp import vcp_scores
@@ -188,12 +189,15 @@ def prune(model: nn.Module, cfg: Config) -> tuple[SlimmableNet, PruneReport]:
     if cfg.penalty == "vcp":  # VCP's own rule: |mu| <= vcp_mu and sigma <= vcp_sigma
         return prune_model(model, threshold=1.0, scores=vcp_rule_scores(model, cfg), **options)
     rule = cfg.prune_rule()
-    for key, measure, what in (("target_flops", "flops", "FLOPs"),
-                               ("target_params", "params", "parameters")):
-        if key in rule:
-            log.info("searching the prune ratio that keeps %g of the %s (counts them at each "
-                     "step)", rule[key], what)
-            return prune_to_budget(model, rule[key], measure, **options)
+    budget = cfg.budget()
+    if budget is not None:
+        measure, fraction = budget
+        log.info("searching the prune ratio that keeps %g of the %s (counts them at each step)",
+                 fraction, MEASURES[measure][0])
+        weights = cost_weights(cfg, model)
+        if weights is not None:
+            options["scores"] = cost_weighted_scores(model, weights)
+        return prune_to_budget(model, fraction, measure, **options)
     log.info("pruning by %s (and counting parameters and FLOPs)",
              ", ".join(f"{k} {v:g}" for k, v in rule.items() if v is not None))
     return prune_model(model, **rule, **options)

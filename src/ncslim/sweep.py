@@ -75,9 +75,11 @@ def _run_name(values: dict[str, Any], seed: int, penalty: str | None) -> str:
     """``penalty``, the other grid values (mode last) and the seed: ``lp_p0.75_proximal_s0``."""
     parts = [] if penalty is None else [str(penalty)]
     for key in sorted(k for k in values if k not in ("penalty", "mode")):
-        short = key.removeprefix("vcp_")
-        parts.append(f"{short}{values[key]:g}" if isinstance(values[key], float)
-                     else f"{short}{values[key]}")
+        short, value = key.removeprefix("vcp_"), values[key]
+        if isinstance(value, bool):  # cost_weighted = true: "cost-weighted"
+            parts.append(short.replace("_", "-") if value else f"no-{short.replace('_', '-')}")
+        else:
+            parts.append(f"{short}{value:g}" if isinstance(value, float) else f"{short}{value}")
     if "mode" in values:
         parts.append(str(values["mode"]))
     return "_".join(parts + [f"s{seed}"])
