@@ -13,7 +13,7 @@ from ncslim.config import load_config
 from ncslim.controller import LambdaController
 from ncslim.costs import budget_weights, channel_costs, cost_weighted_scores
 from ncslim.methods import make_method
-from ncslim.pipeline import prune
+from ncslim.prunerule import prune
 from ncslim.train import Trainer
 
 

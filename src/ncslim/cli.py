@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from . import distributed, pipeline
+from . import distributed, pipeline, prunerule
 from .commandline import build_parser, unknown_flags
 from .config import Config, command_config, config_fields
 from .export import SUFFIX, check_export, export_model
@@ -87,7 +87,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
     if args.dry_run:
         _prune_dry_run(args, model, cfg, data)
         return
-    small, report = pipeline.prune(model, cfg)
+    small, report = prunerule.prune(model, cfg)
     out = Path(cfg.out)
     record: dict[str, Any] = report.to_dict()
     if data is not None:
@@ -109,7 +109,7 @@ def _prune_dry_run(args: argparse.Namespace, model: Any, cfg: Config, data: Any)
     """Report (and with ``data``, evaluate) the pruning at each of ``--ratios``, or by the
     config's own rule (ratio, threshold, target FLOPs or parameters, VCP's); write nothing."""
     ratios = _ratios(args.ratios) if args.ratios else None
-    pairs = pipeline.prune_dry_run(model, cfg, ratios)
+    pairs = prunerule.prune_dry_run(model, cfg, ratios)
     if data is not None:
         print(f"test accuracy on {cfg.dataset} before pruning "
               f"{pipeline.evaluate(model, data)[0]:.2%}")

@@ -167,7 +167,7 @@ class Config:
         """Exactly one of threshold / target_flops / target_params / ratio, in that order of
         precedence.
 
-        With ``penalty = "vcp"`` the pruning follows VCP's own rule instead (``pipeline.prune``).
+        With ``penalty = "vcp"`` the pruning follows VCP's own rule instead (``prunerule.prune``).
         """
         if self.threshold is not None:
             return {"threshold": self.threshold}

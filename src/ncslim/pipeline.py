@@ -22,14 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from . import __version__, distributed
 from .config import AUTO, DATA_RECORD, Config
-from .costs import cost_weighted_scores
 from .data import ImageData, load_dataset
 from .io import atomic_write_text, run_lock, save_model
-from .methods import cost_weights, make_method
+from .methods import make_method
 from .metrics import (
     count_flops,
     count_params,
@@ -40,10 +38,10 @@ from .metrics import (
 )
 from .models import SlimmableNet, build_model
 from .progress import RunProgress
-from .pruning import MEASURES, PruneReport, prune_model, prune_to_budget
+from .prunerule import prune
+from .pruning import PruneReport
 from .regularizer import find_scales
 from .train import Trainer, evaluate, gamma_stats, resolve_device, steps_per_epoch
-from .vcp import vcp_scores
 
 log = logging.getLogger("ncslim")
 
@@ -175,61 +173,6 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
         if distributed.is_main():
             save_model(model, out / "model.pt")
     return {"test_acc": test_acc, "model": str(out / "model.pt")}
-
-
-def prune(model: nn.Module, cfg: Config) -> tuple[SlimmableNet, PruneReport]:
-    """Prune by the config's rule, the one rule of run, prune, its dry run and sweeps.
-
-    VCP's own rule with ``penalty = "vcp"``; else ``threshold``, ``target_flops``,
-    ``target_params`` or ``ratio`` (:meth:`Config.prune_rule`), each with ``min_channels``,
-    ``round_to`` and ``compensate``.
-    """
-    options = {"min_channels": cfg.min_channels, "round_to": cfg.round_to,
-               "compensate": cfg.compensates()}
-    if cfg.penalty == "vcp":  # VCP's own rule: |mu| <= vcp_mu and sigma <= vcp_sigma
-        return prune_model(model, threshold=1.0, scores=vcp_rule_scores(model, cfg), **options)
-    rule = cfg.prune_rule()
-    budget = cfg.budget()
-    if budget is not None:
-        measure, fraction = budget
-        log.info("searching the prune ratio that keeps %g of the %s (counts them at each step)",
-                 fraction, MEASURES[measure][0])
-        weights = cost_weights(cfg, model)
-        if weights is not None:
-            options["scores"] = cost_weighted_scores(model, weights)
-        return prune_to_budget(model, fraction, measure, **options)
-    log.info("pruning by %s (and counting parameters and FLOPs)",
-             ", ".join(f"{k} {v:g}" for k, v in rule.items() if v is not None))
-    return prune_model(model, **rule, **options)
-
-
-def vcp_rule_scores(model: nn.Module, cfg: Config) -> dict[str, torch.Tensor]:
-    """Scores that ``threshold=1.0`` turns into VCP's pruning rule, from the model's sigmas."""
-    sigmas = getattr(model, "vcp_sigma", None)
-    if sigmas is None:
-        raise ValueError("--penalty vcp prunes by VCP's rule, which needs the sigmas of a model "
-                         "trained with --penalty vcp; this model has none (prune it with "
-                         "another --penalty, or train it with vcp)")
-    return vcp_scores(find_scales(model), sigmas, cfg.vcp_mu, cfg.vcp_sigma)
-
-
-def prune_dry_run(model: SlimmableNet, cfg: Config, ratios: list[float] | None = None,
-                  ) -> list[tuple[str, tuple[SlimmableNet, PruneReport]]]:
-    """Each pruning of a dry run, labelled: at each of ``ratios``, or by the config's own rule
-    when ``ratios`` is None (and always with VCP, whose rule has no ratio). Nothing is written.
-
-    Every one goes through :func:`prune`, so ``min_channels``, ``round_to`` and ``compensate``
-    apply; the labels read "ratio 0.3", "threshold 0.01", "target-flops 0.4",
-    "target-params 0.3" or "VCP rule".
-    """
-    if cfg.penalty == "vcp":
-        return [("VCP rule", prune(model, cfg))]
-    if ratios is None:
-        ((key, value),) = cfg.prune_rule().items()
-        pruned = prune(model, cfg)  # first: it names a missing rule better than the label
-        return [(f"{key.replace('_', '-')} {value:g}", pruned)]
-    no_rule = {"threshold": None, "target_flops": None, "target_params": None}
-    return [(f"ratio {r:g}", prune(model, replace(cfg, ratio=r, **no_rule))) for r in ratios]
 
 
 def finetune(model: SlimmableNet, data: ImageData, cfg: Config, out: Path,
