@@ -76,3 +76,17 @@ def test_the_controller_aims_where_the_weighted_pruning_cuts(tmp_path):
         gone[torch.tensor(layers[name].indices, dtype=torch.long)] = False
         removed.append(gone)
     assert torch.equal(method.reg.mask, torch.cat(removed))  # aimed = removed by the pruning
+
+
+def test_costs_of_another_cnn_through_the_generic_pruner():
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2), torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.BatchNorm2d(16),
+        torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+        torch.nn.Linear(16, 10))
+    example = torch.randn(1, 3, 16, 16)
+    params = channel_costs(model, "params", example_inputs=example)
+    # its filter and bias, its BN, its slice of the layer that reads it
+    assert params == {"1": 27 + 1 + 2 + 9 * 16, "5": 9 * 8 + 1 + 2 + 10}
+    weights = budget_weights(model, "params", example_inputs=example)
+    assert sum(weights[n] * size for n, size in (("1", 8), ("5", 16))) == pytest.approx(24)
