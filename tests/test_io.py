@@ -177,6 +177,21 @@ def test_a_finished_run_leaves_no_lock_file(tmp_path):
     assert not list(out.iterdir())
 
 
+def test_a_claim_cleans_only_the_partial_files_its_lock_covers(tmp_path):
+    out = tmp_path / "runs"
+    own = out / "train" / ".model.pt.1a2b3c4d.tmp"  # a writer of this run, cut short
+    own.parent.mkdir(parents=True)
+    own.write_bytes(b"half")
+    live = out / "other" / "train" / ".last.pt.5e6f7a8b.tmp"  # another run, saving right now
+    live.parent.mkdir(parents=True)
+    live.write_bytes(b"being written")
+    with run_lock(out / "other", fresh=False):
+        (out / "other" / "train" / ".last.pt.5e6f7a8b.tmp").write_bytes(b"being written")
+        with run_lock(out, fresh=False):
+            assert not own.exists()
+            assert live.read_bytes() == b"being written"  # its folder holds its own .lock
+
+
 CONTENDER = """
 import os, sys, time
 from ncslim.io import run_lock

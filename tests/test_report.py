@@ -218,3 +218,37 @@ def test_the_summary_names_how_each_run_was_pruned(tmp_path):
     rules = [line.split(" | ")[2] for line in table.splitlines()[2:]]
     assert sorted(rules) == ["0.5", "FLOPs <= 0.4", "|gamma| <= 0.01"]
     assert "VCP rule" not in table
+
+
+def test_a_report_killed_while_writing_leaves_the_previous_one_whole(tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    for seed in (0, 1):
+        make_run(runs / f"l1_s{seed}", seed=seed)
+    out = tmp_path / "report"
+    files = make_report(runs, out)
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    assert set(before) == {path.name for path in files.values()}
+
+    from matplotlib.figure import Figure
+
+    real = Figure.savefig
+    drawn: list[str] = []
+
+    def killed_halfway(fig, target, *args, **kwargs):  # the second figure dies mid-write
+        if drawn:
+            Path(target).write_bytes(b"\x89PNG half")
+            raise KeyboardInterrupt
+        drawn.append(str(target))
+        return real(fig, target, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", killed_halfway)
+    make_run(runs / "l1_s2", seed=2)
+    with pytest.raises(KeyboardInterrupt):
+        make_report(runs, out)
+    after = {path.name: path.read_bytes() for path in out.iterdir()}
+    assert set(after) == set(before)  # no temporary file left
+    pngs = [name for name in after if name.endswith(".png")]
+    assert all(after[name].startswith(PNG) and after[name].endswith(b"IEND\xaeB`\x82")
+               for name in pngs)  # every figure whole: the old one, or the one drawn in full
+    assert sum(after[name] != before[name] for name in pngs) <= 1
+    assert len(after["results.csv"].decode().splitlines()) == 1 + 3  # the new table, whole

@@ -18,6 +18,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from .io import atomic_path  # noqa: E402
 from .rundata import RunCurves, channel_bars, gamma_histogram, run_curves  # noqa: E402
 
 DPI = 130
@@ -58,14 +59,16 @@ def _legend(ax: Any, fig: Any) -> None:
 
 
 def _save(fig: Any, path: Path, legend_rows: int = 0) -> Path:
+    """Write the figure atomically (a killed report leaves the previous file whole)."""
     if legend_rows:
         fig.tight_layout(rect=(0, 0.045 * legend_rows, 1, 1))
-        fig.savefig(path, dpi=DPI)
+    else:
+        fig.tight_layout()
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=DPI, format=path.suffix.lstrip(".") or "png")
+    finally:
         plt.close(fig)
-        return path
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
     return path
 
 

@@ -236,8 +236,8 @@ def run_lock(out: str | os.PathLike, fresh: bool) -> Iterator[None]:
         if fresh and any(p.name != ".lock" for p in out.iterdir()):
             raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose "
                              f"another --out")
-        for partial in out.rglob(f".*{_PARTIAL}"):  # nothing else writes here: ours, cut short
-            partial.unlink()
+        for partial in _partials_covered_by(out):
+            partial.unlink(missing_ok=True)
         if locked:
             handle.seek(0)
             handle.truncate()
@@ -248,6 +248,16 @@ def run_lock(out: str | os.PathLike, fresh: bool) -> Iterator[None]:
         if locked:  # only a holder removes it: without a lock, another process may hold one
             lock.unlink(missing_ok=True)
         handle.close()
+
+
+def _partials_covered_by(out: Path) -> list[Path]:
+    """The temporary files of cut-short writers in ``out`` and its subfolders, except those
+    below a subfolder that holds its own ``.lock``: another run's, live or not, to clean."""
+    found = []
+    for folder, subfolders, files in os.walk(out):
+        subfolders[:] = [d for d in subfolders if not (Path(folder, d) / ".lock").exists()]
+        found += [Path(folder, f) for f in files if f.startswith(".") and f.endswith(_PARTIAL)]
+    return found
 
 
 def _claim(lock: Path, out: Path) -> tuple[IO[str], bool]:

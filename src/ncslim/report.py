@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config
+from .io import atomic_path, atomic_write_text
 
 COLUMNS = ["setting", "penalty", "params", "lam", "mode", "ratio", "seed", "acc_sparse",
            "acc_pruned", "acc_finetuned", "params_removed", "flops_removed", "speedup",
@@ -92,7 +93,7 @@ def _rule(prune: dict[str, Any], config: dict[str, Any]) -> str:
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    with path.open("w", newline="") as f:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
@@ -131,7 +132,7 @@ def report(runs_dir: str | Path, out: str | Path | None = None) -> dict[str, Pat
     out.mkdir(parents=True, exist_ok=True)
     files = {"csv": out / "results.csv", "markdown": out / "summary.md"}
     write_csv(rows, files["csv"])
-    files["markdown"].write_text(summary_table(rows))
+    atomic_write_text(files["markdown"], summary_table(rows))
     from . import figures
 
     files.update(figures.draw_all(rows, out))
