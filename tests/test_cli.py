@@ -305,6 +305,37 @@ def test_a_pruned_model_is_not_pruned_again_unless_asked(tmp_path, capsys):
     assert f"pruned from a model of {record['params']:,} parameters" in capsys.readouterr().out
 
 
+def test_prune_and_export_replace_only_their_own_outputs_unless_asked(tmp_path, capsys):
+    full = _saved(tmp_path / "full.pt", num_classes=10, in_channels=1)
+    run = tmp_path / "run"  # a finished run's folder, as ncslim run leaves it
+    run.mkdir()
+    for name, content in (("config.json", b"{}"), ("results.json", b"{}"),
+                          ("pruned.pt", b"the run's")):
+        (run / name).write_bytes(content)
+    stranger = tmp_path / "other"
+    stranger.mkdir()
+    (stranger / "pruned.pt").write_bytes(b"someone's")
+    for out, named in ((run, f"{run} holds a run (config.json)"),
+                       (stranger, f"{stranger / 'pruned.pt'} was not written by ncslim prune")):
+        argv = ["prune", "--checkpoint", str(full), "--ratio", "0.5", "--out", str(out)]
+        err = _one_line_error(argv, capsys)
+        assert named in err and "--overwrite" in err
+        assert not (out / "prune.json").exists()
+    assert (run / "pruned.pt").read_bytes() == b"the run's"
+    own = tmp_path / "p"
+    for _ in range(2):  # an earlier prune's outputs are its own to replace
+        assert main(["prune", "--checkpoint", str(full), "--ratio", "0.3", "--out", str(own)]) == 0
+    assert main(["prune", "--checkpoint", str(full), "--ratio", "0.5", "--out", str(stranger),
+                 "--overwrite"]) == 0
+    assert ncslim.load_model(stranger / "pruned.pt").pruned_from is not None
+
+    err = _one_line_error(["export", str(full), "-o", str(run / "results.json")], capsys)
+    assert "exists and is not an earlier onnx export (not .onnx)" in err
+    assert (run / "results.json").read_bytes() == b"{}"
+    err = _one_line_error(["export", str(full), "-o", str(run)], capsys)
+    assert "is a directory" in err
+
+
 def test_a_corrupt_checkpoint_given_to_any_command_is_one_line(tmp_path, capsys):
     good = _saved(tmp_path / "good.pt", num_classes=10, in_channels=1)
     bad = tmp_path / "bad.pt"

@@ -80,6 +80,8 @@ def cmd_prune(args: argparse.Namespace) -> None:
         raise ValueError(f"{args.checkpoint} is already pruned (it keeps {kept:.1%} of its full "
                          f"model's parameters); prune {_full_model_hint(Path(args.checkpoint))}, "
                          f"or pass --again to prune this one further")
+    if not args.dry_run:
+        _check_prune_out(Path(cfg.out), args.overwrite)
     data = None
     if args.evaluate:
         data = pipeline.load_data(cfg, device)
@@ -103,6 +105,19 @@ def cmd_prune(args: argparse.Namespace) -> None:
         print(f"test accuracy on {cfg.dataset} {record['accuracy_before']:.2%} -> "
               f"{record['accuracy_after']:.2%}")
     print(f"pruned model: {out / 'pruned.pt'}")
+
+
+def _check_prune_out(out: Path, overwrite: bool) -> None:
+    """prune writes pruned.pt and prune.json into ``out``: it replaces an earlier prune's, and
+    another command's only when asked."""
+    if overwrite or out.is_file():
+        return  # a file where the folder should be: the writing names it
+    if (out / "config.json").exists():
+        raise ValueError(f"{out} holds a run (config.json), whose results.json describes its "
+                         f"pruned.pt; choose another --out, or pass --overwrite")
+    if (out / "pruned.pt").exists() and not (out / "prune.json").exists():
+        raise ValueError(f"{out / 'pruned.pt'} was not written by ncslim prune (no prune.json "
+                         f"beside it); choose another --out, or pass --overwrite")
 
 
 def _prune_dry_run(args: argparse.Namespace, model: Any, cfg: Config, data: Any) -> None:
@@ -208,6 +223,11 @@ def cmd_export(args: argparse.Namespace) -> None:
         SUFFIX[args.format])
     if output.resolve() == Path(args.model).resolve():
         raise ValueError(f"--output {output} would overwrite the model itself; choose another")
+    if output.is_dir():
+        raise ValueError(f"--output {output} is a directory; name a file in it")
+    if output.exists() and output.suffix != SUFFIX[args.format] and not args.overwrite:
+        raise ValueError(f"--output {output} exists and is not an earlier {args.format} export "
+                         f"(not {SUFFIX[args.format]}); choose another, or pass --overwrite")
     export_model(model, output, args.format, shape, fixed_batch=args.fixed_batch,
                  opset=args.opset, verbose=args.verbose)
     print(f"{args.format}: {output} ({output.stat().st_size / 2**20:.2f} MiB)")

@@ -139,6 +139,9 @@ def _add_prune_flags(prune: argparse.ArgumentParser) -> None:
     prune.add_argument("--again", action="store_true",
                        help="prune an already pruned model further (the ratio then counts its "
                             "remaining channels)")
+    prune.add_argument("--overwrite", action="store_true",
+                       help="write into --out even where its pruned.pt is not an earlier "
+                            "prune's (a run's folder)")
 
 
 def _add_info_flags(info: argparse.ArgumentParser) -> None:
@@ -168,6 +171,8 @@ def _add_export_flags(export: argparse.ArgumentParser) -> None:
     export.add_argument("--fixed-batch", action="store_true",
                         help="ONNX: a fixed batch size instead of a dynamic one")
     export.add_argument("--opset", type=int, help="ONNX opset version (default: the exporter's)")
+    export.add_argument("--overwrite", action="store_true",
+                        help="replace --output even if it is not an earlier export")
     export.add_argument("--no-check", action="store_true",
                         help="skip comparing the exported file's outputs with PyTorch's")
     export.add_argument("--verbose", "-v", action="store_true",
