@@ -146,13 +146,18 @@ def test_prune_to_target_flops(tmp_path):
     (["run", "--penalty", "mcp", "--gamma", "0.5"], "mcp: gamma must be > 1"),
     (["run", "--penalty", "scad", "--a", "1.5"], "scad: a must be > 2"),
     (["run", "--penalty", "tl1", "--a", "0"], "tl1: a must be > 0"),
-    (["run", "--device", "tpu"], "--device 'tpu' is not a device"),
+    (["run", "--device", "tpu"], "--device must be cpu, cuda, cuda:N or auto"),
+    (["run", "--device", "mps"], "\\(ncslim runs on CPUs and CUDA GPUs\\), got 'mps'"),
+    (["info", "--device", "meta"], "--device meta: ncslim runs on cpu or cuda"),
+    (["run", "--arch", "resnet", "--depth", "21"], "resnet depth must be 9n\\+2"),
+    (["info", "--width", "1e9"], "width must be at most 16.0"),
+    (["run", "--seed", "4294967296"], "--seed must be an integer in \\[0, 2\\^32\\)"),
     (["prune", "--checkpoint", "/nonexistent.pt", "--ratio", "1.5"], "--ratio must be in"),
     (["finetune", "--checkpoint", "/nonexistent.pt"], "no such file"),
     (["info", "--depth", "17"], "vgg depth must be one of"),
     (["info", "--arch", "resnet", "--width", "-1"], "width must be a positive finite number"),
     (["report", "/nonexistent"], "no results.json below /nonexistent"),
-    (["run", "--seed", "-1"], "--seed must be an integer >= 0"),
+    (["run", "--seed", "-1"], "--seed must be an integer in"),
 ])
 def test_user_errors_are_one_line_without_traceback(argv, message, capsys, tmp_path):
     if argv[0] in ("run", "train"):
@@ -431,3 +436,22 @@ def test_a_run_recorded_before_compensate_had_a_default_still_resumes(tmp_path):
                                               "compensate": False})
     with pytest.raises(ValueError, match="--lam auto"):
         pipeline._check_same_run(auto, tmp_path / "config.json", "run")
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ('amp = "yes"', "--amp must be true or false, got 'yes' \\(str\\)"),
+    ("data_dir = 3", "--data-dir must be a string \\(or left out\\), got 3 \\(int\\)"),
+    ("epochs = 2.0", "--epochs must be an integer, got 2.0 \\(float\\)"),
+    ("lam = true", "--lam must be a number or a string, got True \\(bool\\)"),
+    ('seed = "1"', "--seed must be an integer, got '1' \\(str\\)"),
+    ("compensate = 1", "--compensate must be true or false \\(or left out\\)"),
+    ("ratio = [0.5]", "--ratio must be a number \\(or left out\\), got \\[0.5\\] \\(list\\)"),
+    ("[depth]\nvalue = 19", "--depth must be an integer \\(or left out\\), got \\{'value': 19\\}"),
+])
+def test_a_preset_value_of_the_wrong_type_is_refused_before_anything_is_written(
+        tmp_path, capsys, line, message):
+    preset = tmp_path / "bad.toml"
+    preset.write_text(line + "\n")
+    err = _one_line_error(["run", "--config", str(preset), "--out", str(tmp_path / "o")], capsys)
+    assert re.search(message, err)
+    assert not (tmp_path / "o").exists()

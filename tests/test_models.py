@@ -89,7 +89,7 @@ def test_width_scales_channels():
     ({"name": "resnet", "depth": 100}, "resnet depth must be 9n\\+2"),
     ({"name": "vgg", "width": 0.0}, "width must be a positive"),
     ({"name": "resnet", "width": float("nan")}, "width must be a positive"),
-    ({"name": "vgg", "num_classes": 0}, "num_classes must be >= 1"),
+    ({"name": "vgg", "num_classes": 0}, "num_classes must be in \\[1, 100000\\]"),
     ({"name": "vggg"}, "unknown architecture 'vggg' \\(did you mean vgg"),
     ({"name": "vgg", "channels": [64, "M", -1]}, "each entry must be an int >= 1"),
     ({"name": "densenet", "channels": {"stem": 16}}, "densenet channels must be a dict"),

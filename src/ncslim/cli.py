@@ -28,7 +28,7 @@ from .config import Config, command_config, config_fields
 from .export import SUFFIX, check_export, export_model
 from .io import atomic_write_text, load_model, run_lock, save_model
 from .metrics import count_params, threads_text
-from .models import build_model
+from .models import build_model, check_arch
 from .train import TrainingDiverged, resolve_device
 
 log = logging.getLogger("ncslim")
@@ -172,6 +172,7 @@ def cmd_info(args: argparse.Namespace) -> None:
     if args.checkpoint:
         model = load_model(args.checkpoint, device)
     else:
+        check_arch(args.arch, args.depth, args.width)
         model = build_model(args.arch, args.num_classes, args.in_channels, args.width,
                             args.depth)
     info = pipeline.describe(model, device, args.batch_size, args.latency_threads)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -187,6 +188,7 @@ class Config:
         return None
 
     def validate(self) -> Config:
+        _check_types(self)
         _check_choices(self)
         _check_ranges(self)
         if self.penalty == "vcp" and self.sync_bn:
@@ -235,6 +237,30 @@ def _check_choices(cfg: Config) -> None:
                              f"got {value!r}")
 
 
+_TYPE_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "float": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+}
+
+
+def _check_types(cfg: Config) -> None:
+    """Each value has its field's type: in a preset or sweep file a string is not a boolean and
+    a number is not a path (flags are parsed to the type already)."""
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        kinds = [kind.strip() for kind in str(f.type).split("|")]
+        if value is None and "None" in kinds:
+            continue
+        if not any(_TYPE_CHECKS[kind][0](value) for kind in kinds if kind in _TYPE_CHECKS):
+            wanted = " or ".join(_TYPE_CHECKS[k][1] for k in kinds if k in _TYPE_CHECKS)
+            if "None" in kinds:
+                wanted += " (or left out)"
+            raise ValueError(f"--{_flag(f.name)} must be {wanted}, got {value!r} "
+                             f"({type(value).__name__})")
+
+
 def _finite(value: float | None) -> bool:
     return value is not None and isinstance(value, (int, float)) and math.isfinite(value)
 
@@ -263,7 +289,9 @@ def _check_ranges(cfg: Config) -> None:
         ("min_channels", isinstance(cfg.min_channels, int) and cfg.min_channels >= 1,
          "an integer >= 1"),
         ("round_to", isinstance(cfg.round_to, int) and cfg.round_to >= 1, "an integer >= 1"),
-        ("seed", isinstance(cfg.seed, int) and cfg.seed >= 0, "an integer >= 0"),
+        ("seed", isinstance(cfg.seed, int) and 0 <= cfg.seed < 2**32, "an integer in [0, 2^32)"),
+        ("device", re.fullmatch(r"auto|cpu|cuda(:\d{1,3})?", cfg.device) is not None,
+         "cpu, cuda, cuda:N or auto (ncslim runs on CPUs and CUDA GPUs)"),
         ("latency_threads", isinstance(cfg.latency_threads, int) and cfg.latency_threads >= 0,
          "an integer >= 0"),
         ("limit_train", cfg.limit_train is None or (
@@ -279,6 +307,13 @@ def _check_ranges(cfg: Config) -> None:
     for name, ok, allowed in rules:
         if not ok:
             raise ValueError(f"--{_flag(name)} must be {allowed}, got {getattr(cfg, name)!r}")
+    from .models import check_arch
+
+    try:
+        check_arch(cfg.arch, cfg.depth, cfg.width)  # the spec only: no module is built
+    except ValueError as err:
+        raise ValueError(f"--arch {cfg.arch} --depth {cfg.depth} --width {cfg.width:g}: "
+                         f"{err}") from None
 
 
 def _flag(name: str) -> str:

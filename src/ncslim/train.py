@@ -65,8 +65,14 @@ def resolve_device(name: str) -> torch.device:
     except RuntimeError as err:
         raise ValueError(f"--device {name!r} is not a device "
                          f"(use cpu, cuda, cuda:N or auto)") from err
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name}: ncslim runs on cpu or cuda (cuda:N); use one of "
+                         f"those")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA GPU is available here; use --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA "
+                         f"GPU(s), numbered from 0")
     if device.type == "cuda" and device.index is None and distributed.launched():
         device = torch.device("cuda", distributed.local_rank())  # one GPU per process
     return device

@@ -24,6 +24,8 @@ from torch import nn
 BN_INIT_SCALE = 0.5  # the reference code starts every BN gamma at 0.5
 
 _REGISTRY: dict[str, type[SlimmableNet]] = {}
+# sane limits: a typo or a hostile file must not build a network of terabytes
+MAX_DEPTH, MAX_WIDTH, MAX_CLASSES, MAX_CHANNELS = 2000, 16.0, 100_000, 4096
 
 
 @dataclass(frozen=True)
@@ -75,14 +77,16 @@ class SlimmableNet(nn.Module, abc.ABC):
     """
 
     arch: ClassVar[str]
+    # (width, depth) -> the channel spec of the full network; raises ValueError on bad values
+    default_channels: ClassVar[Callable[[float, int | None], Any]]
     input_size: ClassVar[int] = 32  # CIFAR geometry: the final pooling assumes 32x32 inputs
 
     def __init__(self, num_classes: int, in_channels: int, channels: Any) -> None:
         super().__init__()
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        if in_channels < 1:
-            raise ValueError(f"in_channels must be >= 1, got {in_channels}")
+        if not 1 <= num_classes <= MAX_CLASSES:
+            raise ValueError(f"num_classes must be in [1, {MAX_CLASSES}], got {num_classes}")
+        if not 1 <= in_channels <= MAX_CHANNELS:
+            raise ValueError(f"in_channels must be in [1, {MAX_CHANNELS}], got {in_channels}")
         self.num_classes = num_classes
         self.in_channels = in_channels
         self.channels = channels
@@ -145,6 +149,16 @@ def scaled(count: int, width: float) -> int:
 def check_width(width: float) -> None:
     if not width > 0 or width != width or width == float("inf"):
         raise ValueError(f"width must be a positive finite number, got {width}")
+
+
+def check_arch(name: str, depth: int | None, width: float) -> None:
+    """Raise ValueError unless ``build_model(name, depth=depth, width=width)`` would build (the
+    channel spec only: no module is made)."""
+    if depth is not None and not 1 <= depth <= MAX_DEPTH:
+        raise ValueError(f"depth must be an integer in [1, {MAX_DEPTH}], got {depth}")
+    if not width <= MAX_WIDTH:
+        raise ValueError(f"width must be at most {MAX_WIDTH}, got {width}")
+    _lookup(name).default_channels(width, depth)
 
 
 def register_model(cls: type[SlimmableNet]) -> type[SlimmableNet]:

@@ -75,6 +75,7 @@ def _check_channels(channels: Any) -> dict[str, Any]:
 @register_model
 class DenseNet(SlimmableNet):
     arch = "densenet"
+    default_channels = staticmethod(_default_channels)
 
     def __init__(
         self,
@@ -85,7 +86,7 @@ class DenseNet(SlimmableNet):
         channels: dict[str, Any] | None = None,
     ) -> None:
         if channels is None:
-            channels = _default_channels(width, depth)
+            channels = self.default_channels(width, depth)
         super().__init__(num_classes, in_channels, _check_channels(channels))
         spec = self.channels
         select, bias = spec["select"], spec["stream_bias"]

@@ -84,6 +84,7 @@ def _check_channels(channels: Any) -> dict[str, Any]:
 @register_model
 class ResNet(SlimmableNet):
     arch = "resnet"
+    default_channels = staticmethod(_default_channels)
 
     def __init__(
         self,
@@ -94,7 +95,7 @@ class ResNet(SlimmableNet):
         channels: dict[str, Any] | None = None,
     ) -> None:
         if channels is None:
-            channels = _default_channels(width, depth)
+            channels = self.default_channels(width, depth)
         super().__init__(num_classes, in_channels, _check_channels(channels))
         spec = self.channels
         select, bias = spec["select"], spec["stream_bias"]

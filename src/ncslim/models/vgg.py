@@ -40,6 +40,14 @@ def _check_channels(channels: Any) -> list[int | str]:
 class VGG(SlimmableNet):
     arch = "vgg"
 
+    @staticmethod
+    def default_channels(width: float, depth: int | None) -> list[int | str]:
+        check_width(width)
+        depth = 19 if depth is None else depth
+        if depth not in VGG_CHANNELS:
+            raise ValueError(f"vgg depth must be one of {sorted(VGG_CHANNELS)}, got {depth}")
+        return [c if c == POOL else scaled(c, width) for c in VGG_CHANNELS[depth]]
+
     def __init__(
         self,
         num_classes: int = 10,
@@ -49,11 +57,7 @@ class VGG(SlimmableNet):
         channels: list[int | str] | None = None,
     ) -> None:
         if channels is None:
-            check_width(width)
-            depth = 19 if depth is None else depth
-            if depth not in VGG_CHANNELS:
-                raise ValueError(f"vgg depth must be one of {sorted(VGG_CHANNELS)}, got {depth}")
-            channels = [c if c == POOL else scaled(c, width) for c in VGG_CHANNELS[depth]]
+            channels = self.default_channels(width, depth)
         super().__init__(num_classes, in_channels, _check_channels(channels))
         layers: list[nn.Module] = []
         previous = in_channels
