@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import ncslim
 from ncslim import pipeline
@@ -455,3 +456,23 @@ def test_a_preset_value_of_the_wrong_type_is_refused_before_anything_is_written(
     err = _one_line_error(["run", "--config", str(preset), "--out", str(tmp_path / "o")], capsys)
     assert re.search(message, err)
     assert not (tmp_path / "o").exists()
+
+
+@needs_fashion
+def test_less_than_a_batch_is_refused_and_a_diverged_checkpoint_is_not_resumed(tmp_path, capsys):
+    small = tmp_path / "small"
+    for limit in ("8", "31"):
+        err = _one_line_error(["train", *TINY, "--limit-train", limit, "--out", str(small)],
+                              capsys)
+        assert f"the training set has {limit} images, fewer than one batch (--batch-size 32)" in err
+    assert not small.exists()
+    out = tmp_path / "t"
+    assert main(["train", *TINY, "--out", str(out)]) == 0
+    state = torch.load(out / "last.pt", weights_only=True)
+    state["model"]["state_dict"]["features.1.weight"][0] = float("nan")
+    torch.save(state, out / "last.pt")
+    err = _one_line_error(["train", *TINY, "--out", str(out), "--resume"], capsys)
+    assert f"{out / 'last.pt'} holds NaN or infinite values (features.1.weight)" in err
+    err = _one_line_error(["prune", "--checkpoint", str(out / "last.pt"), "--out",
+                           str(tmp_path / "p")], capsys)
+    assert "holds NaN or infinite values (features.1.weight)" in err

@@ -122,6 +122,10 @@ def test_cli_export_writes_checks_and_reports(tmp_path, capsys):
     (["--input-shape", "1,3,32"], "--input-shape must be 4 positive integers"),
     (["--output", "{model}"], "would overwrite the model itself"),
     (["--format", "tflite"], "invalid choice: 'tflite'"),
+    (["--opset", "11"], "--opset 11: this torch.s ONNX exporter wrote opset \\d+ instead, so "
+                        "nothing was written"),
+    (["--opset", "99"], "--opset 99: .* wrote opset \\d+ instead"),
+    (["--format", "torchscript", "--opset", "17"], "--opset is for ONNX; torchscript has no"),
 ])
 def test_cli_export_errors_are_one_line(tmp_path, capsys, extra, message):
     model = tmp_path / "m.pt"
@@ -132,6 +136,7 @@ def test_cli_export_errors_are_one_line(tmp_path, capsys, extra, message):
         code = exit_.code
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and re.search(message, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]  # nothing written
 
 
 def test_missing_onnx_packages_are_named_with_the_install_command(tmp_path, monkeypatch, capsys):

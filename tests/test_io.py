@@ -79,6 +79,27 @@ def test_weights_that_do_not_fit_the_spec(tmp_path):
         ncslim.load_model(path)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("where", ["features.0.weight", "features.1.running_var",
+                                   "classifier.bias"])
+def test_a_model_with_nan_or_inf_is_never_written_nor_read(tmp_path, bad, where):
+    model = ncslim.build_model("vgg", width=0.125, depth=11)
+    path = tmp_path / "m.pt"
+    ncslim.save_model(model, path)
+    good = path.read_bytes()
+    with torch.no_grad():
+        model.state_dict()[where].view(-1)[0] = bad
+    named = f"NaN or infinite values \\({where}\\)"
+    with pytest.raises(ValueError, match=f"{named} and is not written"):
+        ncslim.save_model(model, path)
+    assert path.read_bytes() == good and [p.name for p in tmp_path.iterdir()] == ["m.pt"]
+    payload = torch.load(path, weights_only=True)
+    payload["state_dict"][where].view(-1)[0] = bad
+    torch.save(payload, path)
+    with pytest.raises(ncslim.ModelFileError, match=f"holds {named}"):
+        ncslim.load_model(path)
+
+
 @pytest.mark.parametrize("record", [{"params": 10}, {"params": -1, "flops": 1, "channels": 1},
                                     "big", {"params": 1.5, "flops": 1, "channels": 1}])
 def test_a_bad_pruned_from_record_is_refused(tmp_path, record):

@@ -84,7 +84,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
         _check_prune_out(Path(cfg.out), args.overwrite)
     data = None
     if args.evaluate:
-        data = pipeline.load_data(cfg, device)
+        data = pipeline.load_data(cfg, device, training=False)
         pipeline.check_fits(model, data, args.checkpoint)
     if args.dry_run:
         _prune_dry_run(args, model, cfg, data)

@@ -89,6 +89,8 @@ def export_model(model: nn.Module, path: str | os.PathLike, format: str = "onnx"
     """
     if format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+    if opset is not None and format != "onnx":
+        raise ValueError(f"--opset is for ONNX; {format} has no opset (leave --opset out)")
     model = unwrap(model)
     shape = _input_shape(model, input_shape)
     model = copy.deepcopy(model).float().cpu().eval()
@@ -179,6 +181,16 @@ def _export_onnx(model: nn.Module, path: Path, shape: tuple[int, ...], fixed_bat
                           verbose=verbose, **options)
     finally:
         registry_log.setLevel(level)
+    if opset is not None:  # the exporter may write another opset than asked, silently
+        import onnx
+
+        written = next((entry.version for entry in onnx.load(str(path)).opset_import
+                        if entry.domain in ("", "ai.onnx")), None)
+        if written != opset:
+            raise ValueError(f"--opset {opset}: this torch's ONNX exporter wrote opset {written} "
+                             f"instead, so nothing was written; ask for an opset it supports "
+                             f"(onnx knows up to {onnx.defs.onnx_opset_version()}), or leave "
+                             f"--opset out for the exporter's default")
 
 
 def _export_torchscript(model: nn.Module, path: Path, shape: tuple[int, ...]) -> None:

@@ -133,10 +133,23 @@ def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
                              f"saved by ncslim): {reason}") from err
 
 
+def nonfinite_entry(state_dict: dict[str, Any]) -> str | None:
+    """The name of the first floating-point tensor holding NaN or infinity, else None."""
+    for name, tensor in state_dict.items():
+        if torch.is_tensor(tensor) and tensor.is_floating_point() and not bool(
+                torch.isfinite(tensor).all()):
+            return name
+    return None
+
+
 def model_payload(model: nn.Module) -> dict[str, Any]:
     model = unwrap(model)
     if not isinstance(model, SlimmableNet):
         raise TypeError(f"save_model saves ncslim architectures; got {type(model).__name__}")
+    bad = nonfinite_entry(model.state_dict())
+    if bad is not None:
+        raise ValueError(f"the model holds NaN or infinite values ({bad}) and is not written: "
+                         f"its training diverged; lower --lr (or --lam) and train again")
     payload = {"format": FORMAT, "version": FORMAT_VERSION, "config": model.config(),
                "state_dict": model.state_dict()}
     if model.pruned_from is not None:
@@ -165,6 +178,11 @@ def model_from_payload(payload: Any, source: str) -> SlimmableNet:
         config = dict(payload["config"])
         model = build_model(config.pop("arch"), **config)
         model.load_state_dict(payload["state_dict"])
+        bad = nonfinite_entry(payload["state_dict"])
+        if bad is not None:
+            raise ModelFileError(f"{source}: holds NaN or infinite values ({bad}), the trace of a "
+                                 f"diverged training; it cannot be used: train it again with a "
+                                 f"lower --lr (or --lam)")
         model.pruned_from = _pruned_from(payload.get("pruned_from"))
         model.vcp_sigma = _vcp_sigma(model, payload.get("vcp_sigma"))
         model.trained_on = _trained_on(payload.get("trained_on"))

@@ -41,7 +41,14 @@ from .progress import RunProgress
 from .prunerule import prune
 from .pruning import PruneReport
 from .regularizer import find_scales
-from .train import Trainer, evaluate, gamma_stats, resolve_device, steps_per_epoch
+from .train import (
+    Trainer,
+    check_batches,
+    evaluate,
+    gamma_stats,
+    resolve_device,
+    steps_per_epoch,
+)
 
 log = logging.getLogger("ncslim")
 
@@ -93,10 +100,13 @@ def require_run(out: Path) -> None:
                          f"check --out, or start a new run without --resume")
 
 
-def load_data(cfg: Config, device: torch.device) -> ImageData:
+def load_data(cfg: Config, device: torch.device, training: bool = True) -> ImageData:
+    """The config's dataset on ``device``; for ``training``, checked to hold one batch."""
     data = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download,
                         limit_train=cfg.limit_train, limit_test=cfg.limit_test,
                         include_extra=cfg.svhn_extra)
+    if training:
+        check_batches(data, cfg)
     return data.to(device)
 
 

@@ -33,6 +33,7 @@ from .io import (
     atomic_save,
     atomic_write_text,
     model_payload,
+    nonfinite_entry,
     safe_load,
 )
 from .progress import EpochProgress, RunProgress
@@ -96,6 +97,15 @@ def steps_per_epoch(data: ImageData, cfg: Config) -> int:
     return data.train_labels.numel() // cfg.batch_size
 
 
+def check_batches(data: ImageData, cfg: Config) -> None:
+    """Refuse a training set smaller than one batch: every epoch would have no step."""
+    n = data.train_labels.numel()
+    if n < cfg.batch_size:
+        raise ValueError(f"the training set has {n} images, fewer than one batch (--batch-size "
+                         f"{cfg.batch_size}), so no step would train; lower --batch-size or "
+                         f"raise --limit-train")
+
+
 def epoch_generator(device: torch.device, seed: int, epoch: int) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed * 1_000_003 + epoch)
 
@@ -154,6 +164,7 @@ class Trainer:
         self.model, self.data, self.cfg, self.epochs = model, data, cfg, epochs
         self.dir = Path(stage_dir)
         self.device = data.train_images.device
+        check_batches(data, cfg)
         self.steps = steps_per_epoch(data, cfg)
         self.progress = progress or RunProgress(epochs * self.steps, distributed.is_main())
         if cfg.channels_last:
@@ -300,6 +311,10 @@ class Trainer:
                              f"({_describe(state['model'])}) than this run "
                              f"({_describe(model_payload(self.model))}); resume with the settings "
                              f"in its config.json or choose another --out")
+        bad = nonfinite_entry(state["model"]["state_dict"])
+        if bad is not None:
+            raise ValueError(f"{path} holds NaN or infinite values ({bad}): it cannot be resumed; "
+                             f"start afresh in another --out with a lower --lr (or --lam)")
         self.model.load_state_dict(state["model"]["state_dict"])
         self.opt.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
