@@ -229,12 +229,12 @@ def test_metrics_cut_mid_line_by_a_crash_are_dropped_on_resume(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"epoch": 1, "test_acc": 0.5}\n{"epoch": 2, "test_acc": 0.6}\n'
                     '{"epoch": 3, "te')
-    assert ncslim.train._read_metrics(path, keep=2) == [{"epoch": 1, "test_acc": 0.5},
+    assert ncslim.checkpoint.read_metrics(path, keep=2) == [{"epoch": 1, "test_acc": 0.5},
                                                          {"epoch": 2, "test_acc": 0.6}]
     assert path.read_text().count("\n") == 2
     path.write_text('{"epoch": 1, "te\n{"epoch": 2, "test_acc": 0.6}\n')
     with pytest.raises(ValueError, match="metrics.jsonl: line 1 is not JSON"):
-        ncslim.train._read_metrics(path, keep=2)
+        ncslim.checkpoint.read_metrics(path, keep=2)
 
 
 @needs_fashion

@@ -138,10 +138,13 @@ FREE_ON_RESUME = {"device", "data_dir", "download", "compile", "channels_last", 
 
 
 def write_config(cfg: Config, out: Path, command: str) -> None:
-    """Record the run's settings in ``out/config.json``; a run already there must agree."""
+    """Record the run's settings in ``out/config.json``; a run already there must agree (and its
+    record stays as it was: a resume refused later leaves the run untouched)."""
     if not distributed.is_main():
         return
-    _check_same_run(cfg, out / "config.json", command)
+    if (out / "config.json").exists():  # a resumed run: it must agree, and keeps its record
+        _check_same_run(cfg, out / "config.json", command)
+        return
     out.mkdir(parents=True, exist_ok=True)
     record = {"command": command, "config": cfg.to_dict(), "version": code_version()}
     atomic_write_text(out / "config.json", json.dumps(record, indent=2) + "\n")
@@ -151,9 +154,11 @@ def _check_same_run(cfg: Config, path: Path, command: str) -> None:
     if not path.exists():
         return
     try:
-        record = json.loads(path.read_text())
+        record = json.loads(path.read_text(encoding="utf-8"))
         started, before = record["command"], record["config"]
-    except (ValueError, KeyError, TypeError):
+        if not isinstance(started, str) or not isinstance(before, dict):
+            raise TypeError("not a run record")
+    except (ValueError, KeyError, TypeError):  # UnicodeDecodeError is a ValueError
         raise ValueError(f"{path} is damaged; the run there cannot be resumed safely; choose "
                          f"another --out") from None
     if started != command:

@@ -25,17 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import distributed
+from .checkpoint import check_optimizer_state, damaged, load_checkpoint, read_metrics
 from .config import Config
 from .data import ImageData, batches
-from .io import (
-    CHECKPOINT_FORMAT,
-    FORMAT_VERSION,
-    atomic_save,
-    atomic_write_text,
-    model_payload,
-    nonfinite_entry,
-    safe_load,
-)
+from .io import CHECKPOINT_FORMAT, FORMAT_VERSION, atomic_save, model_payload, nonfinite_entry
 from .progress import EpochProgress, RunProgress
 from .regularizer import find_scales
 from .sparsity import SparsityMethod
@@ -303,7 +296,7 @@ class Trainer:
     def _restore(self) -> None:
         path = self.dir / "last.pt"
         if not path.exists():  # killed before its first checkpoint: metrics written since go
-            _read_metrics(self.dir / "metrics.jsonl", keep=0, rewrite=distributed.is_main())
+            read_metrics(self.dir / "metrics.jsonl", keep=0, rewrite=distributed.is_main())
             return
         state = load_checkpoint(path, self.device)
         if state["model"].get("config") != self.model.config():
@@ -315,15 +308,25 @@ class Trainer:
         if bad is not None:
             raise ValueError(f"{path} holds NaN or infinite values ({bad}): it cannot be resumed; "
                              f"start afresh in another --out with a lower --lr (or --lam)")
-        self.model.load_state_dict(state["model"]["state_dict"])
-        self.opt.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
+        if state["epoch"] > self.epochs:
+            raise damaged(path, f"it says epoch {state['epoch']} of a {self.epochs}-epoch stage")
+        try:
+            self.model.load_state_dict(state["model"]["state_dict"])
+            self.opt.load_state_dict(state["optimizer"])
+            check_optimizer_state(self.opt)
+            self.scaler.load_state_dict(state["scaler"])
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as err:
+            lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+            first = " ".join(lines[:2])[:200] or type(err).__name__  # torch: a header, a cause
+            raise damaged(path, f"its state does not fit this run ({first})") from None
         try:  # checkpoints before the method protocol kept VCP's state under "vcp"
             self.method.load_state_dict(state.get("method") or state.get("vcp") or {})
         except ValueError as err:
             raise ValueError(f"{path}: {err}") from None
-        self.start_epoch, self.best_acc = state["epoch"], state["best_acc"]
-        self.history = _read_metrics(self.dir / "metrics.jsonl", keep=self.start_epoch,
+        except (KeyError, TypeError, RuntimeError, IndexError) as err:
+            raise damaged(path, f"its sparsity method's state does not fit ({err!r})") from None
+        self.start_epoch, self.best_acc = state["epoch"], float(state["best_acc"])
+        self.history = read_metrics(self.dir / "metrics.jsonl", keep=self.start_epoch,
                                      rewrite=distributed.is_main())
         log.info("resumed %s at epoch %d/%d", self.dir, self.start_epoch, self.epochs)
 
@@ -336,38 +339,3 @@ def _describe(payload: dict[str, Any]) -> str:
                                                            "num_batches_tracked")))
     return (f"{config.get('arch')}, {config.get('num_classes')} classes, "
             f"{config.get('in_channels')} input channel(s), {params:,} parameters")
-
-
-def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
-    state = safe_load(path, device)
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not an ncslim training checkpoint (last.pt of a run)")
-    missing = {"epoch", "best_acc", "model", "optimizer", "scaler"} - set(state)
-    if missing or not isinstance(state["model"], dict):
-        raise ValueError(f"{path}: an incomplete training checkpoint (lacks "
-                         f"{', '.join(sorted(missing)) or 'the model'}); start the run afresh in "
-                         f"another --out")
-    return state
-
-
-def _read_metrics(path: Path, keep: int, rewrite: bool = True) -> list[dict[str, Any]]:
-    """The metrics of the first ``keep`` epochs; later lines (written before a crash) go
-    (from the file too, when ``rewrite``).
-
-    A last line cut short by a crash mid-append is one of those later lines and goes too.
-    """
-    if not path.exists():
-        return []
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    records = []
-    for number, line in enumerate(lines, 1):
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if number < len(lines):
-                raise ValueError(f"{path}: line {number} is not JSON; the file was edited or "
-                                 f"damaged; start the run afresh in another --out") from None
-    records = [r for r in records if r["epoch"] <= keep]
-    if rewrite:
-        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
-    return records
