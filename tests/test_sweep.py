@@ -58,12 +58,27 @@ def test_expand_names_and_shards_cover_the_grid_once(tmp_path):
     ('colour = "red"\n[[grid]]\npenalty = "l1"\n', "unknown sweep key"),
     ('[base]\nepochs = 1\n', "no \\[\\[grid\\]\\] block"),
     ('[[grid]]\npenalty = "l1"\nlam = -1.0\n', "run l1_lam-1_s0: --lam must be"),
-    ('ratios = [1.5]\n[[grid]]\npenalty = "l1"\n', "--ratio must be in"),
+    ('ratios = [1.5]\n[[grid]]\npenalty = "l1"\n', "ratios must be numbers in"),
     ('[[grid]]\npenalty = "l2"\n', "run l2_s0: --penalty must be one of "),
     ('[[grid]]\npenalty = ["tl1", "l1"]\na = [1.0, 2.0]\n',  # l1_a1 = l1_a2
      "run l1_a1_s0: a does not act on --penalty l1 \\(its parameters: none\\)"),
     ('[[grid]]\npenalty = "vcp"\np = 0.5\n', "run vcp_p0.5_s0: p does not act on --penalty vcp"),
     ('[[grid]]\npenalty = "mcp"\ngamma = 0.5\n', "run mcp_gamma0.5_s0: mcp: gamma must be > 1"),
+    ('seeds = ["0"]\n[[grid]]\npenalty = "l1"\n', "seeds must be integers in"),
+    ('seeds = [1.5]\n[[grid]]\npenalty = "l1"\n', "seeds must be integers in"),
+    ('ratios = [true]\n[[grid]]\npenalty = "l1"\n', "ratios must be numbers in"),
+    ('out = 3\n[[grid]]\npenalty = "l1"\n', "out must be a folder path"),
+    ('grid = {penalty = "l1"}\n', "grid must be an array of tables"),
+    ('base = [1]\n[[grid]]\npenalty = "l1"\n', "base must be a table"),
+    ('[base]\nseed = 3\n[[grid]]\npenalty = "l1"\n', "\\[base\\] sets seed, which the sweep"),
+    ('[[grid]]\npenalty = "l1"\nout = ["a", "b"]\n', "block 1 sets out, which the sweep"),
+    ('[[grid]]\npenalty = "l1"\nlam = [[1e-3]]\n', "lam must be a value or a list of values"),
+    ('[[grid]]\npenalty = "l1"\nlam = [0.1234567, 0.1234568]\n',
+     "two grid points are both named l1_lam0.123457_s0"),
+    ('[[grid]]\npenalty = "l1"\ndata_dir = ["../elsewhere"]\n', "would leave the sweep's folder"),
+    ('[[grid]]\npenalty = "l1"\namp = "yes"\n', "--amp must be true or false, got 'yes'"),
+    ('seeds = [0, 1, 2, 3]\n[[grid]]\npenalty = "l1"\nlam = ' + str(list(range(3000))) + "\n",
+     "the grid holds 12,000 training runs, more than 10,000"),
 ])
 def test_bad_sweep_files(tmp_path, text, match):
     path = tmp_path / "bad.toml"

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,8 @@ from .train import resolve_device
 
 log = logging.getLogger("ncslim")
 SWEEP_KEYS = {"preset", "out", "seeds", "ratios", "base", "grid"}
+SET_BY_SWEEP = {"seed", "out"}  # per run, by the sweep: never in [base] or [[grid]]
+MAX_RUNS = 10_000
 
 
 @dataclass(frozen=True)
@@ -87,14 +90,9 @@ def _run_name(values: dict[str, Any], seed: int, penalty: str | None) -> str:
 
 def expand(spec: dict[str, Any], source: str = "sweep") -> list[SweepRun]:
     """Every training run of a sweep spec, sorted by name (the order shards split)."""
-    unknown = set(spec) - SWEEP_KEYS
-    if unknown:
-        raise ValueError(f"{source}: unknown sweep key(s) {', '.join(sorted(unknown))}; "
-                         f"allowed: {', '.join(sorted(SWEEP_KEYS))}")
-    if not spec.get("grid"):
-        raise ValueError(f"{source}: no [[grid]] block: nothing to run")
+    check_spec(spec, source)
     ratios = tuple(float(r) for r in _as_list(spec.get("ratios", [0.5])))
-    seeds = [int(s) for s in _as_list(spec.get("seeds", [0]))]
+    seeds = _as_list(spec.get("seeds", [0]))
     out = Path(spec.get("out", "runs/sweep"))
     runs: dict[str, SweepRun] = {}
     for block in spec["grid"]:
@@ -103,8 +101,54 @@ def expand(spec: dict[str, Any], source: str = "sweep") -> list[SweepRun]:
             values = dict(zip(keys, combo))
             for seed in seeds:
                 run = _sweep_run(spec, values, seed, ratios, out, source)
+                if run.name in runs and runs[run.name].config != run.config:
+                    raise ValueError(f"{source}: two grid points are both named {run.name} "
+                                     f"(their values print alike); make the values differ "
+                                     f"visibly or split them into sweeps with another out")
                 runs[run.name] = run
     return [runs[name] for name in sorted(runs)]
+
+
+def check_spec(spec: dict[str, Any], source: str = "sweep") -> None:
+    """The sweep file's own keys, their types and the grid's size, before anything expands."""
+    unknown = set(spec) - SWEEP_KEYS
+    if unknown:
+        raise ValueError(f"{source}: unknown sweep key(s) {', '.join(sorted(unknown))}; "
+                         f"allowed: {', '.join(sorted(SWEEP_KEYS))}")
+    if not spec.get("grid"):
+        raise ValueError(f"{source}: no [[grid]] block: nothing to run")
+    number = (int, float)
+    checks = [
+        ("preset", isinstance(spec.get("preset", ""), str), "a preset name or a .toml path"),
+        ("out", isinstance(spec.get("out", ""), str), "a folder path (a string)"),
+        ("seeds", all(type(v) is int and 0 <= v < 2**32 for v in _as_list(spec.get("seeds", 0))),
+         "integers in [0, 2^32)"),
+        ("ratios", all(isinstance(v, number) and not isinstance(v, bool) and 0 <= v < 1
+                       for v in _as_list(spec.get("ratios", 0.5))), "numbers in [0, 1)"),
+        ("base", isinstance(spec.get("base", {}), dict), "a table ([base])"),
+        ("grid", isinstance(spec["grid"], list) and all(isinstance(b, dict) for b in spec["grid"]),
+         "an array of tables ([[grid]] blocks)"),
+    ]
+    for key, ok, wanted in checks:
+        if not ok:
+            raise ValueError(f"{source}: {key} must be {wanted}, got {spec.get(key)!r}")
+    for where, table in [("[base]", spec.get("base", {}))] + [
+            (f"[[grid]] block {i}", block) for i, block in enumerate(spec["grid"], 1)]:
+        owned = set(table) & SET_BY_SWEEP
+        if owned:
+            raise ValueError(f"{source}: {where} sets {', '.join(sorted(owned))}, which the sweep "
+                             f"sets for each run (seeds = [...], out = ...); remove it there")
+        nested = [k for k, v in table.items() if isinstance(v, dict) or (
+            where != "[base]" and isinstance(v, list) and any(isinstance(x, (list, dict))
+                                                              for x in v))]
+        if nested:
+            raise ValueError(f"{source}: {where}: {', '.join(nested)} must be a value or a list "
+                             f"of values")
+    size = len(_as_list(spec.get("seeds", [0]))) * sum(
+        math.prod(len(_as_list(v)) for v in block.values()) for block in spec["grid"])
+    if size > MAX_RUNS:
+        raise ValueError(f"{source}: the grid holds {size:,} training runs, more than "
+                         f"{MAX_RUNS:,}; split it into several sweep files")
 
 
 def _sweep_run(spec: dict[str, Any], values: dict[str, Any], seed: int,
@@ -125,6 +169,9 @@ def _sweep_run(spec: dict[str, Any], values: dict[str, Any], seed: int,
             replace(cfg, ratio=ratio).validate()
     except ValueError as err:
         raise ValueError(f"{source}: run {name}: {err}") from err
+    if any(sep in name for sep in ("/", "\\")) or name.startswith("."):
+        raise ValueError(f"{source}: run {name}: its name would leave the sweep's folder {out} "
+                         f"(a value holds a path); give paths in [base], not in [[grid]]")
     cfg = replace(cfg, out=str(out / name))
     return SweepRun(name, cfg, (None,) if own_rule else ratios)
 
