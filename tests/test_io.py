@@ -275,3 +275,46 @@ def test_a_lock_file_removed_under_a_claimant_is_not_trusted(tmp_path, monkeypat
         assert os.fstat(handle.fileno()).st_ino == (out / ".lock").stat().st_ino
     finally:
         handle.close()
+
+
+HOSTILE = """
+import resource, sys, torch, ncslim
+path = sys.argv[1]
+try:
+    ncslim.load_model(path)
+except ncslim.ModelFileError as err:
+    print("refused:", err)
+print("maxrss_mib", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+"""
+
+
+@pytest.mark.parametrize(("arch", "channels", "message"), [
+    ("vgg", "first layers 60000",
+     "features.0.weight has shape \\(8, 3, 3, 3\\), the spec says \\(60000, 3, 3, 3\\)"),
+    ("vgg", [4, "M", 4, "M", 4, "M", 4, "M", 10**9], "a layer of 1,000,000,000 channels"),
+    ("vgg", [4] * 5000 + ["M"] * 4 + [4], "5,005 layers, more than 2000"),
+    ("resnet", {"stem": 4, "planes": [4, 4, 4], "blocks": [10**6, 1, 1], "mid": [[1, 1]] * 3,
+                "select": {}, "stream_bias": False}, "resnet channels: stem, 3 planes"),
+    ("densenet", {"stem": 4, "growth": 10**6, "layers": [100, 100, 100], "select": {},
+                  "stream_bias": False}, "a layer of 300,000,004 channels"),
+])
+def test_a_small_file_claiming_a_huge_network_is_refused_in_bounded_memory(
+        tmp_path, arch, channels, message):
+    path = tmp_path / "hostile.pt"
+    model = ncslim.build_model("vgg", width=0.125, depth=11)
+    ncslim.save_model(model, path)
+    payload = torch.load(path, weights_only=True)
+    if channels == "first layers 60000":  # the file's own spec; its second conv: 130 GB
+        own = payload["config"]["channels"]
+        channels = [60000, own[1], 60000, *own[3:]]
+    payload["config"].update(arch=arch, channels=channels)
+    torch.save(payload, path)
+    assert path.stat().st_size < 1_000_000  # a small file; the network it claims: gigabytes
+    done = subprocess.run([sys.executable, "-c", HOSTILE, str(path)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    refused, rss = done.stdout.splitlines()
+    import re
+
+    assert re.search(message, refused)
+    assert int(rss.split()[1]) < 1024  # MiB: torch itself and the file, no network

@@ -176,7 +176,9 @@ def model_from_payload(payload: Any, source: str) -> SlimmableNet:
                              f"supported (this ncslim reads version {FORMAT_VERSION})")
     try:
         config = dict(payload["config"])
-        model = build_model(config.pop("arch"), **config)
+        arch = config.pop("arch")
+        _check_shapes(build_skeleton(arch, config), payload["state_dict"])
+        model = build_model(arch, **config)
         model.load_state_dict(payload["state_dict"])
         bad = nonfinite_entry(payload["state_dict"])
         if bad is not None:
@@ -191,6 +193,28 @@ def model_from_payload(payload: Any, source: str) -> SlimmableNet:
         raise ModelFileError(f"{source}: the stored architecture and weights do not fit "
                              f"together: {first}") from err
     return model
+
+
+def build_skeleton(arch: str, config: dict[str, Any]) -> nn.Module:
+    """The model a spec describes, on the meta device: its shapes, no memory for its weights."""
+    with torch.device("meta"):
+        return build_model(arch, **config)
+
+
+def _check_shapes(skeleton: nn.Module, stored: Any) -> None:
+    """The stored tensors are exactly those of the spec, shape for shape: checked before the
+    real model is built, so a small file cannot make ncslim allocate a large network."""
+    if not isinstance(stored, dict) or not all(torch.is_tensor(t) for t in stored.values()):
+        raise ValueError("the state_dict is not a mapping of names to tensors")
+    wanted = {name: tuple(t.shape) for name, t in skeleton.state_dict().items()}
+    missing, extra = sorted(set(wanted) - set(stored)), sorted(set(stored) - set(wanted))
+    if missing or extra:
+        raise ValueError(f"missing {missing[:3]} and unexpected {extra[:3]} tensors")
+    wrong = [name for name in wanted if tuple(stored[name].shape) != wanted[name]]
+    if wrong:
+        name = wrong[0]
+        raise ValueError(f"{name} has shape {tuple(stored[name].shape)}, the spec says "
+                         f"{wanted[name]}")
 
 
 def _pruned_from(record: Any) -> dict[str, int] | None:

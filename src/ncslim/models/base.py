@@ -26,6 +26,7 @@ BN_INIT_SCALE = 0.5  # the reference code starts every BN gamma at 0.5
 _REGISTRY: dict[str, type[SlimmableNet]] = {}
 # sane limits: a typo or a hostile file must not build a network of terabytes
 MAX_DEPTH, MAX_WIDTH, MAX_CLASSES, MAX_CHANNELS = 2000, 16.0, 100_000, 4096
+MAX_LAYER_CHANNELS = 65_536
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,17 @@ def init_weights(model: nn.Module) -> None:
 def scaled(count: int, width: float) -> int:
     """A channel count times the width multiplier, never below 1."""
     return max(1, int(round(count * width)))
+
+
+def check_counts(arch: str, channels: list[int], layers: int) -> None:
+    """A channel spec within sane limits: a hostile or broken file must not make ncslim build
+    (or even describe) a network of terabytes."""
+    if layers > MAX_DEPTH:
+        raise ValueError(f"{arch} channels: {layers:,} layers, more than {MAX_DEPTH}")
+    widest = max(channels, default=0)
+    if widest > MAX_LAYER_CHANNELS:
+        raise ValueError(f"{arch} channels: a layer of {widest:,} channels, more than "
+                         f"{MAX_LAYER_CHANNELS:,}")
 
 
 def check_width(width: float) -> None:

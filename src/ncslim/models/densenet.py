@@ -19,7 +19,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import PruneSlot, SlimmableNet, check_width, init_weights, register_model, scaled
+from .base import (
+    PruneSlot,
+    SlimmableNet,
+    check_counts,
+    check_width,
+    init_weights,
+    register_model,
+    scaled,
+)
 from .preact import PreActUnit, check_select, select_after
 
 
@@ -69,6 +77,9 @@ def _check_channels(channels: Any) -> dict[str, Any]:
     if not isinstance(outputs, dict) or not all(
             isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in outputs.values()):
         raise ValueError("densenet channels['outputs'] must map conv names to ints >= 1")
+    layers = sum(channels["layers"])
+    check_counts("densenet", [*ints, *outputs.values(),
+                              channels["stem"] + layers * channels["growth"]], layers)
     return channels
 
 

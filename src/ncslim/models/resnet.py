@@ -18,7 +18,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import PruneSlot, SlimmableNet, check_width, init_weights, register_model, scaled
+from .base import (
+    PruneSlot,
+    SlimmableNet,
+    check_counts,
+    check_width,
+    init_weights,
+    register_model,
+    scaled,
+)
 from .preact import PreActUnit, check_select, select_after
 
 EXPANSION = 4
@@ -78,6 +86,7 @@ def _check_channels(channels: Any) -> dict[str, Any]:
             or any(len(pair) != 2 for pair in channels["mid"])):
         raise ValueError("resnet channels: stem, 3 planes, 3 block counts and one [c1, c2] pair "
                          "per block, all ints >= 1")
+    check_counts("resnet", counts, 3 * sum(channels["blocks"]))
     return channels
 
 

@@ -13,7 +13,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import PruneSlot, SlimmableNet, check_width, init_weights, register_model, scaled
+from .base import (
+    PruneSlot,
+    SlimmableNet,
+    check_counts,
+    check_width,
+    init_weights,
+    register_model,
+    scaled,
+)
 
 POOL = "M"
 VGG_CHANNELS: dict[int, list[int | str]] = {
@@ -31,6 +39,7 @@ def _check_channels(channels: Any) -> list[int | str]:
     for entry in channels:
         if entry != POOL and not (isinstance(entry, int) and entry >= 1):
             raise ValueError(f"vgg channels: each entry must be an int >= 1 or 'M', got {entry!r}")
+    check_counts("vgg", [c for c in channels if c != POOL], len(channels))
     if channels[-1] == POOL or channels.count(POOL) != 4:
         raise ValueError("vgg channels: exactly 4 'M' pools, and the spec must end with a conv")
     return list(channels)
