@@ -476,3 +476,53 @@ def test_less_than_a_batch_is_refused_and_a_diverged_checkpoint_is_not_resumed(t
     err = _one_line_error(["prune", "--checkpoint", str(out / "last.pt"), "--out",
                            str(tmp_path / "p")], capsys)
     assert "holds NaN or infinite values (features.1.weight)" in err
+
+
+def _odd_path(tmp_path: Path, kind: str) -> Path:
+    import os
+
+    path = tmp_path / f"odd-{kind}"
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "device":
+        return Path("/dev/zero")  # reading it would never end
+    elif kind == "missing":
+        pass
+    return path
+
+
+ODD = {"directory": "is a directory, not a file", "fifo": "is a FIFO, not a regular file",
+       "device": "is a device file, not a regular file", "missing": "no such file"}
+
+
+@pytest.mark.parametrize("kind", ODD)
+@pytest.mark.parametrize("argv", [["run", "--config", "{path}", "--out", "{tmp}/o"],
+                                  ["sweep", "{path}"], ["prune", "--checkpoint", "{path}"],
+                                  ["finetune", "--checkpoint", "{path}", "--out", "{tmp}/o"],
+                                  ["info", "--checkpoint", "{path}"], ["export", "{path}"]])
+def test_a_path_that_is_no_regular_file_is_named_for_what_it_is(tmp_path, capsys, kind, argv):
+    path = _odd_path(tmp_path, kind)
+    err = _one_line_error([a.format(path=path, tmp=tmp_path) for a in argv], capsys)
+    assert f"{path}: {ODD[kind]}" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_toml_file_that_is_not_utf8_and_a_damaged_results_json_are_named(tmp_path, capsys):
+    toml = tmp_path / "bad.toml"
+    toml.write_bytes(b"epochs = 1\n\xff\xfe = 2\n")
+    for argv in (["run", "--config", str(toml), "--out", str(tmp_path / "o")],
+                 ["sweep", str(toml)]):
+        err = _one_line_error(argv, capsys)
+        assert f"config file {toml}: not UTF-8 text (byte 11); TOML files are UTF-8" in err
+    runs = tmp_path / "runs" / "a"
+    runs.mkdir(parents=True)
+    (runs / "results.json").write_text('{"accuracy": }')
+    err = _one_line_error(["report", str(tmp_path / "runs")], capsys)
+    assert f"{runs / 'results.json'}: not valid JSON; remove it or rerun that run" in err
+    (runs / "results.json").write_text('{"config": []}')
+    err = _one_line_error(["report", str(tmp_path / "runs")], capsys)
+    assert f"{runs / 'results.json'}: not what ncslim writes (TypeError" in err
+    err = _one_line_error(["report", str(toml)], capsys)
+    assert f"{toml} is not a folder" in err

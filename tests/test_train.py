@@ -248,6 +248,28 @@ def test_a_refused_run_leaves_the_earlier_runs_config_alone(tmp_path):
 
 
 @needs_fashion
+@pytest.mark.parametrize(("finetune_lr", "advice"), [(0.01, "lower --finetune-lr and run again"),
+                                                     (None, "lower --lr and run again")])
+def test_fine_tuning_that_diverges_names_its_learning_rate_not_lambda(
+        tmp_path, monkeypatch, finetune_lr, advice):
+    real = torch.nn.functional.cross_entropy
+    stage = {"finetune": False}
+
+    def poisoned(out, y, *args, **kwargs):
+        loss = real(out, y, *args, **kwargs)
+        return loss * float("nan") if stage["finetune"] and "reduction" not in kwargs else loss
+
+    cfg = tiny_config(tmp_path, epochs=1, finetune_epochs=1, finetune_lr=finetune_lr)
+    model = pipeline.sparsity_stage(cfg, pipeline.load_data(cfg, torch.device("cpu")),
+                                    tmp_path / "train")[0]
+    monkeypatch.setattr(ncslim.train.F, "cross_entropy", poisoned)
+    stage["finetune"] = True
+    data = pipeline.load_data(cfg, torch.device("cpu"))
+    with pytest.raises(ncslim.train.TrainingDiverged, match=f"no checkpoint was written; {advice}"):
+        pipeline.finetune(model, data, cfg, tmp_path / "finetune")
+
+
+@needs_fashion
 def test_nan_mid_epoch_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     real = torch.nn.functional.cross_entropy
     calls = {"train": 0}

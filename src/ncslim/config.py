@@ -30,6 +30,7 @@ else:  # pragma: no cover - Python 3.10
 
 PRESET_DIR = Path(__file__).parent / "configs"
 DEFAULT_PRESET = "demo"  # what a command uses when --config is not given
+MAX_TOML_BYTES = 1 << 20  # a preset or sweep file is a few KB
 AUTO = "auto"  # lam = "auto": the lambda controller (ncslim.controller) chooses it
 COMMANDS = ("run", "train", "prune", "finetune")  # the commands that take a configuration
 RUN_TRAIN = ("run", "train")
@@ -326,19 +327,28 @@ def preset_names() -> list[str]:
 
 def read_preset(name_or_path: str) -> dict[str, Any]:
     """The keys of a preset (by name) or of a TOML file (by path)."""
+    from .io import not_a_file
+
     path = Path(name_or_path)
-    if not path.suffix:
+    is_name = not path.suffix and "/" not in name_or_path and not path.exists()
+    if is_name:
         path = PRESET_DIR / f"{name_or_path}.toml"
         if not path.is_file():
             close = difflib.get_close_matches(name_or_path, preset_names(), n=2)
             hint = f" (did you mean {' or '.join(close)}?)" if close else ""
             raise ValueError(f"unknown preset {name_or_path!r}{hint}; presets: "
                              f"{', '.join(preset_names())}; or pass a .toml path")
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {path} not found")
+    problem = not_a_file(path)
+    if problem:
+        raise FileNotFoundError(f"config file {path}: {problem}")
+    if path.stat().st_size > MAX_TOML_BYTES:
+        raise ValueError(f"config file {path}: {path.stat().st_size:,} bytes, more than a "
+                         f"configuration needs ({MAX_TOML_BYTES:,}); is it the right file?")
     try:
-        with path.open("rb") as f:
-            return tomllib.load(f)
+        return tomllib.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"config file {path}: not UTF-8 text (byte {err.start}); TOML files "
+                         f"are UTF-8") from None
     except tomllib.TOMLDecodeError as err:
         raise ValueError(f"config file {path}: invalid TOML: {err}") from err
 

@@ -16,6 +16,7 @@ import logging
 import os
 import pickle
 import secrets
+import stat
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -119,11 +120,38 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         f.write(text.encode())
 
 
+def not_a_file(path: Path) -> str | None:
+    """What keeps ``path`` from being read as a regular file, in words; None if nothing does.
+    Checked before opening it: reading a FIFO or a device could block or never end."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "no such file"
+    except OSError as err:
+        return f"cannot be read ({err.strerror or err})"
+    if stat.S_ISDIR(mode):
+        return "is a directory, not a file"
+    if not stat.S_ISREG(mode):
+        kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+                else "a device file" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                else "not a regular file")
+        return f"is {kind}, not a regular file"
+    if not os.access(path, os.R_OK):
+        return "cannot be read (permission denied)"
+    return None
+
+
 def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     """``torch.load`` with ``weights_only=True``; unreadable files raise :class:`ModelFileError`."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+    problem = not_a_file(path)
+    if problem:
+        raise FileNotFoundError(f"{path}: {problem}")
+    if isinstance(map_location, (str, torch.device)):
+        target = torch.device(map_location)
+        if target.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"{path}: cannot be loaded onto {target}: no CUDA GPU is available "
+                             f"here; load it onto the cpu")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError,

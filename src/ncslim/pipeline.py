@@ -201,7 +201,9 @@ def finetune(model: SlimmableNet, data: ImageData, cfg: Config, out: Path,
         model.pruned_from = pruned_from
     model.trained_on = data_record(cfg)
     stage = cfg if cfg.finetune_lr is None else replace(cfg, lr=cfg.finetune_lr)
-    result = Trainer(model, data, stage, out, finetune_epochs(cfg), progress=progress).fit(resume)
+    lr_flag = "--lr" if cfg.finetune_lr is None else "--finetune-lr"
+    result = Trainer(model, data, stage, out, finetune_epochs(cfg), progress=progress,
+                     lr_flag=lr_flag).fit(resume)
     return result.model, result.test_acc
 
 

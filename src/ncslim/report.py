@@ -50,33 +50,45 @@ def _setting(row: dict[str, Any]) -> str:
 def collect(runs_dir: str | Path) -> list[dict[str, Any]]:
     """One row per ``results.json`` below ``runs_dir``."""
     root = Path(runs_dir)
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"{root} is not a folder; give the folder that holds the runs")
     paths = sorted(root.rglob("results.json"))
     if not paths:
         raise ValueError(f"no results.json below {root}; run `ncslim run` or `ncslim sweep` first")
     rows = []
     for path in paths:
-        results = json.loads(path.read_text())
-        config = results["config"]
-        penalty, params = _penalty_label(config)
-        latency = next(iter(results["latency"].values()))
-        batch = max(latency, key=lambda k: int(k.split("_")[1]))
-        row = {
-            "penalty": penalty, "params": params, "lam": config["lam"], "mode": config["mode"],
-            "ratio": results["prune"].get("ratio"), "rule": _rule(results["prune"], config),
-            "seed": config["seed"],
-            "acc_sparse": results["accuracy"]["sparse"],
-            "acc_pruned": results["accuracy"]["pruned"],
-            "acc_finetuned": results["accuracy"]["finetuned"],
-            "params_removed": results["params"]["removed"],
-            "flops_removed": results["flops"]["removed"],
-            "speedup": latency[batch]["speedup"],
-            "channels_removed": results["prune"]["removed_fraction"],
-            "run": str(path.parent.relative_to(root)),
-            "_results": results, "_dir": path.parent,
-        }
-        row["setting"] = _setting(row)
-        rows.append(row)
+        try:
+            rows.append(_row(path, root))
+        except (ValueError, KeyError, TypeError, AttributeError, StopIteration) as err:
+            what = "not valid JSON" if isinstance(err, json.JSONDecodeError) else (
+                f"not what ncslim writes ({type(err).__name__}: {err})")
+            raise ValueError(f"{path}: {what}; remove it or rerun that run") from None
     return rows
+
+
+def _row(path: Path, root: Path) -> dict[str, Any]:
+    """The table row of one results.json."""
+    results = json.loads(path.read_text(encoding="utf-8"))
+    config = results["config"]
+    penalty, params = _penalty_label(config)
+    latency = next(iter(results["latency"].values()))
+    batch = max(latency, key=lambda k: int(k.split("_")[1]))
+    row = {
+        "penalty": penalty, "params": params, "lam": config["lam"], "mode": config["mode"],
+        "ratio": results["prune"].get("ratio"), "rule": _rule(results["prune"], config),
+        "seed": config["seed"],
+        "acc_sparse": results["accuracy"]["sparse"],
+        "acc_pruned": results["accuracy"]["pruned"],
+        "acc_finetuned": results["accuracy"]["finetuned"],
+        "params_removed": results["params"]["removed"],
+        "flops_removed": results["flops"]["removed"],
+        "speedup": latency[batch]["speedup"],
+        "channels_removed": results["prune"]["removed_fraction"],
+        "run": str(path.parent.relative_to(root)),
+        "_results": results, "_dir": path.parent,
+    }
+    row["setting"] = _setting(row)
+    return row
 
 
 def _rule(prune: dict[str, Any], config: dict[str, Any]) -> str:
@@ -89,6 +101,8 @@ def _rule(prune: dict[str, Any], config: dict[str, Any]) -> str:
         return f"|gamma| <= {config['threshold']:g}"
     if config.get("target_flops") is not None:
         return f"FLOPs <= {config['target_flops']:g}"
+    if config.get("target_params") is not None:
+        return f"params <= {config['target_params']:g}"
     return "—"
 
 

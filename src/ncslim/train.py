@@ -151,11 +151,12 @@ class Trainer:
     def __init__(self, model: nn.Module, data: ImageData, cfg: Config, stage_dir: Path,
                  epochs: int, method: SparsityMethod | None = None,
                  optimizer: torch.optim.Optimizer | None = None,
-                 progress: RunProgress | None = None) -> None:
+                 progress: RunProgress | None = None, lr_flag: str = "--lr") -> None:
         """Train ``model`` with ``method`` (default: no sparsity) and ``optimizer`` (default:
-        :func:`sgd` over the method's parameter groups)."""
+        :func:`sgd` over the method's parameter groups). ``lr_flag`` names the flag that set
+        this stage's learning rate, for the advice if it diverges."""
         self.model, self.data, self.cfg, self.epochs = model, data, cfg, epochs
-        self.dir = Path(stage_dir)
+        self.dir, self.lr_flag = Path(stage_dir), lr_flag
         self.device = data.train_images.device
         check_batches(data, cfg)
         self.steps = steps_per_epoch(data, cfg)
@@ -227,8 +228,9 @@ class Trainer:
         where = f"epoch {epoch + 1}" + (f", step {step + 1}" if step is not None else "")
         kept = (f"the checkpoint of epoch {epoch} is kept" if epoch > 0 else
                 "no checkpoint was written")
+        flags = self.lr_flag + (" or --lam" if self.method.lam > 0 else "")
         raise TrainingDiverged(f"{what} became NaN/inf in {where} of {self.dir}; {kept}; lower "
-                               f"--lr or --lam and run again")
+                               f"{flags} and run again")
 
     def fit(self, resume: bool = False) -> StageResult:
         self.dir.mkdir(parents=True, exist_ok=True)
