@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import secrets
 import stat
-import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -154,8 +152,8 @@ def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
                              f"here; load it onto the cpu")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError,
-            OSError) as err:
+    except Exception as err:  # noqa: BLE001  anything a damaged pickle makes the unpickler raise
+        # (KeyError, IndexError, AttributeError, ... besides UnpicklingError): an unreadable file
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelFileError(f"{path}: not a readable ncslim file (corrupt, truncated or not "
                              f"saved by ncslim): {reason}") from err
@@ -216,7 +214,7 @@ def model_from_payload(payload: Any, source: str) -> SlimmableNet:
         model.pruned_from = _pruned_from(payload.get("pruned_from"))
         model.vcp_sigma = _vcp_sigma(model, payload.get("vcp_sigma"))
         model.trained_on = _trained_on(payload.get("trained_on"))
-    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelFileError(f"{source}: the stored architecture and weights do not fit "
                              f"together: {first}") from err
