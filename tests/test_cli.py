@@ -526,3 +526,21 @@ def test_a_toml_file_that_is_not_utf8_and_a_damaged_results_json_are_named(tmp_p
     assert f"{runs / 'results.json'}: not what ncslim writes (TypeError" in err
     err = _one_line_error(["report", str(toml)], capsys)
     assert f"{toml} is not a folder" in err
+
+
+def test_interrupt_advice_fits_the_command(monkeypatch, capsys, tmp_path):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ncslim.cli, "cmd_sweep", interrupted)
+    monkeypatch.setattr(ncslim.cli, "cmd_prune", interrupted)
+    sweep_file = tmp_path / "s.toml"
+    sweep_file.write_text('[[grid]]\npenalty = "l1"\n')
+    for argv, advice in (
+            (["sweep", str(sweep_file)],
+             "ncslim sweep: interrupted; continue with the same command (finished runs are "
+             "skipped)"),
+            (["prune", "--checkpoint", "m.pt"], "ncslim prune: interrupted")):
+        capsys.readouterr()
+        assert main(argv) == 130
+        assert capsys.readouterr().err.strip() == advice

@@ -295,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _continue_with(args: argparse.Namespace, argv: list[str] | None) -> str:
     """'; continue with: <the exact command>' for a command that resumes, else ''."""
+    if args.command == "sweep":  # it has no --resume: the same command skips what is done
+        return "; continue with the same command (finished runs are skipped)"
     if args.command not in ("run", "train", "finetune"):
         return ""
     words = list(sys.argv[1:] if argv is None else argv)
