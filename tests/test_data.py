@@ -23,6 +23,10 @@ import torch
 from ncslim import data as D
 from ncslim.cli import main
 from ncslim.data import DATASETS, DataError, batches, candidate_dirs, load_dataset
+from ncslim.data import catalog as C
+from ncslim.data.batching import _crop_flip
+from ncslim.data.catalog import _CIFAR
+from ncslim.data.formats import _unpickle_batch
 
 REAL_FASHION = Path("/usr/share/datasets/fashion-mnist")
 IDX_NAMES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
@@ -32,7 +36,7 @@ IDX_NAMES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
 @pytest.fixture(autouse=True)
 def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No test sees the real Debian root, cache, environment or proxies unless it asks."""
-    monkeypatch.setattr(D, "DEBIAN_ROOT", tmp_path / "debian")
+    monkeypatch.setattr(C, "DEBIAN_ROOT", tmp_path / "debian")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     for var in ("NCSLIM_DATA", "NCSLIM_DOWNLOAD_URL", "http_proxy", "HTTP_PROXY",
                 "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
@@ -74,7 +78,7 @@ def py2_pickle(obj: object) -> bytes:
 
 def cifar_members(name: str, per_batch: int, seed: int) -> tuple[dict[str, bytes], tuple]:
     """Pickled batches by member name, and the expected (train_x, train_y, test_x, test_y)."""
-    folder, train, test, key = D._CIFAR[name]
+    folder, train, test, key = _CIFAR[name]
     rng = np.random.default_rng(seed)
     classes = DATASETS[name].num_classes
     members, parts = {}, {}
@@ -186,7 +190,7 @@ def test_cifar_archive_layout_and_values(tmp_path, monkeypatch, name):
     assert torch.equal(data.test_labels, torch.from_numpy(test_y))
     assert torch.equal(data.train_labels, torch.from_numpy(train_y))
     assert data.train_images[0, 1, 5, 7] == 200  # flat index c*1024 + h*32 + w
-    assert data.test_images[0, 1, 5, 7] == 200 + len(D._CIFAR[name][1])
+    assert data.test_images[0, 1, 5, 7] == 200 + len(_CIFAR[name][1])
     assert data.train_labels.max() == DATASETS[name].num_classes - 1
     assert data.info is DATASETS[name]
 
@@ -203,7 +207,7 @@ def test_cifar_extracted_folder_matches_archive(tmp_path, monkeypatch):
 def test_cifar_batches_pickled_by_python3_load(protocol):
     rows = np.arange(2 * 3072, dtype=np.int64).astype(np.uint8).reshape(2, 3072)
     raw = pickle.dumps({b"data": rows, b"labels": [3, 4]}, protocol=protocol)
-    images, labels = D._unpickle_batch(DATASETS["cifar10"], "here", raw)
+    images, labels = _unpickle_batch(DATASETS["cifar10"], "here", raw)
     assert images.shape == (2, 3, 32, 32) and images[1, 2, 31, 31] == rows[1, 3071]
     assert labels.tolist() == [3, 4]
 
@@ -271,7 +275,7 @@ def test_limits_take_the_first_images(tmp_path, monkeypatch):
 @pytest.mark.skipif(not REAL_FASHION.is_dir(),
                     reason=f"{REAL_FASHION} absent (apt install dataset-fashion-mnist)")
 def test_real_fashion_mnist(monkeypatch):
-    monkeypatch.setattr(D, "DEBIAN_ROOT", REAL_FASHION.parent)  # found by the search order
+    monkeypatch.setattr(C, "DEBIAN_ROOT", REAL_FASHION.parent)  # found by the search order
     data = load_dataset("fashion-mnist")  # verify=True: the decompressed md5s match upstream
     assert data.train_images.shape == (60000, 1, 32, 32)
     assert data.test_images.shape == (10000, 1, 32, 32)
@@ -369,7 +373,7 @@ def edit_content(path: Path) -> None:
 
 
 def drop_test_batch(path: Path) -> None:
-    tests = {f"{folder}/{test[0]}" for folder, _, test, _ in D._CIFAR.values()}
+    tests = {f"{folder}/{test[0]}" for folder, _, test, _ in _CIFAR.values()}
     write_tar(path, {k: v for k, v in tar_members(path).items() if k not in tests})
 
 
@@ -628,7 +632,7 @@ def test_crop_flip_matches_slicing_for_every_offset():
     image = random_images(1)[0]
     offsets = [(oy, ox, f) for oy in range(9) for ox in range(9) for f in (False, True)]
     oy, ox, flip = (torch.tensor(v) for v in zip(*offsets))
-    out = D._crop_flip(image.expand(len(offsets), -1, -1, -1), oy, ox, flip)
+    out = _crop_flip(image.expand(len(offsets), -1, -1, -1), oy, ox, flip)
     for k, (a, b, f) in enumerate(offsets):
         np.testing.assert_array_equal(out[k].numpy(), reference_crop(image.numpy(), a, b, f))
 
