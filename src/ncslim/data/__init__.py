@@ -43,15 +43,24 @@ a crafted file cannot run code. ``$NCSLIM_DOWNLOAD_URL`` replaces the download b
 mirror serving ``<base>/<filename>``). Every failure raises :class:`DataError` with a one-line
 message saying what is wrong, where, and how to fix it.
 
+Files cost bounded memory and time, whatever they claim. An IDX file (gzipped or not) is
+streamed: its header is read first and its dimensions checked (N x 28 x 28 images or N labels,
+N at most 2,000,000), then exactly the bytes it promises; data beyond them or short of them is
+refused, and decompression stops there (a damaged file is read on to 64 MiB at most, more than
+any official IDX file holds, only to name a broken gzip stream or a checksum mismatch first).
+A CIFAR archive member whose tar header claims over 256 MiB is refused before it is read, as
+is an archive of over 1,000 members or one decompressing to over 1 GiB; an extracted batch file
+over 256 MiB is refused unread. SVHN ``.mat`` files are read whole by scipy, without such limits.
+
 Normalisation: CIFAR and SVHN use the usual per-channel mean/std; Fashion-MNIST (zero-padded from
 28x28 to 32x32 so that every architecture keeps its 32x32 geometry) uses the mean/std of its padded
 train set, ``0.2190 / 0.3318``. Augmentation (CIFAR only, as in the paper): zero-pad 4, random
 32x32 crop, random horizontal flip; SVHN and Fashion-MNIST are not augmented.
 
 The package, lowest first: ``catalog`` (names, official files, md5, search folders), ``files``
-(locating files, checksums, gzip), ``formats`` (the CIFAR, SVHN and IDX readers), ``download``,
-``loading`` (:class:`ImageData`, :func:`load_dataset`) and ``batching``. Tests redirect the
-Debian folder through ``ncslim.data.catalog.DEBIAN_ROOT`` (it is read there, at each call).
+(locating files, checksums, bounded reading), ``formats`` (the CIFAR, SVHN and IDX readers),
+``download``, ``loading`` (:class:`ImageData`, :func:`load_dataset`) and ``batching``. Tests
+redirect the Debian folder through ``ncslim.data.catalog.DEBIAN_ROOT`` (read there, at each call).
 """
 
 from __future__ import annotations

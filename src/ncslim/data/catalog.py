@@ -63,6 +63,10 @@ URLS: dict[str, str] = {
     "svhn": "http://ufldl.stanford.edu/housenumbers",
     "fashion-mnist": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com",
 }
+# No official IDX file decompresses to more (train-images: 47,040,016 bytes), so no content
+# longer than this can match an official md5: it bounds what a damaged IDX file or a download
+# costs to decompress.
+_IDX_MAX_CONTENT = 64 << 20
 # CIFAR archive layout: folder inside the archive, train members, test members, label key.
 _CIFAR = {
     "cifar10": ("cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)),

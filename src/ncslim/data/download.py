@@ -11,8 +11,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .catalog import MD5, URLS, DataError, _info, _one_line
-from .files import _gunzip, _md5_bytes, _md5_file, _scan
+from .catalog import _IDX_MAX_CONTENT, MD5, URLS, DataError, _info, _one_line
+from .files import _md5_file, _md5_gunzip, _scan
 
 
 def _fetch(name: str, url: str, dest: Path, expected: str, gz_content: bool) -> None:
@@ -34,7 +34,8 @@ def _fetch(name: str, url: str, dest: Path, expected: str, gz_content: bool) -> 
                                 f"the network or $NCSLIM_DOWNLOAD_URL, or put {dest.name} into "
                                 f"{dest.parent} by hand") from None
         try:
-            actual = _md5_bytes(_gunzip(name, tmp)) if gz_content else _md5_file(tmp)
+            actual = (_md5_gunzip(name, tmp, _IDX_MAX_CONTENT) if gz_content
+                      else _md5_file(tmp))
         except DataError:
             actual = "of invalid gzip data"
         if actual != expected:

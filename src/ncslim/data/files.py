@@ -1,4 +1,4 @@
-"""Finding a dataset's files on disk, checking their md5, decompressing gzip."""
+"""Finding a dataset's files on disk, checking their md5, reading streams in bounded memory."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ import gzip
 import hashlib
 import zlib
 from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
 
 from .catalog import _CIFAR, _FIX, DEBIAN_PACKAGES, MD5, DataError, _one_line
 
@@ -89,19 +92,83 @@ def _md5_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _md5_bytes(data: bytes) -> str:
-    return hashlib.md5(data, usedforsecurity=False).hexdigest()
-
-
 def _check_md5(name: str, path: Path, actual: str, expected: str, what: str = "") -> None:
     if actual != expected:
         raise DataError(f"{name}: {path} checksum mismatch ({what}md5 {actual}, expected "
                         f"{expected}): the file is corrupt or incomplete; {_FIX}")
 
 
-def _gunzip(name: str, path: Path) -> bytes:
+def _md5_gunzip(name: str, path: Path, limit: int) -> str:
+    """The md5 of ``path``'s decompressed content, streamed; past ``limit`` bytes, a note saying so.
+
+    A gzip bomb costs ``limit`` bytes of decompression and no memory.
+    """
+    digest = hashlib.md5(usedforsecurity=False)
     try:
-        return gzip.decompress(path.read_bytes())
+        with gzip.open(path) as gz:
+            stream = _Counted(gz, limit, digest)
+            while stream.read(1 << 20):
+                pass
+    except _TooMuch:
+        return f"of over {limit:,} decompressed bytes"
     except (OSError, EOFError, zlib.error) as err:
         raise DataError(f"{name}: {path} is not a valid gzip file ({_one_line(err)}): it is "
                         f"truncated or corrupt; {_FIX}") from None
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------- bounded reading
+
+
+class _TooMuch(Exception):
+    """A :class:`_Counted` stream delivered more than its limit."""
+
+
+class _Counted:
+    """Reads of a file object, counted and (with ``digest``) hashed as they pass.
+
+    With a ``limit``, no read asks for more than one byte past it, and the read that goes past
+    it raises :class:`_TooMuch`: a stream that would decompress to gigabytes stops there.
+    """
+
+    def __init__(self, fileobj: IO[bytes], limit: int | None = None, digest: Any = None) -> None:
+        self.fileobj, self.limit, self.digest, self.count = fileobj, limit, digest, 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self.limit is not None:
+            room = self.limit + 1 - self.count
+            size = room if size is None or size < 0 else min(size, room)
+        data = self.fileobj.read(size)
+        self.count += len(data)
+        if self.digest is not None:
+            self.digest.update(data)
+        if self.limit is not None and self.count > self.limit:
+            raise _TooMuch(f"over {self.limit:,} bytes")
+        return data
+
+
+def _read_upto(stream: _Counted, size: int) -> bytes:
+    """``size`` bytes of ``stream``, fewer only where it ends."""
+    parts, got = [], 0
+    while got < size and (chunk := stream.read(size - got)):
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
+
+
+def _read_into(stream: _Counted, out: np.ndarray) -> int:
+    """Fill the uint8 vector ``out`` from ``stream`` (1 MiB at a time); the bytes it got."""
+    view = memoryview(out)
+    got = 0
+    while got < len(view) and (chunk := stream.read(min(1 << 20, len(view) - got))):
+        view[got:got + len(chunk)] = chunk
+        got += len(chunk)
+    return got
+
+
+def _read_on(stream: _Counted, limit: int) -> bool:
+    """Read (and hash) what is left of ``stream``, to ``limit`` bytes in all: whether it ended."""
+    while stream.count <= limit:
+        if not stream.read(1 << 20):
+            return True
+    return False

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import functools
 import gzip
+import hashlib
 import importlib
 import io
+import math
 import pickle
 import struct
 import tarfile
@@ -15,8 +17,17 @@ from typing import Any
 
 import numpy as np
 
-from .catalog import _CIFAR, _FIX, DATASETS, MD5, DataError, DatasetInfo, _one_line
-from .files import _check_md5, _gunzip, _md5_bytes, _md5_file
+from .catalog import (
+    _CIFAR,
+    _FIX,
+    _IDX_MAX_CONTENT,
+    DATASETS,
+    MD5,
+    DataError,
+    DatasetInfo,
+    _one_line,
+)
+from .files import _check_md5, _Counted, _md5_file, _read_into, _read_on, _read_upto, _TooMuch
 
 # ----------------------------------------------------------------------------- CIFAR
 
@@ -90,22 +101,67 @@ def _unpickle_batch(info: DatasetInfo, where: str, raw: bytes) -> tuple[np.ndarr
     return data.reshape(-1, 3, 32, 32), labels
 
 
+# Sane limits for an untrusted archive: far above the official files (an official archive
+# holds under 10 members and decompresses to about 180 MB; its largest member, cifar-100's
+# train, is about 156 MB), far below what a crafted header or a compression bomb could claim.
+_CIFAR_MAX_MEMBER = 256 << 20
+_CIFAR_MAX_MEMBERS = 1000
+_CIFAR_MAX_TOTAL = 1 << 30
+
+
+class _BigMember(Exception):
+    pass
+
+
+def _claims(info: tarfile.TarInfo) -> str:
+    return (f"member {info.name!r} claims {info.size:,} bytes, more than any CIFAR archive "
+            f"member (at most {_CIFAR_MAX_MEMBER:,})")
+
+
+class _SizedTarInfo(tarfile.TarInfo):
+    """A tar header refused as soon as it is parsed when it claims over ``_CIFAR_MAX_MEMBER``
+    bytes: before tarfile reads a GNU long name or a pax header whole, or skips a member."""
+
+    @classmethod
+    def frombuf(cls, buf: bytes, encoding: str, errors: str) -> tarfile.TarInfo:
+        info = super().frombuf(buf, encoding, errors)
+        if info.size > _CIFAR_MAX_MEMBER:
+            raise _BigMember(_claims(info))
+        return info
+
+
 def _read_cifar_archive(name: str, path: Path, members: list[str]) -> dict[str, bytes]:
     """The named members of a tar.gz, read in one sequential pass; nothing is extracted.
 
     The gzip stream is read to its end, so that its CRC and length are checked even when
-    ``verify=False`` (tarfile's own ``r|gz`` never checks them).
+    ``verify=False`` (tarfile's own ``r|gz`` never checks them). Memory and time are bounded:
+    a member over ``_CIFAR_MAX_MEMBER`` bytes is refused from its header, before it is read,
+    and so is a member past the ``_CIFAR_MAX_MEMBERS``-th; reading stops past
+    ``_CIFAR_MAX_TOTAL`` decompressed bytes.
     """
     wanted = set(members)
     out: dict[str, bytes] = {}
     try:
-        with gzip.open(path) as gz, tarfile.open(fileobj=gz, mode="r|", bufsize=1 << 20) as tar:
-            for member in tar:
-                key = member.name.removeprefix("./")
-                if key in wanted and member.isfile():
-                    out[key] = tar.extractfile(member).read()  # type: ignore[union-attr]
-            while gz.read(1 << 20):
+        with gzip.open(path) as gz:
+            stream = _Counted(gz, _CIFAR_MAX_TOTAL)
+            with tarfile.open(fileobj=stream, mode="r|", bufsize=1 << 20,
+                              tarinfo=_SizedTarInfo) as tar:
+                for count, member in enumerate(tar, 1):
+                    if count > _CIFAR_MAX_MEMBERS:
+                        raise _BigMember(f"over {_CIFAR_MAX_MEMBERS:,} members, more than any "
+                                         f"CIFAR archive")
+                    if member.size > _CIFAR_MAX_MEMBER:  # a size set by a pax header
+                        raise _BigMember(_claims(member))
+                    key = member.name.removeprefix("./")
+                    if key in wanted and member.isfile():
+                        out[key] = tar.extractfile(member).read()  # type: ignore[union-attr]
+            while stream.read(1 << 20):
                 pass
+    except _BigMember as err:
+        raise DataError(f"{name}: {path}: {err}: not the official archive; {_FIX}") from None
+    except _TooMuch:
+        raise DataError(f"{name}: {path} decompresses to over {_CIFAR_MAX_TOTAL:,} bytes, more "
+                        f"than any CIFAR archive holds: not the official archive; {_FIX}") from None
     except (tarfile.TarError, OSError, EOFError, zlib.error) as err:
         raise DataError(f"{name}: {path} is not a readable tar.gz archive ({_one_line(err)}): "
                         f"it is truncated or corrupt; {_FIX}") from None
@@ -114,6 +170,16 @@ def _read_cifar_archive(name: str, path: Path, members: list[str]) -> dict[str, 
         raise DataError(f"{name}: {path} lacks {', '.join(missing)}: not the official "
                         f"archive; {_FIX}")
     return out
+
+
+def _read_cifar_folder(name: str, members: list[str]) -> dict[str, bytes]:
+    """The batch files of an extracted folder, each refused unread when over the member limit."""
+    for m in members:
+        size = Path(m).stat().st_size
+        if size > _CIFAR_MAX_MEMBER:
+            raise DataError(f"{name}: {m}: {size:,} bytes, more than a CIFAR batch holds (at "
+                            f"most {_CIFAR_MAX_MEMBER:,}): not an official CIFAR file; {_FIX}")
+    return {m: Path(m).read_bytes() for m in members}
 
 
 def _load_cifar(name: str, found: dict[str, Path], verify: bool, **_: Any) -> tuple[Any, ...]:
@@ -130,7 +196,7 @@ def _load_cifar(name: str, found: dict[str, Path], verify: bool, **_: Any) -> tu
     else:
         folder = found["folder"]
         members = [str(folder / m) for m in train + test]
-        raw = {m: Path(m).read_bytes() for m in members}
+        raw = _read_cifar_folder(name, members)
         where = {m: m for m in members}
     parts = [_unpickle_batch(info, where[m], raw.pop(m)) for m in members]
     n_train = len(train)
@@ -193,23 +259,70 @@ def _load_svhn(name: str, found: dict[str, Path], verify: bool, include_extra: b
 # ----------------------------------------------------------------------------- Fashion-MNIST
 
 
+# What an IDX file of Fashion-MNIST may hold, per item (28x28 images, or one label), and how
+# many items: far above the official files (60,000 and 10,000), far below what a header could
+# claim (2**32 - 1 per dimension).
+_IDX_ITEM = {3: (28, 28), 1: ()}
+_IDX_MAX_ITEMS = 2_000_000
+
+
 def _read_idx(name: str, path: Path, official: str, ndim: int, verify: bool) -> np.ndarray:
-    content = _gunzip(name, path) if path.suffix == ".gz" else path.read_bytes()
-    if verify:
-        _check_md5(name, path, _md5_bytes(content), MD5[name][official], "decompressed ")
-    head = 4 + 4 * ndim
-    magic = bytes([0, 0, 0x08, ndim])
-    if len(content) < head and magic.startswith(content[:4]):
-        raise DataError(f"{name}: {path}: {len(content)} bytes, shorter than the {head}-byte "
-                        f"IDX header: the file is truncated; {_FIX}")
-    if content[:4] != magic:
-        raise DataError(f"{name}: {path}: wrong IDX magic {content[:4].hex() or 'none'} "
-                        f"(expected 000008{ndim:02x}): not an IDX ubyte file; {_FIX}")
-    dims = struct.unpack(f">{ndim}I", content[4:head])
-    if len(content) != head + int(np.prod(dims)):
-        raise DataError(f"{name}: {path}: {len(content) - head} data bytes for IDX dimensions "
-                        f"{'x'.join(map(str, dims))}: the file is truncated or corrupt; {_FIX}")
-    return np.frombuffer(content, dtype=np.uint8, offset=head).reshape(dims)
+    """The array in an IDX file (gzipped or raw), read against its header in bounded memory.
+
+    The md5 (``verify``) is of the decompressed content, computed as it streams. A damaged file
+    is read on to its end, up to ``_IDX_MAX_CONTENT`` bytes, so that its first fault is named as
+    a whole reading would: a broken gzip stream, then a checksum mismatch, then the header or
+    the size; past that limit (a bomb) it is refused for its size alone.
+    """
+    digest = hashlib.md5(usedforsecurity=False)
+    try:
+        with gzip.open(path) if path.suffix == ".gz" else open(path, "rb") as raw:
+            array, fault, whole = _idx_content(_Counted(raw, digest=digest), ndim)
+    except (OSError, EOFError, zlib.error) as err:
+        if path.suffix != ".gz":
+            raise
+        raise DataError(f"{name}: {path} is not a valid gzip file ({_one_line(err)}): it is "
+                        f"truncated or corrupt; {_FIX}") from None
+    if verify and whole:
+        _check_md5(name, path, digest.hexdigest(), MD5[name][official], "decompressed ")
+    if array is None:
+        raise DataError(f"{name}: {path}: {fault}; {_FIX}")
+    return array
+
+
+def _idx_content(stream: _Counted, ndim: int) -> tuple[np.ndarray | None, str, bool]:
+    """``(array, "", True)``, or ``(None, what is wrong, whether the stream was read to its end)``.
+
+    The header comes first, and its dimensions are checked against ``_IDX_ITEM`` and
+    ``_IDX_MAX_ITEMS``; then exactly the bytes it promises are read, and one more to find data
+    beyond them: decompression stops there.
+    """
+    head, magic = 4 + 4 * ndim, bytes([0, 0, 0x08, ndim])
+    header = _read_upto(stream, head)
+    dims = struct.unpack(f">{ndim}I", header[4:]) if len(header) == head else ()
+    shape, item = "x".join(map(str, dims)), "".join(f"x{d}" for d in _IDX_ITEM[ndim])
+    size = math.prod(dims)
+    if len(header) < head and magic.startswith(header[:4]):
+        fault = (f"{len(header)} bytes, shorter than the {head}-byte IDX header: the file is "
+                 f"truncated")
+    elif header[:4] != magic:
+        fault = (f"wrong IDX magic {header[:4].hex() or 'none'} (expected 000008{ndim:02x}): not "
+                 f"an IDX ubyte file")
+    elif dims[1:] != _IDX_ITEM[ndim] or dims[0] > _IDX_MAX_ITEMS:
+        fault = (f"IDX dimensions {shape}, not N{item} with N at most {_IDX_MAX_ITEMS:,}: not a "
+                 f"Fashion-MNIST file")
+    else:
+        data = np.empty(size, dtype=np.uint8)
+        if _read_into(stream, data) == size and not stream.read(1):
+            return data.reshape(dims), "", True
+        fault = ""
+    whole = _read_on(stream, _IDX_MAX_CONTENT)
+    if not fault:  # the data is shorter or longer than the header promises
+        got = stream.count - head
+        what = "truncated" if got < size else "corrupt: it holds more than its header promises"
+        fault = (f"{'' if whole else 'over '}{got} data bytes for IDX dimensions {shape} "
+                 f"(which promise {size}): the file is {what}")
+    return None, fault, whole
 
 
 def _fashion_split(name: str, found: dict[str, Path], prefix: str,
