@@ -6,10 +6,13 @@ import functools
 import gzip
 import hashlib
 import io
+import json
 import os
 import pickle
 import re
 import struct
+import subprocess
+import sys
 import tarfile
 import threading
 from collections.abc import Callable, Iterator
@@ -19,10 +22,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+import ncslim
 from ncslim import data as D
 from ncslim.cli import main
-from ncslim.data import DATASETS, DataError, batches, candidate_dirs, load_dataset
+from ncslim.data import DATASETS, DataError, batches, candidate_dirs, formats, load_dataset
+from ncslim.data import catalog as C
+from ncslim.data.batching import _crop_flip
+from ncslim.data.catalog import _CIFAR
+from ncslim.data.formats import _read_idx, _unpickle_batch
 
 REAL_FASHION = Path("/usr/share/datasets/fashion-mnist")
 IDX_NAMES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
@@ -32,7 +42,7 @@ IDX_NAMES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
 @pytest.fixture(autouse=True)
 def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No test sees the real Debian root, cache, environment or proxies unless it asks."""
-    monkeypatch.setattr(D, "DEBIAN_ROOT", tmp_path / "debian")
+    monkeypatch.setattr(C, "DEBIAN_ROOT", tmp_path / "debian")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     for var in ("NCSLIM_DATA", "NCSLIM_DOWNLOAD_URL", "http_proxy", "HTTP_PROXY",
                 "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
@@ -74,7 +84,7 @@ def py2_pickle(obj: object) -> bytes:
 
 def cifar_members(name: str, per_batch: int, seed: int) -> tuple[dict[str, bytes], tuple]:
     """Pickled batches by member name, and the expected (train_x, train_y, test_x, test_y)."""
-    folder, train, test, key = D._CIFAR[name]
+    folder, train, test, key = _CIFAR[name]
     rng = np.random.default_rng(seed)
     classes = DATASETS[name].num_classes
     members, parts = {}, {}
@@ -186,7 +196,7 @@ def test_cifar_archive_layout_and_values(tmp_path, monkeypatch, name):
     assert torch.equal(data.test_labels, torch.from_numpy(test_y))
     assert torch.equal(data.train_labels, torch.from_numpy(train_y))
     assert data.train_images[0, 1, 5, 7] == 200  # flat index c*1024 + h*32 + w
-    assert data.test_images[0, 1, 5, 7] == 200 + len(D._CIFAR[name][1])
+    assert data.test_images[0, 1, 5, 7] == 200 + len(_CIFAR[name][1])
     assert data.train_labels.max() == DATASETS[name].num_classes - 1
     assert data.info is DATASETS[name]
 
@@ -203,7 +213,7 @@ def test_cifar_extracted_folder_matches_archive(tmp_path, monkeypatch):
 def test_cifar_batches_pickled_by_python3_load(protocol):
     rows = np.arange(2 * 3072, dtype=np.int64).astype(np.uint8).reshape(2, 3072)
     raw = pickle.dumps({b"data": rows, b"labels": [3, 4]}, protocol=protocol)
-    images, labels = D._unpickle_batch(DATASETS["cifar10"], "here", raw)
+    images, labels = _unpickle_batch(DATASETS["cifar10"], "here", raw)
     assert images.shape == (2, 3, 32, 32) and images[1, 2, 31, 31] == rows[1, 3071]
     assert labels.tolist() == [3, 4]
 
@@ -271,7 +281,7 @@ def test_limits_take_the_first_images(tmp_path, monkeypatch):
 @pytest.mark.skipif(not REAL_FASHION.is_dir(),
                     reason=f"{REAL_FASHION} absent (apt install dataset-fashion-mnist)")
 def test_real_fashion_mnist(monkeypatch):
-    monkeypatch.setattr(D, "DEBIAN_ROOT", REAL_FASHION.parent)  # found by the search order
+    monkeypatch.setattr(C, "DEBIAN_ROOT", REAL_FASHION.parent)  # found by the search order
     data = load_dataset("fashion-mnist")  # verify=True: the decompressed md5s match upstream
     assert data.train_images.shape == (60000, 1, 32, 32)
     assert data.test_images.shape == (10000, 1, 32, 32)
@@ -369,7 +379,7 @@ def edit_content(path: Path) -> None:
 
 
 def drop_test_batch(path: Path) -> None:
-    tests = {f"{folder}/{test[0]}" for folder, _, test, _ in D._CIFAR.values()}
+    tests = {f"{folder}/{test[0]}" for folder, _, test, _ in _CIFAR.values()}
     write_tar(path, {k: v for k, v in tar_members(path).items() if k not in tests})
 
 
@@ -628,7 +638,7 @@ def test_crop_flip_matches_slicing_for_every_offset():
     image = random_images(1)[0]
     offsets = [(oy, ox, f) for oy in range(9) for ox in range(9) for f in (False, True)]
     oy, ox, flip = (torch.tensor(v) for v in zip(*offsets))
-    out = D._crop_flip(image.expand(len(offsets), -1, -1, -1), oy, ox, flip)
+    out = _crop_flip(image.expand(len(offsets), -1, -1, -1), oy, ox, flip)
     for k, (a, b, f) in enumerate(offsets):
         np.testing.assert_array_equal(out[k].numpy(), reference_crop(image.numpy(), a, b, f))
 
@@ -778,3 +788,240 @@ def test_a_link_in_place_of_a_cifar_batch_is_refused(tmp_path, monkeypatch):
     monkeypatch.setitem(D.MD5, "cifar10", {"cifar-10-python.tar.gz": md5(path.read_bytes())})
     with pytest.raises(DataError, match="lacks cifar-10-batches-py/data_batch_1: not the official"):
         load_dataset("cifar10", tmp_path)
+
+
+# ----------------------------------------------------------------------------- bounded cost
+# Untrusted files cost bounded memory and time: headers are checked before data is read, and
+# decompression stops where the header's promise (or a sane limit) ends.
+
+IDX_OFFICIAL = {3: "train-images-idx3-ubyte.gz", 1: "t10k-labels-idx1-ubyte.gz"}
+IDX_FAULTS = {  # fault -> what its message says (verify=False)
+    "header-cut": "IDX header: the file is truncated",
+    "data-cut": "the file is truncated",
+    "trailing": "the file is corrupt: it holds more than its header promises",
+    "dims": "not a Fashion-MNIST file",
+}
+MAX_DIM = 2**32 - 1
+
+
+def idx_header(ndim: int, dims: tuple[int, ...]) -> bytes:
+    return bytes([0, 0, 0x08, ndim]) + struct.pack(f">{ndim}I", *dims)
+
+
+@st.composite
+def damaged_idx(draw: st.DrawFn) -> tuple[int, bytes, bytes, str]:
+    """``(ndim, intact content, damaged content, fault)`` of a small Fashion-MNIST IDX file."""
+    ndim = draw(st.sampled_from([3, 1]))
+    n, seed = draw(st.integers(0, 4)), draw(st.integers(0, 2**32 - 1))
+    item = (28, 28) if ndim == 3 else ()
+    size = n * (784 if ndim == 3 else 1)
+    data = np.random.default_rng(seed).integers(0, 10 if ndim == 1 else 256, size, np.uint8)
+    intact = idx_header(ndim, (n, *item)) + data.tobytes()
+    fault = draw(st.sampled_from(sorted(IDX_FAULTS)))
+    if fault in ("header-cut", "data-cut"):
+        head = len(idx_header(ndim, (n, *item)))
+        if fault == "data-cut" and size == 0:
+            fault = "header-cut"
+        cut = (draw(st.integers(0, head - 1)) if fault == "header-cut"
+               else draw(st.integers(head, len(intact) - 1)))
+        return ndim, intact, intact[:cut], fault
+    if fault == "trailing":
+        return ndim, intact, intact + draw(st.binary(min_size=1, max_size=3000)), fault
+    huge = st.integers(formats._IDX_MAX_ITEMS + 1, MAX_DIM)
+    if ndim == 1:
+        dims: tuple[int, ...] = (draw(huge),)
+    else:  # too many images, or images that are not 28x28 (any number of them)
+        shape = st.tuples(st.integers(0, MAX_DIM), st.integers(0, MAX_DIM))
+        dims = draw(st.one_of(st.tuples(huge, st.just((28, 28))),
+                              st.tuples(st.integers(0, MAX_DIM),
+                                        shape.filter(lambda s: s != (28, 28)))))
+        dims = (dims[0], *dims[1])
+    return ndim, intact, idx_header(ndim, dims) + draw(st.binary(max_size=3000)), fault
+
+
+@settings(deadline=None, max_examples=150,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=damaged_idx(), gz=st.booleans())
+def test_idx_files_that_break_their_header_are_one_line(tmp_path, monkeypatch, case, gz):
+    """Cut in the header or the data, data past the header's promise, dimensions that are not
+    N x 28 x 28 (or N labels) with N at most 2,000,000: a one-line DataError naming the file and
+    the fix, a checksum mismatch first when checksums are on; the intact file reads exactly."""
+    ndim, intact, damaged, fault = case
+    official = IDX_OFFICIAL[ndim]
+    path = tmp_path / (official if gz else official.removesuffix(".gz"))
+    monkeypatch.setitem(D.MD5, "fashion-mnist", {**D.MD5["fashion-mnist"], official: md5(intact)})
+    path.write_bytes(gzip.compress(intact) if gz else intact)
+    array = _read_idx("fashion-mnist", path, official, ndim, True)
+    assert array.tobytes() == intact[4 + 4 * ndim:] and array.shape[1:] == (28, 28)[:ndim - 1]
+    path.write_bytes(gzip.compress(damaged) if gz else damaged)
+    for verify in (True, False):
+        with pytest.raises(DataError) as err:
+            _read_idx("fashion-mnist", path, official, ndim, verify)
+        msg = str(err.value)
+        assert "\n" not in msg and msg.startswith(f"fashion-mnist: {path}")
+        assert msg.endswith("delete it and download again (--download)")
+        assert ("checksum mismatch (decompressed md5" if verify else IDX_FAULTS[fault]) in msg
+
+
+ZEROS_MEMBER = 64 << 20  # one gzip member of zeros; a bomb repeats it
+
+
+def write_bomb(path: Path, head: bytes, gib: int) -> Path:
+    """``head`` and then ``gib`` GiB of zeros, gzipped into a few MB, in about a second.
+
+    The zeros are streamed through ``gzip.GzipFile`` in 4 MiB chunks into one 64 MiB member,
+    which is then written ``16 * gib`` times: several members are one gzip stream to every
+    reader (RFC 1952), and nothing the size of the content is ever held in memory.
+    """
+    zeros, chunk = io.BytesIO(), bytes(4 << 20)
+    with gzip.GzipFile(fileobj=zeros, mode="wb", compresslevel=9, mtime=0) as gz:
+        for _ in range(ZEROS_MEMBER // len(chunk)):
+            gz.write(chunk)
+    with open(path, "wb") as out:
+        out.write(gzip.compress(head, mtime=0))
+        for _ in range(gib * (1 << 30) // ZEROS_MEMBER):
+            out.write(zeros.getbuffer())
+    with gzip.open(path) as gz:  # the stream goes on past the first member of zeros
+        got = sum(len(gz.read(1 << 20)) for _ in range((len(head) + ZEROS_MEMBER >> 20) + 2))
+    assert got > len(head) + ZEROS_MEMBER
+    return path
+
+
+BOMB_SCRIPT = """
+import json, resource, sys, time
+from ncslim.data import DataError, load_dataset
+out = []
+for name, folder, verify in json.loads(sys.argv[1]):
+    start = time.perf_counter()
+    try:
+        load_dataset(name, folder, verify=verify)
+        message = "loaded"
+    except DataError as err:
+        message = str(err)
+    out.append((message, time.perf_counter() - start))
+print(json.dumps({"results": out,
+                  "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+"""
+
+
+def test_compression_bombs_cost_bounded_memory_and_time(tmp_path, monkeypatch):
+    """A 4 GB gzip bomb behind an IDX header promising ten images, and a CIFAR archive whose
+    tar is followed by 4 GB of zeros: each refused in one line naming the file, in a fresh
+    process whose peak RSS (torch included) stays under 1 GiB; the IDX bomb is decompressed no
+    further than the 64 MiB limit, the archive no further than its 1 GiB limit."""
+    fashion = tmp_path / "fashion"
+    fashion.mkdir()
+    bomb = write_bomb(fashion / "train-images-idx3-ubyte.gz", idx_header(3, (10, 28, 28)), 4)
+    for name in IDX_NAMES[1:]:
+        (fashion / f"{name}.gz").write_bytes(b"")  # never read: the bomb is read first
+    tar = tmp_path / "tar" / "cifar-10-python.tar.gz"
+    write_tar(tar, cifar_members("cifar10", 2, 0)[0])
+    (tmp_path / "cifar").mkdir()
+    cifar = write_bomb(tmp_path / "cifar" / tar.name, gzip.decompress(tar.read_bytes()), 4)
+    runs = [("fashion-mnist", str(fashion), True), ("fashion-mnist", str(fashion), False),
+            ("cifar10", str(cifar.parent), False)]
+    src = str(Path(ncslim.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [src, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    # Linux carries a process's peak RSS across exec (ru_maxrss would start at pytest's own):
+    # a small relay process starts the measured one, whose peak is then its own.
+    relay = "import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:]))"
+    done = subprocess.run([sys.executable, "-c", relay, sys.executable, "-c", BOMB_SCRIPT,
+                           json.dumps(runs)], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["maxrss"] < 1 << 30
+    (idx_on, idx_off, archive) = report["results"]
+    for (message, seconds), path in ((idx_on, bomb), (idx_off, bomb), (archive, cifar)):
+        assert "\n" not in message and message.endswith("(--download)")
+        assert str(path) in message and seconds < 60
+    for message, _ in (idx_on, idx_off):
+        got = int(re.search(r"over (\d+) data bytes for IDX dimensions 10x28x28", message)[1])
+        assert got <= C._IDX_MAX_CONTENT + (1 << 20)
+        assert "more than its header promises" in message
+    assert f"decompresses to over {formats._CIFAR_MAX_TOTAL:,} bytes" in archive[0]
+
+
+def tar_header(name: str, size: int, fmt: int, kind: bytes = tarfile.REGTYPE) -> bytes:
+    """A tar header claiming ``size`` bytes, without them."""
+    info = tarfile.TarInfo(name)
+    info.size, info.type = size, kind
+    return info.tobuf(format=fmt)
+
+
+CIFAR_NAMES = ["cifar-10-batches-py/data_batch_1", "cifar-10-batches-py/readme.html",
+               "cifar-10-batches-py/" + "x" * 150, "././@LongLink"]
+
+
+@settings(deadline=None, max_examples=60,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(size=st.integers(formats._CIFAR_MAX_MEMBER + 1, 2**40),
+       name=st.sampled_from(CIFAR_NAMES), fmt=st.sampled_from([tarfile.GNU_FORMAT,
+                                                              tarfile.PAX_FORMAT]),
+       first=st.booleans(), tail=st.integers(0, 5000))
+def test_cifar_member_claiming_too_much_is_refused_unread(tmp_path, monkeypatch, size, name,
+                                                           fmt, first, tail):
+    """A member whose header (ustar, GNU base-256 or pax) claims over 256 MiB, wanted or not, a
+    long name, or a GNU long-name header itself claiming that much: refused from the header, with
+    the data it claims absent, with and without checksums."""
+    before = b"" if first else tar_header("cifar-10-batches-py/batches.meta", 0, fmt)
+    kind = tarfile.GNUTYPE_LONGNAME if name == "././@LongLink" else tarfile.REGTYPE
+    fmt = tarfile.GNU_FORMAT if kind == tarfile.GNUTYPE_LONGNAME else fmt
+    path = tmp_path / "cifar-10-python.tar.gz"
+    path.write_bytes(gzip.compress(before + tar_header(name, size, fmt, kind) + bytes(tail)))
+    monkeypatch.setitem(D.MD5, "cifar10", {path.name: md5(path.read_bytes())})
+    for verify in (True, False):
+        with pytest.raises(DataError) as err:
+            load_dataset("cifar10", tmp_path, verify=verify)
+        msg = str(err.value)
+        assert "\n" not in msg and msg.startswith(f"cifar10: {path}: member ")
+        assert f"claims {size:,} bytes, more than any CIFAR archive member" in msg
+        assert msg.endswith("not the official archive; delete it and download again (--download)")
+
+
+def test_cifar_archive_limits_on_members_and_total(tmp_path, monkeypatch):
+    members, _ = cifar_members("cifar10", 2, 0)
+    path = tmp_path / "cifar-10-python.tar.gz"
+
+    def refused(what: str) -> None:
+        monkeypatch.setitem(D.MD5, "cifar10", {path.name: md5(path.read_bytes())})
+        for verify in (True, False):
+            with pytest.raises(DataError, match=re.escape(f"cifar10: {path}")) as err:
+                load_dataset("cifar10", tmp_path, verify=verify)
+            assert what in str(err.value) and "\n" not in str(err.value)
+
+    write_tar(path, {**members, **{f"pad/{i}": b"" for i in range(1001)}})
+    refused("over 1,000 members, more than any CIFAR archive: not the official archive")
+    write_tar(path, members)
+    assert load_dataset("cifar10", tmp_path, verify=False).train_images.shape[0] == 10
+    monkeypatch.setattr(formats, "_CIFAR_MAX_TOTAL", 1 << 20)  # 2 MiB of zeros after the tar
+    path.write_bytes(gzip.compress(gzip.decompress(path.read_bytes()) + bytes(2 << 20)))
+    refused(f"decompresses to over {1 << 20:,} bytes, more than any CIFAR archive holds")
+
+
+def test_an_oversized_file_in_an_extracted_cifar_folder_is_refused_unread(tmp_path):
+    write_members(tmp_path, cifar_members("cifar10", 2, 0)[0])
+    batch = tmp_path / "cifar-10-batches-py" / "data_batch_3"
+    os.truncate(batch, formats._CIFAR_MAX_MEMBER + 1)  # sparse: nothing is written
+    with pytest.raises(DataError) as err:
+        load_dataset("cifar10", tmp_path)
+    assert str(err.value) == (f"cifar10: {batch}: {formats._CIFAR_MAX_MEMBER + 1:,} bytes, more "
+                              f"than a CIFAR batch holds (at most {formats._CIFAR_MAX_MEMBER:,}):"
+                              f" not an official CIFAR file; delete it and download again "
+                              f"(--download)")
+
+
+def test_a_downloaded_gzip_bomb_fails_verification_and_is_not_kept(tmp_path, monkeypatch,
+                                                                    mirror):
+    make_fashion(mirror, monkeypatch=monkeypatch)
+    bomb = mirror / "train-images-idx3-ubyte.gz"
+    with gzip.GzipFile(bomb, "wb", compresslevel=1) as gz:  # 65 MiB of content
+        gz.write(idx_header(3, (1, 28, 28)))
+        for _ in range(65):
+            gz.write(bytes(1 << 20))
+    with pytest.raises(DataError) as err:
+        D.download_dataset("fashion-mnist", tmp_path / "fm")
+    assert (f"failed verification: checksum mismatch (md5 of over "
+            f"{C._IDX_MAX_CONTENT:,} decompressed bytes, expected") in str(err.value)
+    assert list((tmp_path / "fm").iterdir()) == []
