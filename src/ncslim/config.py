@@ -137,7 +137,7 @@ class Config:
     cost_weighted: bool = _opt(False, "a --target-flops/--target-params budget removes channels "
                                       "by |gamma| per unit of what removing them saves "
                                       "(MorphNet's weighting) instead of by |gamma|; measured "
-                                      "4-6 points worse (docs/lambda-controller.md)",
+                                      "worse in 10 of 10 settings (docs/lambda-controller.md)",
                                PRUNE_TARGET)
     min_channels: int = _opt(1, "never keep fewer channels in a layer", PRUNE_TARGET)
     round_to: int = _opt(1, "round kept channel counts up to a multiple of this", PRUNE_TARGET)
