@@ -250,16 +250,21 @@ _TYPE_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
 def _check_types(cfg: Config) -> None:
     """Each value has its field's type: in a preset or sweep file a string is not a boolean and
     a number is not a path (flags are parsed to the type already)."""
-    for f in fields(cfg):
-        value = getattr(cfg, f.name)
-        kinds = [kind.strip() for kind in str(f.type).split("|")]
+    check_value_types({f.name: getattr(cfg, f.name) for f in fields(cfg)})
+
+
+def check_value_types(values: dict[str, Any]) -> None:
+    """:func:`_check_types` for some fields' values, e.g. a preset's before flags override it."""
+    types = {f.name: f.type for f in fields(Config)}
+    for name, value in values.items():
+        kinds = [kind.strip() for kind in str(types[name]).split("|")]
         if value is None and "None" in kinds:
             continue
         if not any(_TYPE_CHECKS[kind][0](value) for kind in kinds if kind in _TYPE_CHECKS):
             wanted = " or ".join(_TYPE_CHECKS[k][1] for k in kinds if k in _TYPE_CHECKS)
             if "None" in kinds:
                 wanted += " (or left out)"
-            raise ValueError(f"--{_flag(f.name)} must be {wanted}, got {value!r} "
+            raise ValueError(f"--{_flag(name)} must be {wanted}, got {value!r} "
                              f"({type(value).__name__})")
 
 
@@ -366,6 +371,10 @@ def load_config(preset: str | None = None, overrides: dict[str, Any] | None = No
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise ValueError(f"config {preset}: unknown key {key!r}{hint}")
             values[name] = value
+        try:  # the preset itself, also where a flag overrides one of its values
+            check_value_types(values)
+        except ValueError as err:
+            raise ValueError(f"config {preset}: {err}") from None
     values.update(overrides or {})
     unknown = set(values) - known
     if unknown:
