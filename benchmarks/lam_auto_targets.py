@@ -75,7 +75,7 @@ def table(groups: dict[tuple, dict[str, Any]], keep, verdict: bool) -> list[str]
             "drop (worst seed)", "params removed", "FLOPs removed"] + (["drop target"] if verdict
                                                                       else [])
     lines = [_line(head), _line(["---"] * len(head))]
-    for key in sorted(k for k in groups if keep(k)):
+    for key in sorted((k for k in groups if keep(k)), key=str):
         g = groups[key]
         cells = [*key[:4], g["seeds"], f"{g['sparse']:.2f}", f"{g['pruned']:.2f}",
                  f"{g['final']:.2f}", f"{g['drop']:.2f} ({g['worst_drop']:.2f})",
@@ -118,7 +118,7 @@ def weighted_against_plain(groups: dict[tuple, dict[str, Any]]) -> list[str]:
                     "cost-weighted: final", "FLOPs removed", "difference"]),
              _line(["---"] * 9)]
     diffs = []
-    for key, g in sorted(groups.items()):
+    for key, g in sorted(groups.items(), key=lambda item: str(item[0])):
         if not key[4]:
             continue
         plain = groups.get((*key[:4], False))
