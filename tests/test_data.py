@@ -218,6 +218,32 @@ def test_cifar_batches_pickled_by_python3_load(protocol):
     assert labels.tolist() == [3, 4]
 
 
+class _Asks:
+    """Pickles as a call of ``func(*args)``: what a crafted batch may ask the unpickler to do."""
+
+    def __init__(self, func, *args):
+        self.call = (func, args)
+
+    def __reduce__(self):
+        return self.call
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+@pytest.mark.parametrize("ask", ["ndarray", "reconstruct", "bytes", "bytearray"])
+def test_a_small_cifar_pickle_asking_for_a_large_allocation_is_refused(protocol, ask):
+    from numpy.core.multiarray import _reconstruct
+
+    size = 10**9  # a gigabyte, from a pickle of a few hundred bytes
+    call = {"ndarray": (np.ndarray, (size,), "u1"),
+            "reconstruct": (_reconstruct, np.ndarray, (size,), b"b"),
+            "bytes": (bytes, size), "bytearray": (bytearray, size)}[ask]
+    raw = pickle.dumps({b"data": _Asks(*call), b"labels": [1]}, protocol=protocol)
+    assert len(raw) < 1000
+    with pytest.raises(DataError, match=f"here: refused: the pickle of {len(raw):,} bytes asks "
+                                        f"for 1,000,000,000"):
+        _unpickle_batch(DATASETS["cifar10"], "here", raw)
+
+
 def test_svhn_layout_labels_and_extra(tmp_path, monkeypatch):
     made = make_svhn(tmp_path, {"train": 4, "test": 3, "extra": 5}, monkeypatch=monkeypatch)
     data = load_dataset("svhn", tmp_path)

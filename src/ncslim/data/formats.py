@@ -62,22 +62,70 @@ class _RefusedGlobal(pickle.UnpicklingError):
 
 
 class _BatchUnpickler(pickle.Unpickler):
-    """Builds numpy arrays and plain containers only; any other global is refused."""
+    """Builds numpy arrays and plain containers only; any other global is refused.
+
+    The callables that could allocate more than the pickle holds (an array of a named shape,
+    ``bytes(n)``) are handed out guarded: nothing may exceed ``budget`` bytes, the size of the
+    pickle itself (an official batch's array is rebuilt from its own bytes)."""
+
+    def __init__(self, raw: bytes) -> None:
+        super().__init__(io.BytesIO(raw), encoding="bytes")
+        self.budget = len(raw)
 
     def find_class(self, module: str, name: str) -> Any:
         obj = _allowed_globals().get((module, name))
         if obj is None:
             raise _RefusedGlobal(f"{module}.{name}")
+        if name == "_reconstruct":
+            return self._reconstruct
+        if obj is np.ndarray:
+            return _NdarrayGuard(self)
+        if obj in (bytes, bytearray, str, list, tuple, set, frozenset, dict):
+            return functools.partial(self._sized, obj)
         return obj
+
+    def _check(self, size: float) -> None:
+        if size > self.budget:
+            raise _Amplified(f"the pickle of {self.budget:,} bytes asks for {size:,.0f}")
+
+    def _reconstruct(self, subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+        real = np.ndarray if isinstance(subtype, _NdarrayGuard) else subtype
+        self._check(float(np.prod(shape)) * np.dtype(dtype).itemsize)
+        return _allowed_globals()[("numpy._core.multiarray", "_reconstruct")](real, shape, dtype)
+
+    def _sized(self, kind: type, *args: Any) -> Any:
+        if args and isinstance(args[0], int) and not isinstance(args[0], bool):
+            self._check(args[0])  # bytes(n), bytearray(n): n zero bytes
+        return kind(*args)
+
+
+class _NdarrayGuard:
+    """``numpy.ndarray`` as a pickle may use it: an argument of ``_reconstruct``, or called with
+    a shape that must fit the pickle's budget."""
+
+    def __init__(self, unpickler: _BatchUnpickler) -> None:
+        self.unpickler = unpickler
+
+    def __call__(self, shape: Any, dtype: Any = float, *args: Any, **kwargs: Any) -> np.ndarray:
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        self.unpickler._check(float(np.prod(shape)) * np.dtype(dtype).itemsize)
+        return np.ndarray(shape, dtype, *args, **kwargs)
+
+
+class _Amplified(pickle.UnpicklingError):
+    pass
 
 
 def _unpickle_batch(info: DatasetInfo, where: str, raw: bytes) -> tuple[np.ndarray, np.ndarray]:
     name = info.name
     try:
-        obj = _BatchUnpickler(io.BytesIO(raw), encoding="bytes").load()
+        obj = _BatchUnpickler(raw).load()
     except _RefusedGlobal as err:
         raise DataError(f"{name}: {where}: refused to unpickle {err} (a CIFAR batch holds only "
                         f"numpy arrays and lists): not an official CIFAR file; {_FIX}") from None
+    except _Amplified as err:
+        raise DataError(f"{name}: {where}: refused: {err} (a CIFAR batch holds its own data): "
+                        f"not an official CIFAR file; {_FIX}") from None
     except Exception as err:  # a damaged pickle can raise nearly anything
         raise DataError(f"{name}: {where}: unreadable pickle ({_one_line(err)}): the file is "
                         f"truncated or corrupt; {_FIX}") from None
