@@ -15,6 +15,8 @@ import subprocess
 import sys
 import tarfile
 import threading
+import time
+import zlib
 from collections.abc import Callable, Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -1051,3 +1053,67 @@ def test_a_downloaded_gzip_bomb_fails_verification_and_is_not_kept(tmp_path, mon
     assert (f"failed verification: checksum mismatch (md5 of over "
             f"{C._IDX_MAX_CONTENT:,} decompressed bytes, expected") in str(err.value)
     assert list((tmp_path / "fm").iterdir()) == []
+
+
+def _mat_variable(name: str, value: np.ndarray) -> bytes:
+    """One variable of a MATLAB 5 file as scipy writes it (its tag and body), uncompressed."""
+    from scipy.io import savemat
+
+    buffer = io.BytesIO()
+    savemat(buffer, {name: value}, do_compression=False)
+    return buffer.getvalue()[128:]
+
+
+def _mat_file(*variables: bytes) -> bytes:
+    from scipy.io import savemat
+
+    buffer = io.BytesIO()
+    savemat(buffer, {})
+    return buffer.getvalue()[:128] + b"".join(variables)
+
+
+def _compressed(variable: bytes, trailing_zeros: int = 0) -> bytes:
+    deflate = zlib.compressobj(9)
+    body = deflate.compress(variable)
+    for _ in range(trailing_zeros >> 24):
+        body += deflate.compress(bytes(1 << 24))
+    body += deflate.flush()
+    return struct.pack("<II", 15, len(body)) + body  # compressed elements are not padded
+
+
+@pytest.mark.parametrize("fault", ["bomb", "huge X", "28x28 X", "y of another shape",
+                                   "claims more than the file", "no y", "not a mat file"])
+def test_an_svhn_mat_file_is_checked_from_its_headers_before_scipy_reads_it(tmp_path, fault):
+    from ncslim.data.matfile import check_svhn_mat
+
+    x = np.zeros((32, 32, 3, 10), np.uint8)
+    y = _compressed(_mat_variable("y", np.ones((10, 1), np.uint8)))
+    variables = {
+        "bomb": [_compressed(_mat_variable("X", x), trailing_zeros=256 << 20), y],
+        "huge X": [_compressed(_mat_variable("X", x).replace(
+            struct.pack("<4i", 32, 32, 3, 10), struct.pack("<4i", 32, 32, 3, 10**9))), y],
+        "28x28 X": [_compressed(_mat_variable("X", np.zeros((28, 28, 3, 10), np.uint8))), y],
+        "y of another shape": [_compressed(_mat_variable("X", x)),
+                               _compressed(_mat_variable("y", np.ones((10, 2), np.uint8)))],
+        "claims more than the file": [_mat_variable("X", x)[:8].replace(
+            struct.pack("<I", len(_mat_variable("X", x)) - 8), struct.pack("<I", 10**9)), y],
+        "no y": [_compressed(_mat_variable("X", x))],
+        "not a mat file": [],
+    }[fault]
+    path = tmp_path / "train_32x32.mat"
+    path.write_bytes(b"garbage" if fault == "not a mat file" else _mat_file(*variables))
+    messages = {"bomb": "variable X inflates past the 30,776 bytes its header promises",
+                "huge X": "variable X has dimensions 32x32x3x1000000000, not SVHN's",
+                "28x28 X": "variable X has dimensions 28x28x3x10, not SVHN's",
+                "y of another shape": "variable y has dimensions 10x2, not SVHN's",
+                "claims more than the file": "a variable claims 1,000,000,000 bytes, more than "
+                                             "the file holds",
+                "no y": "lacks y", "not a mat file": "not a MATLAB 5 .mat file"}
+    started = time.perf_counter()
+    with pytest.raises(DataError, match=f"svhn: {re.escape(str(path))} is not a readable MATLAB "
+                                        f".mat file \\({re.escape(messages[fault])}"):
+        check_svhn_mat("svhn", path)
+    assert time.perf_counter() - started < 2  # the bomb is never inflated to its end
+    good = _mat_file(_compressed(_mat_variable("X", x)), y)
+    path.write_bytes(good)
+    check_svhn_mat("svhn", path)

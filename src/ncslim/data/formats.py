@@ -28,6 +28,7 @@ from .catalog import (
     _one_line,
 )
 from .files import _check_md5, _Counted, _md5_file, _read_into, _read_on, _read_upto, _TooMuch
+from .matfile import check_svhn_mat
 
 # ----------------------------------------------------------------------------- CIFAR
 
@@ -262,6 +263,7 @@ def _read_mat(name: str, path: Path, verify: bool) -> tuple[np.ndarray, np.ndarr
     """X as stored, (32, 32, 3, N) uint8, and y (N,) with digit 0 as 0 (stored as 10)."""
     if verify:
         _check_md5(name, path, _md5_file(path), MD5[name][path.name])
+    check_svhn_mat(name, path)  # headers first: what loadmat would allocate is bounded
     try:
         from scipy.io import loadmat
     except ImportError:
