@@ -161,11 +161,13 @@ def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
 
 def nonfinite_entry(state_dict: dict[str, Any]) -> str | None:
     """The name of the first floating-point tensor holding NaN or infinity, else None."""
-    for name, tensor in state_dict.items():
-        if torch.is_tensor(tensor) and tensor.is_floating_point() and not bool(
-                torch.isfinite(tensor).all()):
-            return name
-    return None
+    floats = [(name, t) for name, t in state_dict.items()
+              if torch.is_tensor(t) and t.is_floating_point()]
+    if not floats:
+        return None
+    device = floats[0][1].device
+    finite = torch.stack([torch.isfinite(t).all().to(device) for _, t in floats]).tolist()
+    return next((name for (name, _), ok in zip(floats, finite) if not ok), None)
 
 
 def model_payload(model: nn.Module) -> dict[str, Any]:
