@@ -290,7 +290,7 @@ def test_a_layer_the_graph_cannot_follow_is_named_and_can_be_ignored():
 
 def test_what_other_models_need_is_said(monkeypatch):
     model = trained_like(InceptionStyle())
-    with pytest.raises(ValueError, match="compensate works for ncslim architectures only"):
+    with pytest.raises(ValueError, match="compensate works for ncslim.s own architectures only"):
         ncslim.prune_model(model, ratio=0.5, compensate=True, example_inputs=images(1))
     no_bn = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 3))
     with pytest.raises(ValueError, match="Sequential has no prunable channels"):

@@ -179,7 +179,9 @@ def cmd_info(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(info, indent=2))
         return
-    print(f"{info['arch']}: {info['num_classes']} classes, {info['in_channels']} input channels"
+    size = info["input_size"]
+    print(f"{info['title']}: {info['num_classes']} classes, {info['in_channels']} input channels, "
+          f"{size}x{size} images"
           + (f"; trained on {info['trained_on']['dataset']}" if info["trained_on"] else ""))
     print(f"parameters {info['params']:,}; FLOPs {info['flops']:,} "
           f"(MACs {info['flops'] // 2:,}) per image")

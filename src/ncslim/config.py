@@ -79,6 +79,9 @@ class Config:
     depth: int | None = _opt(None, "depth (vgg 11/13/16/19, densenet 3n+4, resnet 9n+2)",
                              RUN_TRAIN, unset="19 / 40 / 164 by --arch")
     width: float = _opt(1.0, "channel width multiplier", RUN_TRAIN)
+    model: str | None = _opt(None, "your own CNN instead of --arch: package.module:function, "
+                                   "called with num_classes= and in_channels=, pruned through "
+                                   "Torch-Pruning's graph", RUN_TRAIN, unset="the --arch family")
     # data
     dataset: str = _opt("cifar10", "dataset", COMMANDS, _dataset_choices)
     data_dir: str | None = _opt(None, "dataset folder", COMMANDS,
@@ -163,8 +166,10 @@ class Config:
         return resolve_params(self.penalty, vars(self))
 
     def compensates(self) -> bool:
-        """``compensate``, or when unset: on with ``--lam auto``."""
-        return self.lam == AUTO if self.compensate is None else self.compensate
+        """``compensate``, or when unset: on with ``--lam auto`` (for ``--arch`` families)."""
+        if self.compensate is None:
+            return self.lam == AUTO and self.model is None
+        return self.compensate
 
     def prune_rule(self) -> dict[str, float | None]:
         """Exactly one of threshold / target_flops / target_params / ratio, in that order of
@@ -208,6 +213,13 @@ class Config:
             raise ValueError("--cost-weighted weighs channels by what they save of a budget: "
                              "give --target-flops or --target-params (not --ratio or "
                              "--threshold, and not --penalty vcp, which prunes by its own rule)")
+        if self.model is not None:
+            from .models.imported import resolve_builder
+
+            resolve_builder(self.model)
+            if self.compensate:
+                raise ValueError("--compensate works for ncslim's own architectures (--arch), "
+                                 "not for --model networks; leave it out")
         if self.penalty not in ("none", "vcp"):
             from .penalties import make_penalty
 
@@ -408,6 +420,9 @@ def command_config(command: str, preset: str | None, given: dict[str, Any],
     if recorded and "dataset" not in given:
         values.update({k: v for k, v in recorded.items() if k in DATA_RECORD})
     values.update(given)
+    both = [f"--{key}" for key in ("arch", "depth", "width") if key in given]
+    if given.get("model") is not None and both:
+        raise ValueError(f"--model builds your own network; leave out {', '.join(both)}")
     if "epochs" in given and "finetune_epochs" not in given:
         values["finetune_epochs"] = None
     return load_config(preset or DEFAULT_PRESET, values)

@@ -100,14 +100,7 @@ def prune_generic(model: nn.Module, example_inputs: Any, ratio: float | None,
     ignored = _resolve(small, model, ignored_layers)
     was_training = small.training
     small.eval()
-    try:
-        with torch.enable_grad():  # the graph is traced through autograd
-            graph = tp.DependencyGraph().build_dependency(small, example_inputs=example_inputs,
-                                                          verbose=False)
-    except Exception as err:  # any failure to trace is the model's, reported in one line
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"Torch-Pruning cannot trace {type(model).__name__} on the example "
-                         f"inputs: {first}") from err
+    graph = _trace(tp, small, example_inputs)
     groups = _groups(graph, small, ignored, scores)
     if not groups:
         raise ValueError(f"{type(model).__name__} has no prunable channels: no convolution or "
@@ -125,6 +118,45 @@ def prune_generic(model: nn.Module, example_inputs: Any, ratio: float | None,
     small.train(was_training)
     _check_runs(small, model, example_inputs)
     return small, layers, chosen.threshold, floored
+
+
+def shrink_layers(net: nn.Module, example_inputs: torch.Tensor,
+                  kept: list[list[Any]]) -> None:
+    """Narrow each layer ``name`` of ``net`` in place to its first ``count`` output channels
+    (``kept`` holds [name, count] pairs), with every layer coupled to it: the shapes of one
+    recorded pruning, before its weights are loaded."""
+    tp = _torch_pruning()
+    modules = dict(net.named_modules())
+    graph = _trace(tp, net, example_inputs)
+    for name, count in kept:
+        layer = modules.get(name)
+        if not isinstance(layer, (nn.Conv2d, nn.Linear)):
+            raise ValueError(f"the recorded pruning names {name!r}, which is not a convolution or "
+                             f"linear layer of this network")
+        total = layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
+        if count > total:
+            raise ValueError(f"the recorded pruning keeps {count} channels of {name}, which has "
+                             f"{total}")
+        if count < total:
+            pruner = graph.get_pruner_of_module(layer)
+            graph.get_pruning_group(layer, pruner.prune_out_channels,
+                                    list(range(count, total))).prune()
+
+
+def _trace(tp: Any, model: nn.Module, example_inputs: Any) -> Any:
+    """Torch-Pruning's dependency graph of ``model``; a failure to trace is the model's."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():  # the graph is traced through autograd
+            return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs,
+                                                         verbose=False)
+    except Exception as err:  # any failure to trace is the model's, reported in one line
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"Torch-Pruning cannot trace {type(model).__name__} on the example "
+                         f"inputs: {first}") from err
+    finally:
+        model.train(was_training)
 
 
 def _check_runs(small: nn.Module, model: nn.Module, example_inputs: torch.Tensor) -> None:
@@ -150,8 +182,9 @@ def _check_runs(small: nn.Module, model: nn.Module, example_inputs: torch.Tensor
         where = f" in layer {names[culprit]} ({type(culprit).__name__})" if culprit else ""
         first = str(err).strip().splitlines()[0]
         raise ValueError(f"the pruned {type(model).__name__} fails{where}: {first}; Torch-Pruning "
-                         f"did not see how that layer couples channels: pass the layers whose "
-                         f"outputs reach it in ignored_layers") from err
+                         f"did not see how that layer couples channels: let it read widths from "
+                         f"its input (not fixed numbers), or keep the layers whose outputs reach "
+                         f"it whole (ignored_layers, in Python)") from err
     finally:
         for hook in hooks:
             hook.remove()

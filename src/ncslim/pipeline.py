@@ -39,7 +39,7 @@ from .metrics import (
 from .models import SlimmableNet, build_model
 from .progress import RunProgress
 from .prunerule import prune
-from .pruning import PruneReport
+from .pruning import PruneReport, prune_model
 from .regularizer import find_scales
 from .train import (
     Trainer,
@@ -111,11 +111,27 @@ def load_data(cfg: Config, device: torch.device, training: bool = True) -> Image
 
 
 def new_model(cfg: Config, data: ImageData) -> SlimmableNet:
+    """The untrained network: an ``--arch`` family, or ``--model`` (the user's own)."""
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.arch, num_classes=data.info.num_classes,
-                        in_channels=data.info.in_channels, width=cfg.width, depth=cfg.depth)
+    info = data.info
+    if cfg.model is not None:
+        model = build_model("imported", info.num_classes, info.in_channels,
+                            channels={"builder": cfg.model}, input_size=info.image_size)
+    else:
+        model = build_model(cfg.arch, num_classes=info.num_classes,
+                            in_channels=info.in_channels, width=cfg.width, depth=cfg.depth,
+                            input_size=info.image_size)
     model.trained_on = data_record(cfg)
     return model
+
+
+def check_model(cfg: Config, data: ImageData) -> None:
+    """Build the network once before anything is written; a traced one (``--model``) is also
+    pruned once on trial, so a network the graph cannot prune fails now, naming its layer,
+    not after its training. (An ``--arch`` spec is checked with the configuration.)"""
+    if cfg.model is not None:
+        prune_model(new_model(cfg, data), ratio=0.5, min_channels=cfg.min_channels,
+                    round_to=cfg.round_to)
 
 
 def data_record(cfg: Config) -> dict[str, Any]:
@@ -130,6 +146,10 @@ def check_fits(model: SlimmableNet, data: ImageData, source: str) -> None:
         raise ValueError(f"{source} is a model for {model.num_classes} classes / "
                          f"{model.in_channels} input channels, but {info.name} has "
                          f"{info.num_classes} / {info.in_channels}; pick the matching --dataset")
+    if model.input_size != info.image_size:
+        raise ValueError(f"{source} is a model for {model.input_size}x{model.input_size} "
+                         f"images, but {info.name} has {info.image_size}x{info.image_size}; "
+                         f"pick the matching --dataset (or --input-size)")
 
 
 # settings that say how to compute, not what: a resumed run may change them
@@ -182,6 +202,7 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
     if resume:
         require_run(out)
     data = load_data(cfg, setup_device(cfg))
+    check_model(cfg, data)
     with claim(out, fresh=not resume, resume=resume):
         write_config(cfg, out, "train")
         model, test_acc = sparsity_stage(cfg, data, out, resume)
@@ -290,6 +311,7 @@ def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
     if resume:
         require_run(out)
     data = load_data(cfg, setup_device(cfg))
+    check_model(cfg, data)
     with claim(out, fresh=not resume, resume=resume):
         write_config(cfg, out, "run")
         progress = RunProgress((cfg.epochs + finetune_epochs(cfg)) * steps_per_epoch(data, cfg),
@@ -347,13 +369,13 @@ def describe(model: SlimmableNet, device: torch.device, batch_size: int = 64,
     """What ``ncslim info`` prints: size, FLOPs, channels per prunable layer, latency (timed as
     ``run`` times it: :func:`latency_rows`)."""
     shape = model.input_shape()
-    modules = dict(model.named_modules())
     model = model.to(device)
     log.info("counting FLOPs")
     info = {
-        "arch": model.arch, "num_classes": model.num_classes, "in_channels": model.in_channels,
+        "arch": model.arch, "title": model.title(), "num_classes": model.num_classes,
+        "in_channels": model.in_channels, "input_size": model.input_size,
         "params": count_params(model), "flops": count_flops(model, shape),
-        "channels": {s.bn: modules[s.bn].num_features for s in model.prune_slots()},
+        "channels": {name: gamma.numel() for name, gamma in find_scales(model).items()},
         "pruned_from": model.pruned_from, "trained_on": model.trained_on,
         "device": str(device),
     }

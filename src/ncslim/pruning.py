@@ -229,7 +229,7 @@ def prune_model(
     """
     model = unwrap(model)
     check_rule(ratio, threshold, min_channels, round_to)
-    if not isinstance(model, SlimmableNet):
+    if not isinstance(model, SlimmableNet) or model.traced:
         return _prune_other(model, ratio, threshold, min_channels, round_to, compensate,
                             example_inputs, ignored_layers, scores)
     if ignored_layers:
@@ -246,7 +246,8 @@ def prune_model(
     needs_bias = any(modules[name].bias is None for name in bias_add)
     spec = model.channels_after({k: v.tolist() for k, v in keep.items()}, stream_bias=needs_bias)
     reference = next(model.parameters())
-    small = build_model(model.arch, model.num_classes, model.in_channels, channels=spec)
+    small = build_model(model.arch, model.num_classes, model.in_channels, channels=spec,
+                        input_size=model.input_size)
     small.to(device=reference.device, dtype=reference.dtype)
     _transfer(small, model, slots, keep, mean_shift, bias_add)
     small.train(model.training)
@@ -254,11 +255,16 @@ def prune_model(
     layers = [LayerReport(s.bn, keep[s.bn].numel(), sc.numel(), keep[s.bn].tolist())
               for s, sc in zip(slots, layer_scores)]
     report = _report(model, small, model.input_shape(), layers, floored, cut, ratio, compensate)
+    _inherit(small, model, report)
+    return small, report
+
+
+def _inherit(small: SlimmableNet, model: SlimmableNet, report: PruneReport) -> None:
+    """What a pruned model keeps of its original's record: the full size and the data."""
     small.pruned_from = model.pruned_from or {
         "params": report.params_before, "flops": report.flops_before,
-        "channels": sum(layer.total for layer in layers)}
+        "channels": sum(layer.total for layer in report.layers)}
     small.trained_on = model.trained_on
-    return small, report
 
 
 def _report(model: nn.Module, small: nn.Module, shape: Sequence[int], layers: list[LayerReport],
@@ -278,17 +284,28 @@ def _prune_other(model: nn.Module, ratio: float | None, threshold: float | None,
                  example_inputs: torch.Tensor | None,
                  ignored_layers: Sequence[nn.Module | str] | None,
                  scores: Mapping[str, torch.Tensor] | None) -> tuple[nn.Module, PruneReport]:
+    """Pruning through Torch-Pruning's graph: any CNN, or a traced ncslim family (whose own
+    input shape gives the example inputs, and whose spec records the pruning)."""
+    if example_inputs is None and isinstance(model, SlimmableNet):
+        reference = next(model.parameters())
+        example_inputs = torch.zeros(1, *model.input_shape(), device=reference.device,
+                                     dtype=reference.dtype)
     if not isinstance(example_inputs, torch.Tensor):
         raise ValueError(f"prune_model needs example_inputs (a tensor batch, e.g. "
                          f"torch.randn(1, 3, 224, 224)) to prune a {type(model).__name__}: its "
                          f"dependency graph is traced from them")
     if compensate:
-        raise ValueError("compensate works for ncslim architectures only")
+        raise ValueError("compensate works for ncslim's own architectures only (--arch), not "
+                         "for other or imported (--model) networks")
     small, groups, cut, floored = prune_generic(model, example_inputs, ratio, threshold,
                                                 min_channels, round_to, ignored_layers, scores)
     layers = [LayerReport(name, len(kept), total, kept) for name, kept, total in groups]
     shape = tuple(example_inputs[:1].shape)
-    return small, _report(model, small, shape, layers, floored, cut, ratio, False)
+    report = _report(model, small, shape, layers, floored, cut, ratio, False)
+    if isinstance(small, SlimmableNet):
+        small.record_pruning([(la.name, la.kept) for la in layers if la.kept < la.total])
+        _inherit(small, model, report)
+    return small, report
 
 
 MEASURES = {"flops": ("FLOPs", "--target-flops"), "params": ("parameters", "--target-params")}

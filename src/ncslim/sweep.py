@@ -37,7 +37,13 @@ from .config import AUTO, Config, load_config, read_preset
 from .data import ImageData
 from .io import run_lock
 from .penalty_registry import stray_params
-from .pipeline import load_data, prune_and_finetune, sparsity_stage, write_config
+from .pipeline import (
+    check_model,
+    load_data,
+    prune_and_finetune,
+    sparsity_stage,
+    write_config,
+)
 from .train import resolve_device
 
 log = logging.getLogger("ncslim")
@@ -219,6 +225,7 @@ def _execute(run: SweepRun, cache: dict[tuple[Any, ...], ImageData]) -> None:
         cache[key] = load_data(cfg, resolve_device(cfg.device))
     data = cache[key]
     log.info("sweep: %s", run.name)
+    check_model(cfg, data)
     with run_lock(run.dir, fresh=False):  # two shards given the same run never interleave
         write_config(cfg, run.dir, "sweep")
         model, sparse_acc = sparsity_stage(cfg, data, run.dir / "train", resume=True)

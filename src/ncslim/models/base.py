@@ -27,6 +27,7 @@ _REGISTRY: dict[str, type[SlimmableNet]] = {}
 # sane limits: a typo or a hostile file must not build a network of terabytes
 MAX_DEPTH, MAX_WIDTH, MAX_CLASSES, MAX_CHANNELS = 2000, 16.0, 100_000, 4096
 MAX_LAYER_CHANNELS = 65_536
+MAX_INPUT_SIZE = 4096
 
 
 @dataclass(frozen=True)
@@ -78,12 +79,19 @@ class SlimmableNet(nn.Module, abc.ABC):
     """
 
     arch: ClassVar[str]
+    # pruned through Torch-Pruning's traced graph (ncslim.generic) instead of prune_slots()
+    traced: ClassVar[bool] = False
+    listed: ClassVar[bool] = True  # a choice of --arch
     # (width, depth) -> the channel spec of the full network; raises ValueError on bad values
     default_channels: ClassVar[Callable[[float, int | None], Any]]
-    input_size: ClassVar[int] = 32  # CIFAR geometry: the final pooling assumes 32x32 inputs
 
-    def __init__(self, num_classes: int, in_channels: int, channels: Any) -> None:
+    def __init__(self, num_classes: int, in_channels: int, channels: Any,
+                 input_size: int = 32) -> None:
         super().__init__()
+        if isinstance(input_size, bool) or not isinstance(input_size, int) or not (
+                1 <= input_size <= MAX_INPUT_SIZE):
+            raise ValueError(f"input_size must be an integer in [1, {MAX_INPUT_SIZE}], "
+                             f"got {input_size!r}")
         if not 1 <= num_classes <= MAX_CLASSES:
             raise ValueError(f"num_classes must be in [1, {MAX_CLASSES}], got {num_classes}")
         if not 1 <= in_channels <= MAX_CHANNELS:
@@ -91,6 +99,7 @@ class SlimmableNet(nn.Module, abc.ABC):
         self.num_classes = num_classes
         self.in_channels = in_channels
         self.channels = channels
+        self.input_size = input_size  # images are input_size x input_size (CIFAR: 32)
         # set by pruning: the full model's size {"params", "flops", "channels"}; None when full
         self.pruned_from: dict[str, int] | None = None
         # set by training: the data it saw {"dataset", "limit_train", "limit_test", "svhn_extra"}
@@ -110,9 +119,18 @@ class SlimmableNet(nn.Module, abc.ABC):
         pruning with compensation folds the constant output of removed channels.
         """
 
+    def record_pruning(self, kept: list[tuple[str, int]]) -> None:
+        """A traced family's spec gains one pruning: each pruned layer and the output channels
+        it kept (families with prune slots describe a pruning by :meth:`channels_after`)."""
+        raise NotImplementedError(f"{self.arch} is pruned through its prune slots")
+
     def compact(self) -> SlimmableNet:
         """The same function with channels that nothing reads removed (``self`` if none)."""
         return self
+
+    def title(self) -> str:
+        """The architecture in a few words, for people."""
+        return self.arch
 
     def config(self) -> dict[str, Any]:
         """Everything :func:`build_model` needs to rebuild this architecture."""
@@ -121,10 +139,23 @@ class SlimmableNet(nn.Module, abc.ABC):
             "num_classes": self.num_classes,
             "in_channels": self.in_channels,
             "channels": self.channels,
+            "input_size": self.input_size,
         }
 
     def input_shape(self) -> tuple[int, int, int]:
         return (self.in_channels, self.input_size, self.input_size)
+
+
+def downsampled(arch: str, input_size: int, halvings: int, ceil: bool = False) -> int:
+    """The side of the last feature map after ``halvings`` stride-2 steps (rounding down, or
+    up with ``ceil``), which the final pooling averages whole."""
+    if input_size < 2**halvings:
+        raise ValueError(f"{arch}: input_size {input_size} is too small for its {halvings} "
+                         f"downsamplings; it needs at least {2**halvings}")
+    size = input_size
+    for _ in range(halvings):
+        size = (size + 1) // 2 if ceil else size // 2
+    return size
 
 
 def init_weights(model: nn.Module) -> None:
@@ -179,7 +210,8 @@ def register_model(cls: type[SlimmableNet]) -> type[SlimmableNet]:
 
 
 def model_names() -> list[str]:
-    return sorted(_REGISTRY)
+    """The families ``--arch`` chooses from."""
+    return sorted(name for name, cls in _REGISTRY.items() if cls.listed)
 
 
 def _lookup(name: str) -> type[SlimmableNet]:
@@ -197,13 +229,15 @@ def build_model(
     width: float = 1.0,
     depth: int | None = None,
     channels: Any = None,
+    input_size: int = 32,
 ) -> SlimmableNet:
     """Build a reference architecture by name: ``vgg``, ``densenet`` or ``resnet``.
 
     ``channels`` (a spec from :meth:`SlimmableNet.config`) rebuilds an exact, possibly pruned,
-    architecture; otherwise ``width`` and ``depth`` define the default one.
+    architecture; otherwise ``width`` and ``depth`` define the default one. ``input_size`` is
+    the side of the square images it takes (the final pooling averages the last feature map).
     """
     cls = _lookup(name)
     builder: Callable[..., SlimmableNet] = cls
     return builder(num_classes=num_classes, in_channels=in_channels, width=width, depth=depth,
-                   channels=channels)
+                   channels=channels, input_size=input_size)

@@ -24,6 +24,7 @@ from .base import (
     SlimmableNet,
     check_counts,
     check_width,
+    downsampled,
     init_weights,
     register_model,
     scaled,
@@ -95,10 +96,11 @@ class DenseNet(SlimmableNet):
         width: float = 1.0,
         depth: int | None = None,
         channels: dict[str, Any] | None = None,
+        input_size: int = 32,
     ) -> None:
         if channels is None:
             channels = self.default_channels(width, depth)
-        super().__init__(num_classes, in_channels, _check_channels(channels))
+        super().__init__(num_classes, in_channels, _check_channels(channels), input_size)
         spec = self.channels
         select, bias = spec["select"], spec["stream_bias"]
         outputs = spec.get("outputs", {})
@@ -119,7 +121,7 @@ class DenseNet(SlimmableNet):
                 self.add_module(f"trans{b}", trans)
                 stream = trans.out_width
         self.head = PreActUnit(stream, select.get("head.bn"))
-        self.pool = nn.AvgPool2d(8)
+        self.pool = nn.AvgPool2d(downsampled("densenet", input_size, 2))
         self.fc = nn.Linear(self.head.width, num_classes)
         unknown = sorted(set(outputs) - {w for writers, _ in self._blocks() for w in writers})
         if unknown:
@@ -191,7 +193,8 @@ class DenseNet(SlimmableNet):
         outputs = {**self.channels.get("outputs", {}),
                    **{w: int(idx.numel()) for w, idx in keep_out.items()}}
         spec = {**self.channels, "select": new_select, "outputs": outputs}
-        small = DenseNet(self.num_classes, self.in_channels, channels=spec)
+        small = DenseNet(self.num_classes, self.in_channels, channels=spec,
+                         input_size=self.input_size)
         reference = next(self.parameters())
         small.to(device=reference.device, dtype=reference.dtype)
         state = self.state_dict()

@@ -23,6 +23,7 @@ from .base import (
     SlimmableNet,
     check_counts,
     check_width,
+    downsampled,
     init_weights,
     register_model,
     scaled,
@@ -102,10 +103,11 @@ class ResNet(SlimmableNet):
         width: float = 1.0,
         depth: int | None = None,
         channels: dict[str, Any] | None = None,
+        input_size: int = 32,
     ) -> None:
         if channels is None:
             channels = self.default_channels(width, depth)
-        super().__init__(num_classes, in_channels, _check_channels(channels))
+        super().__init__(num_classes, in_channels, _check_channels(channels), input_size)
         spec = self.channels
         select, bias = spec["select"], spec["stream_bias"]
         mid = iter(spec["mid"])
@@ -120,7 +122,7 @@ class ResNet(SlimmableNet):
                 stream = planes * EXPANSION
             self.add_module(f"layer{s}", nn.Sequential(*blocks))
         self.head = PreActUnit(stream, select.get("head.bn"))
-        self.pool = nn.AvgPool2d(8)
+        self.pool = nn.AvgPool2d(downsampled("resnet", input_size, 2, ceil=True))
         self.fc = nn.Linear(self.head.width, num_classes)
         check_select(self, select)
         init_weights(self)

@@ -18,6 +18,7 @@ from .base import (
     SlimmableNet,
     check_counts,
     check_width,
+    downsampled,
     init_weights,
     register_model,
     scaled,
@@ -64,10 +65,11 @@ class VGG(SlimmableNet):
         width: float = 1.0,
         depth: int | None = None,
         channels: list[int | str] | None = None,
+        input_size: int = 32,
     ) -> None:
         if channels is None:
             channels = self.default_channels(width, depth)
-        super().__init__(num_classes, in_channels, _check_channels(channels))
+        super().__init__(num_classes, in_channels, _check_channels(channels), input_size)
         layers: list[nn.Module] = []
         previous = in_channels
         for entry in self.channels:
@@ -78,7 +80,7 @@ class VGG(SlimmableNet):
                        nn.BatchNorm2d(entry), nn.ReLU(inplace=True)]
             previous = entry
         self.features = nn.Sequential(*layers)
-        self.pool = nn.AvgPool2d(2)
+        self.pool = nn.AvgPool2d(downsampled("vgg", input_size, self.channels.count(POOL)))
         self.classifier = nn.Linear(previous, num_classes)
         init_weights(self)
 
