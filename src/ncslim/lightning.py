@@ -1,0 +1,369 @@
+"""Network slimming inside a PyTorch Lightning fit: the sparsity penalty on the BN scaling factors
+while ``Trainer.fit`` trains your LightningModule, physical pruning when the fit ends.
+
+    from ncslim.lightning import SlimmingCallback
+
+    slim = SlimmingCallback("tl1", lam="auto", ratio=0.5, mode="proximal", a=1.0)
+    trainer = lightning.pytorch.Trainer(max_epochs=30, callbacks=[slim])
+    trainer.fit(my_module, train_loader)         # my_module.example_input_array: one batch
+    small, report = slim.pruned, slim.report     # fine-tune `small`
+
+Needs ``pip install 'ncslim[lightning]'``. Where the method's hooks run (:mod:`ncslim.sparsity`):
+
+- ``after_backward`` (the subgradient) in ``on_before_optimizer_step``: after gradient
+  accumulation, and with ``precision="16-mixed"`` after Lightning's ``scaler.unscale_``, so the
+  penalty adds to true gradients, not ones scaled by 65536;
+- ``after_step(lr)`` (the proximal step, the controller's count) in ``on_train_batch_end`` of
+  a batch that stepped, with the learning rate that step used (read before the step: a
+  per-step scheduler has already moved it by ``on_train_batch_end``);
+- ``begin_epoch`` / ``end_epoch`` in ``on_train_epoch_start`` / ``on_train_epoch_end``, which
+  also logs lambda and the sparsity through ``LightningModule.log`` as ``slim/...``.
+
+The method's state (lambda, the controller's step count and aim) travels in Lightning's
+checkpoint, so ``trainer.fit(..., ckpt_path=...)`` continues exactly where the fit stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .controller import START_LAM, LambdaController
+from .io import atomic_write_text
+from .models import SlimmableNet
+from .penalties import make_penalty
+from .pruning import PruneReport, prune_model, prune_to_budget
+from .regularizer import MODES, LayerFilter, SparsityRegularizer, find_scales
+from .sparsity import SparsityMethod, unwrap
+
+try:
+    from lightning.pytorch import Callback
+except ImportError:  # the module still imports (docs, doctest collection); construction says why
+    Callback = object
+
+__all__ = ["SlimmingCallback"]
+
+log = logging.getLogger("ncslim")
+
+# the pruning rules, with the values each accepts
+RULES: dict[str, tuple[Callable[[float], bool], str]] = {
+    "ratio": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "threshold": (lambda v: v >= 0, "a finite number >= 0"),
+    "target_flops": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "target_params": (lambda v: 0 < v <= 1, "in (0, 1]"),
+}
+SEED = 0  # begin_epoch's seed: penalties draw nothing, so one constant keeps resumes exact
+
+
+class SlimmingCallback(Callback):  # type: ignore[misc,valid-type]
+    """Train with ``penalty`` on the BN scaling factors of ``network``; prune it when the fit ends.
+
+    ``penalty``, ``lam``, ``mode`` and the penalty's parameters (``a=``, ``p=``, ...) are those
+    of ``ncslim run``; ``lam="auto"`` is the lambda controller (:mod:`ncslim.controller`), which
+    needs a ``ratio``, ``target_flops`` or ``target_params`` and the Trainer's ``max_epochs`` or
+    ``max_steps`` (its ramp spans the fit). One of ``ratio``, ``threshold``, ``target_flops``,
+    ``target_params`` is the pruning rule applied in ``on_fit_end``; without one nothing is
+    pruned. ``min_channels``, ``round_to``, ``compensate`` and ``ignored_layers`` go to
+    :func:`ncslim.prune_model`.
+
+    ``network`` names the submodule to slim (``"net"``, ``"backbone.body"``); by default the
+    LightningModule itself. A model that is not an ncslim architecture is pruned through
+    Torch-Pruning (``pip install 'ncslim[generic]'``), traced on ``example_inputs`` (default:
+    the LightningModule's ``example_input_array``). After the fit, :attr:`pruned` holds the
+    smaller copy and :attr:`report` its :class:`~ncslim.PruneReport`; the trained module is left
+    whole. ``save_to`` (a folder) receives ``prune.json`` and the pruned model: ``pruned.pt``
+    (``ncslim.load_model``) for ncslim architectures, else ``pruned.ts`` (TorchScript).
+
+    The optimizer is yours (``configure_optimizers``): it must train the BN weights, and in
+    proximal mode all in one parameter group, whose learning rate the proximal step uses.
+    """
+
+    def __init__(
+        self,
+        penalty: str = "l1",
+        lam: float | str = 1e-4,
+        mode: str = "subgradient",
+        *,
+        ratio: float | None = None,
+        threshold: float | None = None,
+        target_flops: float | None = None,
+        target_params: float | None = None,
+        min_channels: int = 1,
+        round_to: int = 1,
+        compensate: bool = False,
+        network: str | None = None,
+        layers: LayerFilter = None,
+        example_inputs: torch.Tensor | None = None,
+        ignored_layers: Sequence[nn.Module | str] | None = None,
+        save_to: str | os.PathLike | None = None,
+        **params: float,
+    ) -> None:
+        if Callback is object:
+            raise ImportError("SlimmingCallback needs PyTorch Lightning: "
+                              "pip install 'ncslim[lightning]'")
+        super().__init__()
+        rules = {k: v for k, v in zip(RULES, (ratio, threshold, target_flops, target_params))
+                 if v is not None}
+        _check_args(lam, mode, rules, min_channels, round_to, network, example_inputs,
+                    compensate, save_to)
+        self.penalty_name, self.params, self.lam, self.mode = penalty, params, lam, mode
+        # built now to validate the name and parameters; each fit builds its own
+        make_penalty(penalty, START_LAM if lam == "auto" else lam, **params)
+        self.rule = next(iter(rules.items()), None)
+        self.min_channels, self.round_to, self.compensate = min_channels, round_to, compensate
+        self.network, self.layers, self.example_inputs = network, layers, example_inputs
+        self.ignored_layers = ignored_layers
+        self.save_to = None if save_to is None else Path(save_to)
+        self.method: SparsityMethod | None = None
+        self.pruned: nn.Module | None = None
+        self.report: PruneReport | None = None
+        self._restored: dict[str, Any] | None = None  # checkpoint state waiting for the method
+        self._optimizer: torch.optim.Optimizer | None = None
+        self._group = 0  # the optimizer's parameter group that holds the gammas
+        self._lr: float | None = None  # the lr of the step taken in the current batch, if any
+
+    def __repr__(self) -> str:
+        rule = "no pruning" if self.rule is None else f"{self.rule[0]}={self.rule[1]}"
+        return (f"SlimmingCallback({self.penalty_name!r}, lam={self.lam!r}, mode={self.mode!r}, "
+                f"{rule})")
+
+    def settings(self) -> dict[str, Any]:
+        """What shapes the training (a checkpoint is resumed only with the same)."""
+        return {"penalty": self.penalty_name, "params": dict(self.params), "lam": self.lam,
+                "mode": self.mode, "target": list(self.rule) if self.lam == "auto" else None}
+
+    # -- where the network and its inputs come from ------------------------------------------
+
+    def network_of(self, pl_module: nn.Module) -> nn.Module:
+        """The module this callback slims: ``network`` inside ``pl_module``, or ``pl_module``."""
+        if self.network is None:
+            return unwrap(pl_module)
+        try:
+            return unwrap(pl_module.get_submodule(self.network))
+        except AttributeError:
+            children = ", ".join(name for name, _ in pl_module.named_children()) or "none"
+            raise ValueError(f"network={self.network!r} is not a submodule of "
+                             f"{type(pl_module).__name__}; its submodules are: {children}"
+                             ) from None
+
+    def _inputs(self, pl_module: nn.Module, network: nn.Module) -> torch.Tensor | None:
+        """The batch pruning traces the network on, on the network's device (None: not needed
+        or not given)."""
+        inputs = self.example_inputs
+        if inputs is None:
+            inputs = getattr(pl_module, "example_input_array", None)
+            if inputs is not None and not isinstance(inputs, torch.Tensor):
+                raise ValueError(f"{type(pl_module).__name__}.example_input_array is a "
+                                 f"{type(inputs).__name__}; pruning traces the network on one "
+                                 f"tensor batch: pass SlimmingCallback(example_inputs=...)")
+        if inputs is None:
+            return None
+        reference = next(network.parameters())
+        return inputs.to(reference.device)
+
+    # -- Lightning hooks ----------------------------------------------------------------------
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        """Check everything the fit will need before it trains a step."""
+        if stage != "fit":
+            return
+        network = self.network_of(pl_module)
+        find_scales(network, self.layers)  # ValueError: no BatchNorm, or unknown layers
+        ours = isinstance(network, SlimmableNet)
+        if self.compensate and not ours:
+            raise ValueError(f"compensate=True works for ncslim architectures only, not "
+                             f"{type(network).__name__}; leave it out")
+        if self.rule is None or ours:
+            return
+        inputs = self._inputs(pl_module, network)
+        if inputs is None:
+            raise ValueError(f"pruning {type(network).__name__} traces it on a batch: pass "
+                             f"SlimmingCallback(example_inputs=...) or set "
+                             f"{type(pl_module).__name__}.example_input_array")
+        if self.save_to is not None and inputs.dim() != 4:
+            raise ValueError(f"save_to writes the pruned {type(network).__name__} as TorchScript "
+                             f"traced on image batches (N, C, H, W); example_inputs has shape "
+                             f"{tuple(inputs.shape)}: leave save_to out and save it yourself")
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        network = self.network_of(pl_module)
+        self.method = self._build(trainer, pl_module, network)
+        self._optimizer, self._group = _gamma_group(trainer.optimizers, self._regularizer(),
+                                                    self.mode)
+        self._lr = None
+        if self._restored is not None:
+            self.method.load_state_dict(self._restored["method"])
+            self._restored = None
+        log.info("sparsity training with %r", self.method)
+
+    def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
+        if self.method is None or getattr(optimizer, "optimizer", optimizer) is not self._optimizer:
+            return
+        self._lr = float(self._optimizer.param_groups[self._group]["lr"])  # host value, no sync
+        self.method.after_backward()
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self.method is not None and self._lr is not None:  # this batch stepped
+            self.method.after_step(self._lr)
+            self._lr = None
+
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        if self.method is not None:
+            self.method.begin_epoch(SEED, trainer.current_epoch)
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if self.method is None:
+            return
+        metrics = {**self.method.end_epoch(), **_gamma_shares(self._regularizer())}
+        pl_module.log_dict({f"slim/{k}": float(v) for k, v in metrics.items()},
+                           on_step=False, on_epoch=True)
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        if self.method is not None:
+            self.method.finish()
+
+    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+        if self.rule is None:
+            return
+        network = self.network_of(pl_module)
+        inputs = self._inputs(pl_module, network)
+        self.pruned, self.report = self._prune(network, inputs)
+        log.info("pruned %s:\n%s", type(network).__name__, self.report)
+        if self.save_to is not None and trainer.is_global_zero:
+            self._save(self.pruned, self.report, inputs)
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.method is None:  # not trained yet in this process: what a checkpoint gave
+            return dict(self._restored or {})
+        return {"settings": self.settings(), "method": self.method.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = state_dict.get("settings")
+        if saved is not None and saved != self.settings():
+            raise ValueError(f"the checkpoint was trained by SlimmingCallback with {saved}, this "
+                             f"one has {self.settings()}: resume with the same settings")
+        if "method" not in state_dict:  # saved before this callback trained a step
+            return
+        self._restored = dict(state_dict)
+        if self.method is not None:  # Lightning restored after on_train_start
+            self.method.load_state_dict(state_dict["method"])
+            self._restored = None
+
+    # -- the method and the pruning ------------------------------------------------------------
+
+    def _regularizer(self) -> SparsityRegularizer:
+        method = self.method
+        return method.reg if isinstance(method, LambdaController) else method  # type: ignore
+
+    def _build(self, trainer: Any, pl_module: Any, network: nn.Module) -> SparsityMethod:
+        auto = self.lam == "auto"
+        penalty = make_penalty(self.penalty_name, START_LAM if auto else float(self.lam),
+                               **self.params)
+        regularizer = SparsityRegularizer(network, penalty, self.mode, layers=self.layers)
+        if not auto:
+            return regularizer
+        steps = trainer.estimated_stepping_batches
+        if not math.isfinite(steps):
+            raise ValueError("lam='auto' ramps its target over the whole fit: give the Trainer "
+                             "max_epochs or max_steps")
+        rule, value = self.rule  # type: ignore[misc]
+        target: Any = value
+        if rule != "ratio":  # a budget: the share of channels pruning to it removes now
+            inputs = self._inputs(pl_module, network)
+
+            def target(model: nn.Module) -> float:
+                return self._prune(model, inputs, compensate=False)[1].removed_fraction
+
+        return LambdaController(regularizer, target, total_steps=int(steps),
+                                min_channels=self.min_channels)
+
+    def _prune(self, network: nn.Module, inputs: torch.Tensor | None,
+               compensate: bool | None = None) -> tuple[nn.Module, PruneReport]:
+        rule, value = self.rule  # type: ignore[misc]
+        compensate = self.compensate if compensate is None else compensate
+        options: dict[str, Any] = {"min_channels": self.min_channels, "round_to": self.round_to,
+                                   "compensate": compensate, "example_inputs": inputs,
+                                   "ignored_layers": self.ignored_layers}
+        if rule.startswith("target_"):
+            return prune_to_budget(network, value, measure=rule.removeprefix("target_"),
+                                   **options)
+        return prune_model(network, **{rule: value}, **options)
+
+    def _save(self, small: nn.Module, report: PruneReport, inputs: torch.Tensor | None) -> None:
+        from .export import export_model
+        from .io import save_model
+
+        folder = self.save_to
+        folder.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
+        atomic_write_text(folder / "prune.json", json.dumps(report.to_dict(), indent=2) + "\n")
+        if isinstance(small, SlimmableNet):
+            save_model(small, folder / "pruned.pt")
+        else:
+            export_model(small, folder / "pruned.ts", format="torchscript",
+                         input_shape=tuple(inputs[:1].shape))  # type: ignore[index]
+        log.info("wrote the pruned model and prune.json to %s", folder)
+
+
+def _check_args(lam: Any, mode: str, rules: dict[str, float], min_channels: Any, round_to: Any,
+                network: Any, example_inputs: Any, compensate: bool, save_to: Any) -> None:
+    """One-line ValueErrors for arguments that cannot work, before any training."""
+    if isinstance(lam, str) and lam != "auto":
+        raise ValueError(f"lam must be a number >= 0 or 'auto', got {lam!r}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if len(rules) > 1:
+        raise ValueError(f"give one pruning rule, not {' and '.join(rules)}")
+    for key, value in rules.items():
+        within, allowed = RULES[key]
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and within(value)):
+            raise ValueError(f"{key} must be {allowed}, got {value!r}")
+    if lam == "auto" and (not rules or "threshold" in rules):
+        raise ValueError("lam='auto' adapts lambda to a pruning target: give ratio, "
+                         "target_flops or target_params (not threshold)")
+    for name, value in (("min_channels", min_channels), ("round_to", round_to)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    if network is not None and (not isinstance(network, str) or not network):
+        raise ValueError(f"network must be a submodule's name such as 'net', got {network!r}")
+    if example_inputs is not None and not isinstance(example_inputs, torch.Tensor):
+        raise ValueError(f"example_inputs must be a tensor batch such as "
+                         f"torch.randn(1, 3, 32, 32), got {type(example_inputs).__name__}")
+    if (compensate or save_to is not None) and not rules:
+        what = "compensate" if compensate else "save_to"
+        raise ValueError(f"{what} is about the pruning at the end of the fit: give ratio, "
+                         f"threshold, target_flops or target_params")
+
+
+def _gamma_group(optimizers: Sequence[torch.optim.Optimizer], reg: SparsityRegularizer,
+                 mode: str) -> tuple[torch.optim.Optimizer, int]:
+    """The optimizer and parameter group that train the gammas (whose lr the prox step uses)."""
+    wanted = {id(g) for g in reg.gammas}
+    found = [(opt, i, wanted & {id(p) for p in group["params"]})
+             for opt in optimizers for i, group in enumerate(opt.param_groups)]
+    found = [(opt, i, held) for opt, i, held in found if held]
+    missing = len(wanted - set().union(*(held for _, _, held in found)))
+    if missing:
+        raise ValueError(f"the optimizer of configure_optimizers does not train the weights of "
+                         f"{missing} of the {len(wanted)} BatchNorm layers the penalty acts on; "
+                         f"give it all parameters (self.parameters())")
+    if mode == "proximal" and len(found) > 1:
+        raise ValueError("mode='proximal' steps every BatchNorm weight with one learning rate: "
+                         "put them all in one parameter group of one optimizer")
+    return found[0][0], found[0][1]
+
+
+@torch.no_grad()
+def _gamma_shares(reg: SparsityRegularizer) -> dict[str, float]:
+    """Shares of the scaling factors that are exactly zero and below 1e-2 (one sync)."""
+    size = reg.scales().abs().float()
+    zero, small = torch.stack([(size == 0).float().mean(), (size < 1e-2).float().mean()]).tolist()
+    return {"gamma_zero": zero, "gamma_below_1e-2": small}
