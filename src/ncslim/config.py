@@ -156,6 +156,10 @@ class Config:
     sync_bn: bool = _opt(False, "under torchrun: BatchNorm statistics over the global batch", FITS)
     latency_threads: int = _opt(1, "CPU threads when timing latency (0: torch's default, "
                                    "one per core)", ("run",))
+    tensorboard: bool = _opt(False, "TensorBoard logs of every epoch (losses, accuracies, lr, "
+                                    "lam, |gamma| shares, |gamma| histograms per BN layer) in "
+                                    "OUT/tensorboard/STAGE; pip install 'ncslim[tensorboard]'",
+                             FITS)
     seed: int = _opt(0, "random seed (a run repeats bit for bit with the same torch build, "
                         "thread count and CPU instruction set)", FITS)
     out: str = _opt("runs/latest", "run directory")

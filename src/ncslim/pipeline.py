@@ -41,7 +41,9 @@ from .progress import RunProgress
 from .prunerule import prune
 from .pruning import PruneReport, prune_model
 from .regularizer import find_scales
+from .tensorboard_log import LOGDIR, TensorBoardLog, summary_writer
 from .train import (
+    EpochObserver,
     Trainer,
     check_batches,
     evaluate,
@@ -72,7 +74,10 @@ def code_version() -> dict[str, Any]:
 
 
 def setup_device(cfg: Config) -> torch.device:
-    """This process's device; under torchrun it first joins the process group."""
+    """This process's device; under torchrun it first joins the process group. A package the
+    configuration needs and lacks (``--tensorboard``) is named first, before any data is read."""
+    if cfg.tensorboard:
+        summary_writer()
     device = resolve_device(cfg.device)
     distributed.init(device)
     return device
@@ -134,6 +139,15 @@ def check_model(cfg: Config, data: ImageData) -> None:
                     round_to=cfg.round_to)
 
 
+def observers(cfg: Config, stage: str) -> list[EpochObserver]:
+    """What watches the epochs of ``stage`` besides ``metrics.jsonl``: with ``--tensorboard``,
+    TensorBoard logs in ``cfg.out/tensorboard/stage``, written by the process that writes files.
+    """
+    if not cfg.tensorboard or not distributed.is_main():
+        return []
+    return [TensorBoardLog(Path(cfg.out) / LOGDIR / stage)]
+
+
 def data_record(cfg: Config) -> dict[str, Any]:
     """What a model file records of the data it was trained on (``prune`` and ``finetune``
     read it back)."""
@@ -154,7 +168,7 @@ def check_fits(model: SlimmableNet, data: ImageData, source: str) -> None:
 
 # settings that say how to compute, not what: a resumed run may change them
 FREE_ON_RESUME = {"device", "data_dir", "download", "compile", "channels_last", "amp", "out",
-                  "latency_threads"}
+                  "latency_threads", "tensorboard"}
 
 
 def write_config(cfg: Config, out: Path, command: str) -> None:
@@ -224,7 +238,7 @@ def finetune(model: SlimmableNet, data: ImageData, cfg: Config, out: Path,
     stage = cfg if cfg.finetune_lr is None else replace(cfg, lr=cfg.finetune_lr)
     lr_flag = "--lr" if cfg.finetune_lr is None else "--finetune-lr"
     result = Trainer(model, data, stage, out, finetune_epochs(cfg), progress=progress,
-                     lr_flag=lr_flag).fit(resume)
+                     lr_flag=lr_flag, observers=observers(cfg, "finetune")).fit(resume)
     return result.model, result.test_acc
 
 
@@ -252,8 +266,8 @@ def sparsity_stage(cfg: Config, data: ImageData, stage_dir: Path, resume: bool =
     model = new_model(cfg, data).to(data.train_images.device)
     method = make_method(cfg, model, data.train_labels.numel(),
                          cfg.epochs * steps_per_epoch(data, cfg))
-    trained = Trainer(model, data, cfg, stage_dir, cfg.epochs, method,
-                      progress=progress).fit(resume)
+    trained = Trainer(model, data, cfg, stage_dir, cfg.epochs, method, progress=progress,
+                      observers=observers(cfg, "train")).fit(resume)
     return trained.model, trained.test_acc
 
 

@@ -15,10 +15,11 @@ import json
 import logging
 import math
 import time
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +42,20 @@ HIST_EDGES = [0.0] + [10.0 ** e for e in range(-6, 2)]  # |gamma| histogram bins
 
 class TrainingDiverged(RuntimeError):
     """The loss or the scaling factors became NaN or infinite."""
+
+
+class EpochObserver(Protocol):
+    """What watches a stage besides ``metrics.jsonl``, e.g. TensorBoard
+    (:class:`ncslim.tensorboard_log.TensorBoardLog`): told each finished epoch in the process
+    that writes files, just before the epoch's metrics line and checkpoint are written (a crash
+    in between is undone on resume, as for the metrics). It opens what it writes at its first
+    epoch, and is closed when the stage's epochs end, also on an error."""
+
+    def epoch_end(self, record: dict[str, Any], model: nn.Module) -> None:
+        """``record`` is the epoch's ``metrics.jsonl`` line; ``model`` the unwrapped model."""
+
+    def close(self) -> None:
+        """Flush and release what the observer holds."""
 
 
 @dataclass
@@ -151,12 +166,14 @@ class Trainer:
     def __init__(self, model: nn.Module, data: ImageData, cfg: Config, stage_dir: Path,
                  epochs: int, method: SparsityMethod | None = None,
                  optimizer: torch.optim.Optimizer | None = None,
-                 progress: RunProgress | None = None, lr_flag: str = "--lr") -> None:
+                 progress: RunProgress | None = None, lr_flag: str = "--lr",
+                 observers: Sequence[EpochObserver] = ()) -> None:
         """Train ``model`` with ``method`` (default: no sparsity) and ``optimizer`` (default:
         :func:`sgd` over the method's parameter groups). ``lr_flag`` names the flag that set
-        this stage's learning rate, for the advice if it diverges."""
+        this stage's learning rate, for the advice if it diverges; ``observers`` are told every
+        finished epoch (:class:`EpochObserver`)."""
         self.model, self.data, self.cfg, self.epochs = model, data, cfg, epochs
-        self.dir, self.lr_flag = Path(stage_dir), lr_flag
+        self.dir, self.lr_flag, self.observers = Path(stage_dir), lr_flag, tuple(observers)
         self.device = data.train_images.device
         check_batches(data, cfg)
         self.steps = steps_per_epoch(data, cfg)
@@ -241,8 +258,12 @@ class Trainer:
         elif (self.dir / "last.pt").exists():
             raise ValueError(f"{self.dir} already holds a run; pass --resume to continue it or "
                              f"choose another --out")
-        for epoch in range(self.start_epoch, self.epochs):
-            self._run_epoch(epoch)
+        try:
+            for epoch in range(self.start_epoch, self.epochs):
+                self._run_epoch(epoch)
+        finally:
+            for observer in self.observers:
+                observer.close()
         distributed.plain_batchnorm(self.model)
         self.method.finish()  # also when a resume had no epoch left
         acc = self.history[-1]["test_acc"] if self.history else evaluate(
@@ -269,6 +290,8 @@ class Trainer:
                               if "target_distance" in record else {}))
         self.history.append(record)
         if distributed.is_main():
+            for observer in self.observers:
+                observer.epoch_end(record, self.model)
             self._save(record)
         log.info("%s epoch %d/%d  loss %.4f  train %.2f%%  test %.2f%%  lr %.3g  "
                  "|gamma|<1e-2 %.1f%%  %.1fs  %.0f img/s", self.dir.name, epoch + 1, self.epochs,
