@@ -180,7 +180,7 @@ def cmd_info(args: argparse.Namespace) -> None:
         print(json.dumps(info, indent=2))
         return
     print(f"{info['arch']}: {info['num_classes']} classes, {info['in_channels']} input channels"
-          + (f"; trained on {info['trained_on']['dataset']}" if info["trained_on"] else ""))
+          + _trained_text(info["trained_on"]))
     print(f"parameters {info['params']:,}; FLOPs {info['flops']:,} "
           f"(MACs {info['flops'] // 2:,}) per image")
     if info["pruned_from"]:
@@ -197,6 +197,20 @@ def cmd_info(args: argparse.Namespace) -> None:
     print("channels per prunable layer:")
     for name, channels in info["channels"].items():
         print(f"  {name:<28} {channels}")
+
+
+def _trained_text(record: dict[str, Any] | None, shown: int = 10) -> str:
+    """'; trained on DATASET', with an image folder's size and first ``shown`` class names."""
+    if not record:
+        return ""
+    text = f"; trained on {record['dataset']}"
+    classes = record.get("classes")
+    if classes:
+        names = ", ".join(classes[:shown])
+        more = f", ... ({len(classes)} in all)" if len(classes) > shown else ""
+        size = record.get("input_size")
+        text += f" ({f'{size}x{size}; ' if size else ''}classes: {names}{more})"
+    return text
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:

@@ -25,7 +25,7 @@ import torch
 
 from . import __version__, distributed
 from .config import AUTO, DATA_RECORD, Config
-from .data import ImageData, load_dataset
+from .data import DatasetInfo, ImageData, load_dataset
 from .io import atomic_write_text, run_lock, save_model
 from .methods import make_method
 from .metrics import (
@@ -104,7 +104,7 @@ def load_data(cfg: Config, device: torch.device, training: bool = True) -> Image
     """The config's dataset on ``device``; for ``training``, checked to hold one batch."""
     data = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download,
                         limit_train=cfg.limit_train, limit_test=cfg.limit_test,
-                        include_extra=cfg.svhn_extra)
+                        include_extra=cfg.svhn_extra, input_size=cfg.input_size)
     if training:
         check_batches(data, cfg)
     return data.to(device)
@@ -118,10 +118,14 @@ def new_model(cfg: Config, data: ImageData) -> SlimmableNet:
     return model
 
 
-def data_record(cfg: Config) -> dict[str, Any]:
+def data_record(cfg: Config, info: DatasetInfo | None = None) -> dict[str, Any]:
     """What a model file records of the data it was trained on (``prune`` and ``finetune``
-    read it back)."""
-    return {key: getattr(cfg, key) for key in DATA_RECORD}
+    read it back); for an image folder (``info``) also the size, class names and split."""
+    record = {key: getattr(cfg, key) for key in DATA_RECORD}
+    if info is not None and info.classes:
+        record.update(input_size=info.image_size, classes=list(info.classes),
+                      test_split=info.test_split)
+    return record
 
 
 def check_fits(model: SlimmableNet, data: ImageData, source: str) -> None:
@@ -130,6 +134,12 @@ def check_fits(model: SlimmableNet, data: ImageData, source: str) -> None:
         raise ValueError(f"{source} is a model for {model.num_classes} classes / "
                          f"{model.in_channels} input channels, but {info.name} has "
                          f"{info.num_classes} / {info.in_channels}; pick the matching --dataset")
+    classes = (model.trained_on or {}).get("classes")
+    if classes and info.classes and tuple(classes) != info.classes:
+        differ = next(i for i, pair in enumerate(zip(classes, info.classes)) if len(set(pair)) > 1)
+        raise ValueError(f"{source} was trained on other classes: its class {differ} is "
+                         f"{classes[differ]!r}, the folder's is {info.classes[differ]!r}; give "
+                         f"the --data-dir it was trained on")
 
 
 # settings that say how to compute, not what: a resumed run may change them
@@ -199,7 +209,7 @@ def finetune(model: SlimmableNet, data: ImageData, cfg: Config, out: Path,
         config, pruned_from = model.config(), model.pruned_from
         model = build_model(config.pop("arch"), **config).to(data.train_images.device)
         model.pruned_from = pruned_from
-    model.trained_on = data_record(cfg)
+    model.trained_on = data_record(cfg, data.info)
     stage = cfg if cfg.finetune_lr is None else replace(cfg, lr=cfg.finetune_lr)
     lr_flag = "--lr" if cfg.finetune_lr is None else "--finetune-lr"
     result = Trainer(model, data, stage, out, finetune_epochs(cfg), progress=progress,
@@ -229,6 +239,7 @@ def sparsity_stage(cfg: Config, data: ImageData, stage_dir: Path, resume: bool =
                    progress: RunProgress | None = None) -> tuple[SlimmableNet, float]:
     """Sparsity training of a new model (or its resumption); the model and its test accuracy."""
     model = new_model(cfg, data).to(data.train_images.device)
+    model.trained_on = data_record(cfg, data.info)  # with an image folder's class names
     method = make_method(cfg, model, data.train_labels.numel(),
                          cfg.epochs * steps_per_epoch(data, cfg))
     trained = Trainer(model, data, cfg, stage_dir, cfg.epochs, method,
