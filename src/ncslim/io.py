@@ -262,8 +262,7 @@ def _trained_on(record: Any) -> dict[str, Any] | None:
     if record is None:
         return None
     if not isinstance(record, dict) or not isinstance(record.get("dataset"), str) or not all(
-            isinstance(k, str) and (isinstance(v, (str, int, bool, type(None)))
-                                    or (k == "classes" and _class_names(v)))
+            _class_names(v) if k == "classes" else isinstance(v, (str, int, bool, type(None)))
             for k, v in record.items()):
         shown = repr(record)
         raise ValueError(f"'trained_on' must name the dataset (and an image folder's classes), "
