@@ -103,24 +103,25 @@ def _classes(folder: Path) -> list[str]:
 def _images(folder: Path, root: Path, label: int, suffixes: frozenset[str]
             ) -> tuple[list[ImageFile], int]:
     """The image files at any depth below ``folder`` (hidden ones skipped), sorted by path, and
-    the number of other files skipped."""
+    the number of other files skipped. (Plain strings, not pathlib: 50k files in a second.)"""
     found, skipped = [], 0
-    for where, subfolders, files in os.walk(folder):
+    top, base = str(folder), folder.relative_to(root).as_posix()
+    for where, subfolders, files in os.walk(top):
         subfolders[:] = [d for d in subfolders if not d.startswith(".")]
+        sub = where[len(top):].strip(os.sep).replace(os.sep, "/")
+        prefix = f"{base}/{sub}/" if sub else f"{base}/"
         for name in files:
             if name.startswith("."):
                 continue
             if os.path.splitext(name)[1].lower() not in suffixes:
                 skipped += 1
                 continue
-            path = Path(where, name)
             try:
-                st = path.stat()
+                st = os.stat(os.path.join(where, name))
             except OSError as err:
-                raise DataError(f"{path}: cannot be read ({_one_line(err)}); remove or replace "
-                                f"the file") from None
-            found.append(ImageFile(path.relative_to(root).as_posix(), label, st.st_size,
-                                   st.st_mtime_ns))
+                raise DataError(f"{os.path.join(where, name)}: cannot be read "
+                                f"({_one_line(err)}); remove or replace the file") from None
+            found.append(ImageFile(prefix + name, label, st.st_size, st.st_mtime_ns))
     return sorted(found, key=lambda f: f.path), skipped
 
 
