@@ -173,16 +173,19 @@ def test_pools_decode_as_this_process_does(tmp_path, monkeypatch, pool):
 def test_classes_files_and_what_is_skipped(tmp_path):
     root = make_folder(tmp_path / "d", classes=("zebra", "ant", "bee"), train=3, val=1)
     save(root / "train" / "ant" / "deeper" / "nested.png", noise(99))  # any depth counts
+    save(root / "train" / "bee" / "LOUD.JPG", noise(96), format="JPEG")  # any case
     save(root / "train" / "ant" / ".hidden" / "x.png", noise(98))
     save(root / "train" / "ant" / ".x.png", noise(97))
     (root / "train" / "ant" / "notes.txt").write_text("not an image")
     (root / "train" / "ant" / "labels.csv").write_text("nor this")
+    (root / "train" / "ant" / "features.h5").write_bytes(b"\x89HDF\r\n\x1a\n")  # Pillow: a stub
     (root / "train" / ".git").mkdir()  # a hidden folder is no class
     layout = scan_folder(root)
     assert layout.classes == ("ant", "bee", "zebra")
-    assert layout.test_split == "val/" and layout.skipped == 2
+    assert layout.test_split == "val/" and layout.skipped == 3
     by_path = {f.path: f.label for f in layout.train}
-    assert len(by_path) == 10 and by_path["train/ant/deeper/nested.png"] == 0
+    assert len(by_path) == 11 and by_path["train/ant/deeper/nested.png"] == 0
+    assert by_path["train/bee/LOUD.JPG"] == 1
     assert by_path["train/zebra/0.jpg"] == 2 and not any(".x" in p for p in by_path)
     assert sorted(f.path for f in layout.test) == [f"val/{c}/0.jpg" for c in ("ant", "bee",
                                                                               "zebra")]

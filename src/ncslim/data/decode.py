@@ -50,13 +50,22 @@ def pillow() -> Any:
     return Image
 
 
+_UNDECODABLE = {"MPEG"}  # Pillow identifies these files but cannot decode their pixels
+
+
 def image_suffixes() -> frozenset[str]:
-    """The lower-case file suffixes of every format this Pillow can open (``.jpg``, ``.png``,
-    ``.webp``, ...); other files in a folder are not images."""
+    """The lower-case file suffixes of every format this Pillow can decode (``.jpg``, ``.png``,
+    ``.webp``, ...); other files in a folder are not images. Stub formats (HDF5, GRIB, BUFR,
+    WMF: Pillow only recognises them) are not images either: a folder's ``.h5`` is data."""
     image = pillow()
+    from PIL import ImageFile
+
     image.init()
+    stub = ImageFile.StubImageFile
+    readable = {fmt for fmt, (factory, _) in image.OPEN.items() if fmt not in _UNDECODABLE
+                and not (isinstance(factory, type) and issubclass(factory, stub))}
     return frozenset(ext.lower() for ext, fmt in image.registered_extensions().items()
-                     if fmt in image.OPEN)
+                     if fmt in readable)
 
 
 def decode_image(path: str, size: int) -> np.ndarray:
