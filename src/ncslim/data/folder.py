@@ -92,8 +92,8 @@ def _classes(folder: Path) -> list[str]:
     names = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
     for name in names:
         if len(name) > MAX_CLASS_NAME or not name.isprintable():
-            raise DataError(f"{folder / name!r}: a class folder name must be printable and at "
-                            f"most {MAX_CLASS_NAME} characters; rename it")
+            raise DataError(f"{str(folder / name)!r}: a class folder name must be printable "
+                            f"and at most {MAX_CLASS_NAME} characters; rename it")
     if len(names) > MAX_CLASSES:
         raise DataError(f"{folder}: {len(names):,} class folders, more than {MAX_CLASSES:,}; "
                         f"is --data-dir the folder that holds the class folders?")
