@@ -81,7 +81,8 @@ class Config:
     width: float = _opt(1.0, "channel width multiplier", RUN_TRAIN)
     # data
     dataset: str = _opt("cifar10", "dataset", COMMANDS, _dataset_choices)
-    data_dir: str | None = _opt(None, "dataset folder", COMMANDS,
+    data_dir: str | None = _opt(None, "dataset folder (--dataset folder: the image folder, "
+                                      "required)", COMMANDS,
                                 unset="$NCSLIM_DATA/NAME, /usr/share/datasets/NAME, then the "
                                       "cache")
     input_size: int | None = _opt(None, "resize images to S x S; folder datasets only", COMMANDS,
