@@ -59,7 +59,8 @@ def test_run_end_to_end_writes_results(tmp_path, capsys, caplog, monkeypatch):
     # the model files record the data they were trained on
     for name in ("train/model.pt", "pruned.pt", "final.pt"):
         assert ncslim.load_model(out / name).trained_on == {
-            "dataset": "fashion-mnist", "limit_train": 192, "limit_test": 96, "svhn_extra": True}
+            "dataset": "fashion-mnist", "limit_train": 192, "limit_test": 96, "svhn_extra": True,
+            "input_size": None}
     # the silent phases announce themselves
     said = caplog.text
     for phase in ("pruning by ratio 0.5", "evaluating the pruned model",

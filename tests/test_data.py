@@ -382,7 +382,7 @@ def test_unknown_name_and_bad_limits(tmp_path):
     for word, value in bad:
         with pytest.raises(ValueError, match=word):
             load_dataset("fashion-mnist", tmp_path, **{word: value})
-    assert D.dataset_names() == ["cifar10", "cifar100", "svhn", "fashion-mnist"]
+    assert D.dataset_names() == ["cifar10", "cifar100", "svhn", "fashion-mnist", "folder"]
 
 
 def flip_middle(raw: bytes) -> bytes:

@@ -181,8 +181,7 @@ def cmd_info(args: argparse.Namespace) -> None:
         return
     size = info["input_size"]
     print(f"{info['title']}: {info['num_classes']} classes, {info['in_channels']} input channels, "
-          f"{size}x{size} images"
-          + (f"; trained on {info['trained_on']['dataset']}" if info["trained_on"] else ""))
+          f"{size}x{size} images" + _trained_text(info["trained_on"]))
     print(f"parameters {info['params']:,}; FLOPs {info['flops']:,} "
           f"(MACs {info['flops'] // 2:,}) per image")
     if info["pruned_from"]:
@@ -199,6 +198,20 @@ def cmd_info(args: argparse.Namespace) -> None:
     print("channels per prunable layer:")
     for name, channels in info["channels"].items():
         print(f"  {name:<28} {channels}")
+
+
+def _trained_text(record: dict[str, Any] | None, shown: int = 10) -> str:
+    """'; trained on DATASET', with an image folder's size and first ``shown`` class names."""
+    if not record:
+        return ""
+    text = f"; trained on {record['dataset']}"
+    classes = record.get("classes")
+    if classes:
+        names = ", ".join(classes[:shown])
+        more = f", ... ({len(classes)} in all)" if len(classes) > shown else ""
+        size = record.get("input_size")
+        text += f" ({f'{size}x{size}; ' if size else ''}classes: {names}{more})"
+    return text
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:

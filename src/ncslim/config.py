@@ -84,9 +84,13 @@ class Config:
                                    "Torch-Pruning's graph", RUN_TRAIN, unset="the --arch family")
     # data
     dataset: str = _opt("cifar10", "dataset", COMMANDS, _dataset_choices)
-    data_dir: str | None = _opt(None, "dataset folder", COMMANDS,
+    data_dir: str | None = _opt(None, "dataset folder (--dataset folder: the image folder, "
+                                      "required)", COMMANDS,
                                 unset="$NCSLIM_DATA/NAME, /usr/share/datasets/NAME, then the "
                                       "cache")
+    input_size: int | None = _opt(None, "resize images to S x S; folder datasets only", COMMANDS,
+                                  unset="32 for folder datasets; the built-in ones keep their "
+                                        "own size")
     download: bool = _opt(False, "download the official files if missing (checksums verified)")
     limit_train: int | None = _opt(None, "use only the first N training images", FITS,
                                    unset="all")
@@ -330,6 +334,7 @@ def _check_ranges(cfg: Config) -> None:
     for name, ok, allowed in rules:
         if not ok:
             raise ValueError(f"--{_flag(name)} must be {allowed}, got {getattr(cfg, name)!r}")
+    _check_data(cfg)
     from .models import check_arch
 
     try:
@@ -337,6 +342,25 @@ def _check_ranges(cfg: Config) -> None:
     except ValueError as err:
         raise ValueError(f"--arch {cfg.arch} --depth {cfg.depth} --width {cfg.width:g}: "
                          f"{err}") from None
+
+
+def _check_data(cfg: Config) -> None:
+    """--input-size in range and for a folder dataset only; --download not for a folder
+    (--data-dir is checked when the data is read: prune needs none)."""
+    from .data import DATASETS, FOLDER
+    from .data.folder import MAX_SIZE, MIN_SIZE
+
+    size = cfg.input_size
+    if size is not None and not MIN_SIZE <= size <= MAX_SIZE:
+        raise ValueError(f"--input-size must be an integer in [{MIN_SIZE}, {MAX_SIZE}], got "
+                         f"{size!r}")
+    if cfg.dataset == FOLDER and cfg.download:
+        raise ValueError(f"--download fetches the built-in datasets; --dataset {FOLDER} reads "
+                         f"--data-dir only; leave --download out")
+    own = DATASETS[cfg.dataset].image_size if cfg.dataset in DATASETS else size
+    if size is not None and size != own:
+        raise ValueError(f"--input-size resizes image folders (--dataset {FOLDER}) only; "
+                         f"{cfg.dataset} images are {own}x{own}; leave --input-size out")
 
 
 def _flag(name: str) -> str:
@@ -398,7 +422,8 @@ def load_config(preset: str | None = None, overrides: dict[str, Any] | None = No
     return Config(**values).validate()
 
 
-DATA_RECORD = ("dataset", "limit_train", "limit_test", "svhn_extra")  # what a model file records
+# what a model file records of its data (a folder dataset's record adds its classes and split)
+DATA_RECORD = ("dataset", "limit_train", "limit_test", "svhn_extra", "input_size")
 
 
 def command_config(command: str, preset: str | None, given: dict[str, Any],

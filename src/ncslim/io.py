@@ -24,6 +24,7 @@ from typing import IO, Any
 import torch
 from torch import nn
 
+from .data import MAX_CLASS_NAME, MAX_CLASSES
 from .models import SlimmableNet, build_model
 from .regularizer import unwrap
 
@@ -256,12 +257,22 @@ def _pruned_from(record: Any) -> dict[str, int] | None:
 
 
 def _trained_on(record: Any) -> dict[str, Any] | None:
+    """The record of the data a model was trained on: plain values, and for an image folder
+    the list of its class names (bounded: at most MAX_CLASSES names, each a short string)."""
     if record is None:
         return None
     if not isinstance(record, dict) or not isinstance(record.get("dataset"), str) or not all(
-            isinstance(v, (str, int, bool, type(None))) for v in record.values()):
-        raise ValueError(f"'trained_on' must name the dataset, got {record!r}")
+            _class_names(v) if k == "classes" else isinstance(v, (str, int, bool, type(None)))
+            for k, v in record.items()):
+        shown = repr(record)
+        raise ValueError(f"'trained_on' must name the dataset (and an image folder's classes), "
+                         f"got {shown[:200]}{'...' if len(shown) > 200 else ''}")
     return dict(record)
+
+
+def _class_names(value: Any) -> bool:
+    return isinstance(value, list) and 0 < len(value) <= MAX_CLASSES and all(
+        isinstance(name, str) and 0 < len(name) <= MAX_CLASS_NAME for name in value)
 
 
 def _vcp_sigma(model: SlimmableNet, record: Any) -> dict[str, torch.Tensor] | None:

@@ -25,7 +25,7 @@ import torch
 
 from . import __version__, distributed
 from .config import AUTO, DATA_RECORD, Config
-from .data import ImageData, load_dataset
+from .data import DatasetInfo, ImageData, load_dataset
 from .io import atomic_write_text, run_lock, save_model
 from .methods import make_method
 from .metrics import (
@@ -109,7 +109,7 @@ def load_data(cfg: Config, device: torch.device, training: bool = True) -> Image
     """The config's dataset on ``device``; for ``training``, checked to hold one batch."""
     data = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download,
                         limit_train=cfg.limit_train, limit_test=cfg.limit_test,
-                        include_extra=cfg.svhn_extra)
+                        include_extra=cfg.svhn_extra, input_size=cfg.input_size)
     if training:
         check_batches(data, cfg)
     return data.to(device)
@@ -126,7 +126,7 @@ def new_model(cfg: Config, data: ImageData) -> SlimmableNet:
         model = build_model(cfg.arch, num_classes=info.num_classes,
                             in_channels=info.in_channels, width=cfg.width, depth=cfg.depth,
                             input_size=info.image_size)
-    model.trained_on = data_record(cfg)
+    model.trained_on = data_record(cfg, info)  # with an image folder's class names
     return model
 
 
@@ -148,10 +148,14 @@ def observers(cfg: Config, stage: str) -> list[EpochObserver]:
     return [TensorBoardLog(Path(cfg.out) / LOGDIR / stage)]
 
 
-def data_record(cfg: Config) -> dict[str, Any]:
+def data_record(cfg: Config, info: DatasetInfo | None = None) -> dict[str, Any]:
     """What a model file records of the data it was trained on (``prune`` and ``finetune``
-    read it back)."""
-    return {key: getattr(cfg, key) for key in DATA_RECORD}
+    read it back); for an image folder (``info``) also the size, class names and split."""
+    record = {key: getattr(cfg, key) for key in DATA_RECORD}
+    if info is not None and info.classes:
+        record.update(input_size=info.image_size, classes=list(info.classes),
+                      test_split=info.test_split)
+    return record
 
 
 def check_fits(model: SlimmableNet, data: ImageData, source: str) -> None:
@@ -164,6 +168,12 @@ def check_fits(model: SlimmableNet, data: ImageData, source: str) -> None:
         raise ValueError(f"{source} is a model for {model.input_size}x{model.input_size} "
                          f"images, but {info.name} has {info.image_size}x{info.image_size}; "
                          f"pick the matching --dataset (or --input-size)")
+    classes = (model.trained_on or {}).get("classes")
+    if classes and info.classes and tuple(classes) != info.classes:
+        differ = next(i for i, pair in enumerate(zip(classes, info.classes)) if len(set(pair)) > 1)
+        raise ValueError(f"{source} was trained on other classes: its class {differ} is "
+                         f"{classes[differ]!r}, the folder's is {info.classes[differ]!r}; give "
+                         f"the --data-dir it was trained on")
 
 
 # settings that say how to compute, not what: a resumed run may change them
@@ -234,7 +244,7 @@ def finetune(model: SlimmableNet, data: ImageData, cfg: Config, out: Path,
         config, pruned_from = model.config(), model.pruned_from
         model = build_model(config.pop("arch"), **config).to(data.train_images.device)
         model.pruned_from = pruned_from
-    model.trained_on = data_record(cfg)
+    model.trained_on = data_record(cfg, data.info)
     stage = cfg if cfg.finetune_lr is None else replace(cfg, lr=cfg.finetune_lr)
     lr_flag = "--lr" if cfg.finetune_lr is None else "--finetune-lr"
     result = Trainer(model, data, stage, out, finetune_epochs(cfg), progress=progress,

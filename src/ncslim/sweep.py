@@ -219,7 +219,7 @@ def run_sweep(path: str | Path, shard: tuple[int, int] = (1, 1),
 def _execute(run: SweepRun, cache: dict[tuple[Any, ...], ImageData]) -> None:
     cfg = run.config
     key = (cfg.dataset, cfg.data_dir, cfg.limit_train, cfg.limit_test, cfg.svhn_extra,
-           cfg.device)
+           cfg.input_size, cfg.device)
     if key not in cache:
         cache.clear()  # one dataset in memory at a time
         cache[key] = load_data(cfg, resolve_device(cfg.device))

@@ -52,36 +52,52 @@ A CIFAR archive member whose tar header claims over 256 MiB is refused before it
 is an archive of over 1,000 members or one decompressing to over 1 GiB; an extracted batch file
 over 256 MiB is refused unread. SVHN ``.mat`` files are read whole by scipy, without such limits.
 
+**Your own images**: ``load_dataset("folder", "D", input_size=S)`` reads ``D/train/<class>/*``
+and ``D/val/<class>/*`` (or holds 10 % of each class out), decodes every image once, in parallel,
+to RGB S x S, and caches the result (:mod:`ncslim.data.folder` states every rule);
+:func:`scan_folder` lists the classes and files without decoding anything.
+
 Normalisation: CIFAR and SVHN use the usual per-channel mean/std; Fashion-MNIST (zero-padded from
 28x28 to 32x32 so that every architecture keeps its 32x32 geometry) uses the mean/std of its padded
 train set, ``0.2190 / 0.3318``. Augmentation (CIFAR only, as in the paper): zero-pad 4, random
-32x32 crop, random horizontal flip; SVHN and Fashion-MNIST are not augmented.
+32x32 crop, random horizontal flip; SVHN and Fashion-MNIST are not augmented. Image folders
+use the mean/std of their training images and the CIFAR augmentation, with a padding in
+proportion to the image size (:func:`augment_pad`).
 
 The package, lowest first: ``catalog`` (names, official files, md5, search folders), ``files``
 (locating files, checksums, bounded reading), ``formats`` (the CIFAR, SVHN and IDX readers),
-``download``, ``loading`` (:class:`ImageData`, :func:`load_dataset`) and ``batching``. Tests
+``download``, ``decode`` (image files through Pillow), ``foldercache``, ``folder`` (image
+folders), ``loading`` (:class:`ImageData`, :func:`load_dataset`) and ``batching``. Tests
 redirect the Debian folder through ``ncslim.data.catalog.DEBIAN_ROOT`` (read there, at each call).
 """
 
 from __future__ import annotations
 
 from .batching import PAD as PAD
-from .batching import batches
-from .catalog import DATASETS, DataError, DatasetInfo, candidate_dirs, dataset_names
+from .batching import augment_pad, batches
+from .catalog import DATASETS, FOLDER, DataError, DatasetInfo, candidate_dirs, dataset_names
 from .catalog import MD5 as MD5
 from .catalog import URLS as URLS
 from .catalog import cache_root as cache_root
 from .download import download_dataset
+from .folder import MAX_CLASS_NAME, MAX_CLASSES, FolderLayout, ImageFile, scan_folder
 from .loading import ImageData, load_dataset
 
 __all__ = [
     "DATASETS",
+    "FOLDER",
+    "MAX_CLASSES",
+    "MAX_CLASS_NAME",
     "DataError",
     "DatasetInfo",
+    "FolderLayout",
     "ImageData",
+    "ImageFile",
+    "augment_pad",
     "batches",
     "candidate_dirs",
     "dataset_names",
     "download_dataset",
     "load_dataset",
+    "scan_folder",
 ]

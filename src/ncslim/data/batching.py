@@ -10,7 +10,13 @@ from torch import Tensor
 
 from .catalog import DatasetInfo
 
-PAD = 4  # CIFAR augmentation: zero padding before the random crop
+PAD = 4  # CIFAR augmentation: zero padding before the random crop (at 32x32; see augment_pad)
+
+
+def augment_pad(size: int) -> int:
+    """The zero padding before the random crop of ``size`` x ``size`` images: CIFAR's 4 at 32,
+    the same share of the image at other sizes (8 at 64, 28 at 224), at least 1."""
+    return max(1, round(PAD * size / 32))
 
 
 def _crop_flip(images: Tensor, offset_y: Tensor, offset_x: Tensor, flip: Tensor,
@@ -32,7 +38,7 @@ def _crop_flip(images: Tensor, offset_y: Tensor, offset_x: Tensor, flip: Tensor,
 
 
 def _epoch_plan(n: int, device: torch.device, generator: torch.Generator | None,
-                augment: bool) -> tuple[Tensor, ...]:
+                augment: bool, pad: int = PAD) -> tuple[Tensor, ...]:
     """One epoch's permutation (and crop offsets, flips), drawn at once, moved to ``device``.
 
     Drawn on the generator's device (a CPU generator cannot drive CUDA sampling), then moved:
@@ -41,8 +47,8 @@ def _epoch_plan(n: int, device: torch.device, generator: torch.Generator | None,
     gdev = generator.device if generator is not None else device
     plan = [torch.randperm(n, generator=generator, device=gdev)]
     if augment:
-        plan += [torch.randint(0, 2 * PAD + 1, (n,), generator=generator, device=gdev),
-                 torch.randint(0, 2 * PAD + 1, (n,), generator=generator, device=gdev),
+        plan += [torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=gdev),
+                 torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=gdev),
                  torch.randint(0, 2, (n,), generator=generator, device=gdev).bool()]
     # non_blocking only towards an accelerator: a non-blocking copy to the CPU may be read early
     return tuple(t.to(device, non_blocking=device.type != "cpu") for t in plan)
@@ -71,7 +77,8 @@ def batches(images: Tensor, labels: Tensor, batch_size: int, *, info: DatasetInf
     """Normalised float32 batches ``(x [B, C, H, W], y [B])`` on the images' device.
 
     ``train=True``: a fresh permutation per call (from ``generator``: same seed, same batches)
-    and, if ``info.augment``, zero-pad 4 + random crop + random horizontal flip per image.
+    and, if ``info.augment``, zero-pad (4 at 32x32: :func:`augment_pad`) + random crop + random
+    horizontal flip per image.
     ``train=False``: every image in order, no augmentation. ``drop_last`` drops a final partial
     batch. ``part=(i, n)`` yields only the i-th of n equal slices of each batch (``batch_size``
     must divide by n): the images and augmentation that process i of n trains on, the same as
@@ -94,7 +101,8 @@ def _iterate(images: Tensor, labels: Tensor, batch_size: int, info: DatasetInfo,
     std = torch.tensor(info.std, dtype=torch.float32, device=device).view(1, channels, 1, 1)
     mean = torch.tensor(info.mean, dtype=torch.float32, device=device).view(1, channels, 1, 1)
     scale, shift = 1.0 / (255.0 * std), -mean / std  # (v/255 - mean)/std = v*scale + shift
-    plan = _epoch_plan(n, device, generator, info.augment) if train else None
+    pad = augment_pad(images.shape[-1])
+    plan = _epoch_plan(n, device, generator, info.augment, pad) if train else None
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     end = n - n % batch_size if drop_last else n
     share = batch_size // part[1]
@@ -109,6 +117,6 @@ def _iterate(images: Tensor, labels: Tensor, batch_size: int, info: DatasetInfo,
             order = plan[0][start:stop]
             x, y = images[order], labels[order]
             if len(plan) > 1:
-                x = _crop_flip(x, *(t[start:stop] for t in plan[1:]))
+                x = _crop_flip(x, *(t[start:stop] for t in plan[1:]), pad=pad)
         x = x.to(dtype=torch.float32, memory_format=memory_format)
         yield x.mul_(scale).add_(shift), y

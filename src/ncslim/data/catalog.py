@@ -21,8 +21,10 @@ class DatasetInfo:
     in_channels: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    augment: bool  # zero-pad 4 + random crop + random horizontal flip when training
+    augment: bool  # zero-pad + random crop + random horizontal flip when training
     image_size: int = 32
+    classes: tuple[str, ...] = ()  # folder datasets: the class names, label i is classes[i]
+    test_split: str = ""  # folder datasets: where the test images come from, in words
 
 
 _CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -85,17 +87,23 @@ def cache_root() -> Path:
     return base / "ncslim"
 
 
+FOLDER = "folder"  # a folder of image files, one subfolder per class (ncslim.data.folder)
+
+
 def dataset_names() -> list[str]:
-    """The names :func:`load_dataset` accepts."""
-    return list(DATASETS)
+    """The names :func:`load_dataset` accepts: the built-in datasets, then ``folder``."""
+    return [*DATASETS, FOLDER]
 
 
 def _info(name: str) -> DatasetInfo:
     if name in DATASETS:
         return DATASETS[name]
-    close = difflib.get_close_matches(str(name), list(DATASETS), n=2, cutoff=0.5)
+    close = difflib.get_close_matches(str(name), dataset_names(), n=2, cutoff=0.5)
     hint = f" (did you mean {' or '.join(close)}?)" if close else ""
-    raise DataError(f"unknown dataset {name!r}{hint}; known: {', '.join(DATASETS)}")
+    if name == FOLDER:
+        raise DataError(f"{FOLDER}: an image folder has no fixed files or search folders; "
+                        f"read it with load_dataset({FOLDER!r}, DIR)")
+    raise DataError(f"unknown dataset {name!r}{hint}; known: {', '.join(dataset_names())}")
 
 
 def candidate_dirs(name: str, data_dir: str | Path | None = None) -> list[Path]:

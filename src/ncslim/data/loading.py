@@ -9,15 +9,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .catalog import DatasetInfo, _info, cache_root, candidate_dirs
+from .catalog import FOLDER, DataError, DatasetInfo, _info, cache_root, candidate_dirs
 from .download import download_dataset
 from .files import _locate, _not_found, _scan
+from .folder import read_folder
 from .formats import _LOADERS
 
 
 @dataclass(eq=False, repr=False)
 class ImageData:
-    """Both splits of a dataset: uint8 ``[N, C, 32, 32]`` images and int64 ``[N]`` labels."""
+    """Both splits of a dataset: uint8 ``[N, C, S, S]`` images (S = ``info.image_size``) and
+    int64 ``[N]`` labels."""
 
     train_images: Tensor
     train_labels: Tensor
@@ -49,17 +51,25 @@ def _first(array: np.ndarray, limit: int | None) -> Tensor:
 
 def load_dataset(name: str, data_dir: str | Path | None = None, *, download: bool = False,
                  limit_train: int | None = None, limit_test: int | None = None,
-                 include_extra: bool = True, verify: bool = True) -> ImageData:
-    """Read dataset ``name`` (see :data:`DATASETS`) into CPU uint8 tensors.
+                 include_extra: bool = True, verify: bool = True,
+                 input_size: int | None = None) -> ImageData:
+    """Read dataset ``name`` (see :func:`dataset_names`) into CPU uint8 tensors.
 
     ``limit_train`` / ``limit_test`` keep the first N images of a split. ``include_extra``
     (SVHN) adds the 531k ``extra`` images to the training set, as in the paper. ``download``
     fetches missing files into ``data_dir`` (or the cache folder) when none is found;
-    ``verify=False`` skips the md5 check of local files.
+    ``verify=False`` skips the md5 check of local files. ``name="folder"`` reads the image
+    folder ``data_dir`` (:mod:`ncslim.data.folder`), resized to ``input_size`` squared (default
+    32); the built-in datasets take no other size than their own.
     """
-    info = _info(name)
     _check_limit("limit_train", limit_train)
     _check_limit("limit_test", limit_test)
+    if name == FOLDER:
+        return _load_folder(data_dir, input_size, download, limit_train, limit_test)
+    info = _info(name)
+    if input_size is not None and input_size != info.image_size:
+        raise DataError(f"{name} images are {info.image_size}x{info.image_size}; --input-size "
+                        f"resizes image folders (--dataset {FOLDER}) only; leave it out")
     dirs = candidate_dirs(name, data_dir)
     found = _locate(name, dirs, include_extra)
     if found is None:
@@ -74,3 +84,17 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, download: boo
         name, found, verify, include_extra=include_extra, limit_train=limit_train)
     return ImageData(_first(train_x, limit_train), _first(train_y, limit_train),
                      _first(test_x, limit_test), _first(test_y, limit_test), info)
+
+
+def _load_folder(data_dir: str | Path | None, input_size: int | None, download: bool,
+                 limit_train: int | None, limit_test: int | None) -> ImageData:
+    if data_dir is None:
+        raise DataError(f"--dataset {FOLDER} reads the images in --data-dir D (D/train/<class>/"
+                        f"..., D/val/<class>/...); give --data-dir")
+    if download:
+        raise DataError(f"--download fetches the built-in datasets; --dataset {FOLDER} reads "
+                        f"--data-dir only; leave --download out")
+    train_x, train_y, test_x, test_y, info = read_folder(data_dir, input_size)
+    return ImageData(*(_first(t.numpy(), limit) for t, limit in (
+        (train_x, limit_train), (train_y, limit_train), (test_x, limit_test),
+        (test_y, limit_test))), info)
