@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import ncslim
-from ncslim import pipeline
+from ncslim import pipeline, summary
 from ncslim.cli import main
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -52,7 +52,7 @@ def test_run_end_to_end_writes_results(tmp_path, capsys, caplog, monkeypatch):
     printed = capsys.readouterr().out
     assert "test accuracy right after pruning" in printed and "parameters" in printed
     # the table printed is also in the run folder
-    assert (out / "summary.txt").read_text() == pipeline.format_results(results) + "\n"
+    assert (out / "summary.txt").read_text() == summary.format_results(results) + "\n"
     assert (out / "summary.txt").read_text() in printed
     # --epochs alone sets the fine-tuning length too (the demo preset's own is 4)
     assert len((out / "finetune" / "metrics.jsonl").read_text().splitlines()) == 1

@@ -383,3 +383,33 @@ def test_run_on_a_folder_records_the_classes(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "trained on other classes: its class 0 is 'cat', the folder's is 'ant'" in err
     assert not (tmp_path / "ft").exists()
+
+
+@pytest.mark.parametrize("model", [["--arch", "resnet", "--depth", "11", "--width", "0.125"],
+                                   ["--model", "foldermodels:tiny"]])
+def test_run_at_another_size_builds_the_model_for_it(tmp_path, capsys, monkeypatch, model):
+    """--input-size 24: the reference family (or the user's model) takes 24x24 images, the
+    model files record it, and a folder of another size is refused when fine-tuning."""
+    pytest.importorskip("torch_pruning")
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "foldermodels.py").write_text(
+        "from torch import nn\n\n\ndef tiny(num_classes, in_channels):\n"
+        "    return nn.Sequential(nn.Conv2d(in_channels, 8, 3, padding=1), nn.BatchNorm2d(8),\n"
+        "                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),\n"
+        "                         nn.Linear(8, num_classes))\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "code"))
+    monkeypatch.setattr("ncslim.metrics._time_one", lambda model, x: 1e-3)
+    root = make_folder(tmp_path / "d", classes=("cat", "dog"), train=8, val=2)
+    out = tmp_path / "run"
+    tiny = [flag for flag in TINY if flag not in ("--arch", "vgg", "--depth", "11", "--width",
+                                                  "0.125")]
+    assert main(["run", "--dataset", "folder", "--data-dir", str(root), "--input-size", "24",
+                 *model, *tiny, "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    final = ncslim.load_model(out / "final.pt")
+    assert final.input_size == 24 and final.input_shape() == (3, 24, 24)
+    assert results["flops"]["pruned"] == ncslim.count_flops(final, (3, 24, 24))
+    assert main(["finetune", "--checkpoint", str(out / "final.pt"), "--data-dir", str(root),
+                 "--input-size", "32", "--epochs", "1", "--batch-size", "8", "--device", "cpu",
+                 "--out", str(tmp_path / "ft")]) == 2
+    assert "a model for 24x24 images, but folder has 32x32" in capsys.readouterr().err

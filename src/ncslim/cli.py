@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from . import distributed, pipeline, prunerule
+from . import distributed, pipeline, prunerule, summary
 from .commandline import build_parser, unknown_flags
 from .config import Config, command_config, config_fields
 from .export import SUFFIX, check_export, export_model
@@ -48,10 +48,10 @@ def cmd_run(args: argparse.Namespace) -> None:
     cfg = _config(args)
     results = pipeline.run(cfg, resume=args.resume)
     if distributed.is_main():
-        table = pipeline.format_results(results)
+        table = summary.format_results(results)
         print(table)
         print(f"results: {Path(cfg.out) / 'results.json'} (this table: "
-              f"{Path(cfg.out) / pipeline.SUMMARY_FILE})")
+              f"{Path(cfg.out) / summary.SUMMARY_FILE})")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -175,7 +175,7 @@ def cmd_info(args: argparse.Namespace) -> None:
         check_arch(args.arch, args.depth, args.width)
         model = build_model(args.arch, args.num_classes, args.in_channels, args.width,
                             args.depth)
-    info = pipeline.describe(model, device, args.batch_size, args.latency_threads)
+    info = summary.describe(model, device, args.batch_size, args.latency_threads)
     if args.json:
         print(json.dumps(info, indent=2))
         return

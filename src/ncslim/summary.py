@@ -1,0 +1,75 @@
+"""What a run and a model come to, for people: the final table of ``ncslim run``
+(``summary.txt``) and what ``ncslim info`` prints."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from .metrics import count_flops, count_params, latency_rows, latency_warnings, threads_text
+from .models import SlimmableNet
+from .regularizer import find_scales
+
+log = logging.getLogger("ncslim")
+
+SUMMARY_FILE = "summary.txt"  # the final table of ``run``, as printed
+
+
+def format_results(results: dict[str, Any]) -> str:
+    """The final table of ``run``."""
+    acc, params, flops = results["accuracy"], results["params"], results["flops"]
+    lines = [
+        f"{'':<36}{'original':>14}{'pruned':>14}{'removed':>10}",
+        f"{'parameters':<36}{params['original']:>14,}{params['pruned']:>14,}"
+        f"{params['removed']:>10.1%}",
+        f"{'FLOPs (one image)':<36}{flops['original']:>14,}{flops['pruned']:>14,}"
+        f"{flops['removed']:>10.1%}",
+    ]
+    for device, table in results["latency"].items():
+        for batch, row in table.items():
+            label = (f"latency {device} {batch.replace('_', ' ')} (ms"
+                     + (f", {threads_text(row['threads'])})" if "threads" in row else ")"))
+            lines.append(f"{label:<36}{_ms(row, 'original'):>14}{_ms(row, 'pruned'):>14}"
+                         f"{'x' + format(row['speedup'], '.2f'):>10}  speed-up "
+                         f"(FLOPs ratio x{flops['ratio']:.2f})")
+    lines += [
+        f"test accuracy after sparsity training {acc['sparse']:.2%}",
+        f"test accuracy right after pruning     {acc['pruned']:.2%}",
+        f"test accuracy after fine-tuning       {acc['finetuned']:.2%}",
+    ]
+    if any("runs" in row for table in results["latency"].values() for row in table.values()):
+        lines.append("latency: median ± half the interquartile range of the timed runs")
+    lines += [f"warning: {w}" for w in results.get("warnings", [])]
+    return "\n".join(lines)
+
+
+def _ms(row: dict[str, Any], which: str) -> str:
+    if f"{which}_q1_ms" not in row:  # results.json of an earlier version
+        return f"{row[f'{which}_ms']:.2f}"
+    half = (row[f"{which}_q3_ms"] - row[f"{which}_q1_ms"]) / 2
+    return f"{row[f'{which}_ms']:.2f} ±{half:.2f}"
+
+
+def describe(model: SlimmableNet, device: torch.device, batch_size: int = 64,
+             threads: int = 1) -> dict[str, Any]:
+    """What ``ncslim info`` prints: size, FLOPs, channels per prunable layer, latency (timed as
+    ``run`` times it: :func:`latency_rows`)."""
+    shape = model.input_shape()
+    model = model.to(device)
+    log.info("counting FLOPs")
+    info = {
+        "arch": model.arch, "title": model.title(), "num_classes": model.num_classes,
+        "in_channels": model.in_channels, "input_size": model.input_size,
+        "params": count_params(model), "flops": count_flops(model, shape),
+        "channels": {name: gamma.numel() for name, gamma in find_scales(model).items()},
+        "pruned_from": model.pruned_from, "trained_on": model.trained_on,
+        "device": str(device),
+    }
+    rows = latency_rows([model], shape, device, tuple(dict.fromkeys((1, batch_size))), threads)
+    info["latency"] = {batch: {"median_ms": 1e3 * t.median, "q1_ms": 1e3 * t.q1,
+                               "q3_ms": 1e3 * t.q3, "runs": t.runs, "threads": t.threads,
+                               "spread": t.spread} for batch, (t,) in rows.items()}
+    info["warnings"] = latency_warnings({device.type: info["latency"]})
+    return info
