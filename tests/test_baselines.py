@@ -16,6 +16,7 @@ from test_report import write_fashion
 from ncslim import build_model, count_flops, count_params, make_penalty
 from ncslim.cli import main
 from ncslim.config import Config, load_config
+from ncslim.pipeline import load_data, sparsity_stage
 from ncslim.regularizer import SparsityRegularizer
 from ncslim.report import collect
 
@@ -28,6 +29,7 @@ from ncslim.baselines import (  # noqa: E402  (needs torch_pruning)
     prune_tp,
     rebuild_vgg,
     run_tp_baseline,
+    train_baseline,
 )
 
 REG = 1e-3
@@ -147,14 +149,30 @@ def test_what_the_baseline_cannot_run_is_refused_in_one_line(changes, message):
     assert "\n" not in str(err.value)
 
 
+def tiny_config(tmp_path, monkeypatch, **changes) -> Config:
+    write_fashion(tmp_path / "data" / "fashion-mnist", monkeypatch)
+    return load_config("demo", {"dataset": "fashion-mnist", "data_dir": str(tmp_path / "data"),
+                                "depth": 11, "width": 0.0625, "batch_size": 32, "epochs": 1,
+                                "finetune_epochs": 1, "device": "cpu", **changes})
+
+
+def test_the_harness_is_ncslims_a_reg_of_0_trains_as_no_penalty_bit_for_bit(tmp_path,
+                                                                             monkeypatch):
+    cfg = tiny_config(tmp_path, monkeypatch, penalty="none")
+    data = load_data(cfg, torch.device("cpu"))
+    ours, _ = sparsity_stage(cfg, data, tmp_path / "ncslim")
+    theirs, _ = train_baseline(baseline_config(cfg, 0.0), data, tmp_path / "tp", 0.0)
+    pushed, _ = train_baseline(baseline_config(cfg, 0.1), data, tmp_path / "tp-0.1", 0.1)
+    for key, value in ours.state_dict().items():
+        assert torch.equal(value, theirs.state_dict()[key]), key
+    gammas = [k for k, v in ours.state_dict().items() if k.endswith(".weight") and v.dim() == 1]
+    assert all(not torch.equal(ours.state_dict()[k], pushed.state_dict()[k]) for k in gammas)
+
+
 def test_a_tiny_run_writes_results_that_report_labels_as_the_baseline(tmp_path, monkeypatch,
                                                                        capsys):
-    write_fashion(tmp_path / "data" / "fashion-mnist", monkeypatch)
     run = tmp_path / "runs" / "tp"
-    cfg = load_config("demo", {"dataset": "fashion-mnist", "data_dir": str(tmp_path / "data"),
-                               "depth": 11, "width": 0.0625, "batch_size": 32, "epochs": 1,
-                               "finetune_epochs": 1, "device": "cpu", "target_params": 0.5,
-                               "out": str(run)})
+    cfg = tiny_config(tmp_path, monkeypatch, target_params=0.5, out=str(run))
     results = run_tp_baseline(cfg, reg=REG)
     written = json.loads((run / "results.json").read_text())
     assert written["baseline"]["key"] == "tp-bnscale" and written["baseline"]["reg"] == REG

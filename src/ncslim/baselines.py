@@ -106,7 +106,8 @@ def bnscale_pruner(model: nn.Module, reg: float = DEFAULT_REG, ratio: float = 0.
 def check_baseline(cfg: Config, reg: float) -> None:
     """Refuse, in one line each, what the baseline cannot run, before anything is written."""
     torch_pruning()
-    if not (isinstance(reg, (int, float)) and math.isfinite(reg) and reg >= 0):
+    if isinstance(reg, bool) or not (isinstance(reg, (int, float)) and math.isfinite(reg)
+                                     and reg >= 0):
         raise ValueError(f"reg (Torch-Pruning's regularization coefficient) must be a finite "
                          f"number >= 0, got {reg!r}")
     if cfg.model is not None or cfg.arch != "vgg":
