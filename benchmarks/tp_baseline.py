@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import statistics
 import sys
 from collections import defaultdict
@@ -134,6 +135,7 @@ def main() -> None:
     parser.add_argument("--target-flops", type=float, nargs="*", default=[])
     parser.add_argument("--target-params", type=float, nargs="*", default=[])
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # ncslim's epoch lines
     spec = read_preset(args.sweep) if args.sweep else {}
     preset = spec.get("preset", args.preset or "demo")
     values = {**spec.get("base", {}), **dict(args.set)}
