@@ -36,9 +36,11 @@ def load(folder: Path) -> list[dict[str, Any]]:
         target = (f"FLOPs {cfg['target_flops']:g}" if cfg.get("target_flops") is not None
                   else f"params {cfg['target_params']:g}" if cfg.get("target_params") is not None
                   else f"ratio {result['prune']['ratio']:g}")
-        none = cfg["penalty"] == "none"
+        # a baseline's runs (benchmarks/tp_baseline.py) record penalty none: label them apart
+        penalty = result.get("baseline", {}).get("key", cfg["penalty"])
+        none = penalty == "none"
         rows.append({
-            "penalty": cfg["penalty"], "mode": "—" if none else cfg["mode"],
+            "penalty": penalty, "mode": "—" if none else cfg["mode"],
             "lam": "—" if none else "auto" if auto else cfg["lam"],
             "target": target, "seed": cfg["seed"], "weighted": bool(cfg.get("cost_weighted")),
             "sparse": 100 * result["accuracy"]["sparse"],

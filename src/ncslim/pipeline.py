@@ -15,13 +15,14 @@ import logging
 import platform
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from . import __version__, distributed
 from .config import AUTO, DATA_RECORD, Config
@@ -37,6 +38,7 @@ from .progress import RunProgress
 from .prunerule import prune
 from .pruning import PruneReport, prune_model
 from .regularizer import find_scales
+from .sparsity import SparsityMethod
 from .summary import SUMMARY_FILE, format_results
 from .tensorboard_log import LOGDIR, TensorBoardLog, summary_writer
 from .train import (
@@ -267,12 +269,20 @@ def finetune_epochs(cfg: Config) -> int:
     return cfg.epochs if cfg.finetune_epochs is None else cfg.finetune_epochs
 
 
+# how a trained model is pruned by a config: ncslim's rule, or a baseline's
+Pruner = Callable[[SlimmableNet, Config], tuple[SlimmableNet, PruneReport]]
+
+
 def sparsity_stage(cfg: Config, data: ImageData, stage_dir: Path, resume: bool = False,
-                   progress: RunProgress | None = None) -> tuple[SlimmableNet, float]:
-    """Sparsity training of a new model (or its resumption); the model and its test accuracy."""
+                   progress: RunProgress | None = None,
+                   method_for: Callable[[nn.Module], SparsityMethod] | None = None,
+                   ) -> tuple[SlimmableNet, float]:
+    """Sparsity training of a new model (or its resumption); the model and its test accuracy.
+    ``method_for`` makes the sparsity method of the new model (default: the config's,
+    :func:`~ncslim.methods.make_method`), e.g. a baseline's (:mod:`ncslim.baselines`)."""
     model = new_model(cfg, data).to(data.train_images.device)
-    method = make_method(cfg, model, data.train_labels.numel(),
-                         cfg.epochs * steps_per_epoch(data, cfg))
+    method = method_for(model) if method_for is not None else make_method(
+        cfg, model, data.train_labels.numel(), cfg.epochs * steps_per_epoch(data, cfg))
     trained = Trainer(model, data, cfg, stage_dir, cfg.epochs, method, progress=progress,
                       observers=observers(cfg, "train")).fit(resume)
     return trained.model, trained.test_acc
@@ -280,16 +290,19 @@ def sparsity_stage(cfg: Config, data: ImageData, stage_dir: Path, resume: bool =
 
 def prune_and_finetune(model: SlimmableNet, sparse_acc: float, data: ImageData, cfg: Config,
                        out: Path, resume: bool = False, started: float | None = None,
-                       progress: RunProgress | None = None) -> dict[str, Any]:
+                       progress: RunProgress | None = None, pruner: Pruner = prune,
+                       extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Prune a trained model, fine-tune it and measure everything; ``model`` is not changed.
 
     Writes ``pruned.pt``, ``finetune/``, ``final.pt`` and ``results.json`` into ``out``;
     ``seconds`` counts from ``started`` (a ``time.perf_counter()`` value; default: now).
     Under torchrun every process prunes and fine-tunes; only rank 0 returns the results.
+    ``pruner`` prunes by the config (default: ncslim's rule, :func:`~ncslim.prunerule.prune`);
+    ``extra`` entries join ``results.json``, read when it is written (after ``pruner`` ran).
     """
     started = time.perf_counter() if started is None else started
     device = data.train_images.device
-    pruned, report = prune(model, cfg)
+    pruned, report = pruner(model, cfg)
     if distributed.is_main():
         save_model(pruned, out / "pruned.pt")
     log.info("evaluating the pruned model")
@@ -320,6 +333,7 @@ def prune_and_finetune(model: SlimmableNet, sparse_acc: float, data: ImageData, 
         results["latency"]["cpu"] = latency_table(
             copy.deepcopy(model).cpu(), copy.deepcopy(final).cpu(), model.input_shape(),
             torch.device("cpu"), (1,), cfg.latency_threads)
+    results.update(extra or {})
     results["warnings"] = latency_warnings(results["latency"])
     atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
     return results

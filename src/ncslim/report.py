@@ -44,7 +44,7 @@ def _setting(row: dict[str, Any]) -> str:
     if row["penalty"] == "none":
         return "none"
     name = f"{row['penalty']}({row['params']})" if row["params"] else row["penalty"]
-    return name if row["penalty"] == "vcp" else f"{name} {row['mode']}"
+    return name if row["penalty"] == "vcp" or row.get("baseline") else f"{name} {row['mode']}"
 
 
 def collect(runs_dir: str | Path) -> list[dict[str, Any]]:
@@ -71,6 +71,9 @@ def _row(path: Path, root: Path) -> dict[str, Any]:
     results = json.loads(path.read_text(encoding="utf-8"))
     config = results["config"]
     penalty, params = _penalty_label(config)
+    baseline = results.get("baseline")  # another library's method in our harness
+    if baseline:
+        penalty, params = baseline["key"], f"reg={baseline['reg']:g}"
     latency = next(iter(results["latency"].values()))
     batch = max(latency, key=lambda k: int(k.split("_")[1]))
     row = {
@@ -84,7 +87,7 @@ def _row(path: Path, root: Path) -> dict[str, Any]:
         "flops_removed": results["flops"]["removed"],
         "speedup": latency[batch]["speedup"],
         "channels_removed": results["prune"]["removed_fraction"],
-        "run": str(path.parent.relative_to(root)),
+        "run": str(path.parent.relative_to(root)), "baseline": bool(baseline),
         "_results": results, "_dir": path.parent,
     }
     row["setting"] = _setting(row)

@@ -63,8 +63,8 @@ def run_curves(run_dir: Path, results: dict[str, Any] | None = None) -> RunCurve
 
 def pruning_cut(results: dict[str, Any]) -> float | None:
     """The |gamma| at or below which channels were pruned; ``None`` where it is not a |gamma|
-    (VCP ranks its own scores) or nothing was cut."""
-    if results.get("config", {}).get("penalty") == "vcp":
+    (VCP and a baseline rank their own scores) or nothing was cut."""
+    if results.get("config", {}).get("penalty") == "vcp" or results.get("baseline"):
         return None
     cut = results.get("prune", {}).get("threshold")
     return cut if isinstance(cut, (int, float)) and cut > 0 else None
