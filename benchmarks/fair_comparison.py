@@ -1,0 +1,219 @@
+"""Issue 17's comparison at matched compression: every penalty x mode through the lambda
+controller, against no penalty and Torch-Pruning's BNScalePruner in the same harness.
+
+    ncslim sweep configs/sweep-fair.toml
+    python benchmarks/tp_baseline.py results/tp-bnscale --sweep configs/sweep-fair.toml \\
+        --reg 1e-5 1e-4 1e-3 1e-2 --seeds 0 --ratios 0.5 0.7 0.85 --target-flops 0.4
+    python benchmarks/fair_comparison.py results/sweep-lam-auto results/tp-bnscale \\
+        --figures docs/results/fair
+
+Reads every ``results.json`` below the folders (fixed-lambda runs are left out: they aim at no
+compression) and prints markdown, accuracy in %, mean ± std over the seeds present:
+
+1. every method at every target: accuracy after sparsity training, right after pruning, after
+   fine-tuning, parameters and FLOPs removed;
+2. the frontiers: at each point of a peer (no penalty; Torch-Pruning with the reg whose mean
+   final accuracy over its targets is best, chosen on the runs present), the best ncslim setting
+   that removes at least as many parameters (FLOPs), and the accuracy difference;
+3. the paper's three claims, re-tested at matched compression;
+
+and with ``--figures`` draws accuracy against parameters and FLOPs removed, one line per
+method (``frontier-params.png``, ``frontier-flops.png``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+NONE, TP = "no penalty", "tp-bnscale"
+MEASURES = ("params_removed", "flops_removed")
+
+
+def _target(result: dict[str, Any]) -> str:
+    cfg, baseline = result["config"], result.get("baseline")
+    if baseline is not None:
+        measure, kept = baseline["target"]["measure"], baseline["target"]["kept"]
+        return f"ratio {1 - kept:g}" if measure == "channels" else f"{measure} {kept:g}"
+    if cfg.get("target_flops") is not None:
+        return f"flops {cfg['target_flops']:g}"
+    if cfg.get("target_params") is not None:
+        return f"params {cfg['target_params']:g}"
+    return f"ratio {result['prune']['ratio']:g}"
+
+
+def _method(result: dict[str, Any]) -> str | None:
+    cfg, baseline = result["config"], result.get("baseline")
+    if baseline is not None:
+        return f"{TP} reg {baseline['reg']:g}"
+    if cfg["penalty"] == "none":
+        return NONE
+    if cfg["lam"] != "auto" or cfg.get("cost_weighted"):
+        return None  # a fixed lambda aims at no compression; cost weighting is issue 14's
+    return f"{cfg['penalty']} {cfg['mode']}"
+
+
+def load(folders: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    for folder in folders:
+        for path in sorted(Path(folder).rglob("results.json")):
+            result = json.loads(path.read_text())
+            method = _method(result)
+            if method is None:
+                continue
+            acc = result["accuracy"]
+            rows.append({"method": method, "target": _target(result),
+                         "seed": result["config"]["seed"], "sparse": 100 * acc["sparse"],
+                         "pruned": 100 * acc["pruned"], "final": 100 * acc["finetuned"],
+                         "params_removed": 100 * result["params"]["removed"],
+                         "flops_removed": 100 * result["flops"]["removed"]})
+    return rows
+
+
+def grouped(rows: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        groups[row["method"], row["target"]].append(row)
+    out = {}
+    for key, members in groups.items():
+        stats: dict[str, Any] = {"seeds": len(members)}
+        for field in ("sparse", "pruned", "final", *MEASURES):
+            values = [m[field] for m in members]
+            stats[field] = statistics.mean(values)
+            stats[f"{field}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        out[key] = stats
+    return out
+
+
+def _line(cells: list[Any]) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def _pm(g: dict[str, Any], field: str, digits: int = 2) -> str:
+    return f"{g[field]:.{digits}f} ± {g[field + '_std']:.{digits}f}"
+
+
+def table(groups: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
+    head = ["method", "target", "seeds", "sparse", "pruned", "fine-tuned", "params removed",
+            "FLOPs removed"]
+    lines = [_line(head), _line(["---"] * len(head))]
+    for key in sorted(groups):
+        g = groups[key]
+        lines.append(_line([*key, g["seeds"], _pm(g, "sparse"), _pm(g, "pruned"),
+                            _pm(g, "final"), _pm(g, "params_removed", 1),
+                            _pm(g, "flops_removed", 1)]))
+    return lines
+
+
+def best_tp_reg(groups: dict[tuple[str, str], dict[str, Any]]) -> str | None:
+    """The Torch-Pruning reg whose mean final accuracy over the targets it ran is best."""
+    by_reg: dict[str, list[float]] = defaultdict(list)
+    for (method, _), g in groups.items():
+        if method.startswith(TP):
+            by_reg[method].append(g["final"])
+    return max(by_reg, key=lambda m: statistics.mean(by_reg[m])) if by_reg else None
+
+
+def ours(method: str) -> bool:
+    return method != NONE and not method.startswith(TP)
+
+
+def frontier(groups: dict[tuple[str, str], dict[str, Any]], peer: str,
+             measure: str) -> list[str]:
+    """At each point of ``peer``: the best ncslim point removing at least as much."""
+    what = "parameters" if measure == "params_removed" else "FLOPs"
+    lines = [_line([f"{peer}: target", f"{what} removed", "fine-tuned",
+                    f"best ncslim removing ≥ as many {what}", f"its {what} removed",
+                    "its fine-tuned", "difference"]), _line(["---"] * 7)]
+    mine = {k: g for k, g in groups.items() if ours(k[0])}
+    for (method, target), g in sorted(groups.items()):
+        if method != peer:
+            continue
+        able = {k: m for k, m in mine.items() if m[measure] >= g[measure]}
+        if not able:
+            lines.append(_line([target, f"{g[measure]:.1f}", _pm(g, "final"),
+                                "none removes as much", "—", "—", "—"]))
+            continue
+        best = max(able, key=lambda k: able[k]["final"])
+        b = able[best]
+        lines.append(_line([target, f"{g[measure]:.1f}", _pm(g, "final"),
+                            f"{best[0]} ({best[1]})", f"{b[measure]:.1f}", _pm(b, "final"),
+                            f"{b['final'] - g['final']:+.2f}"]))
+    return lines
+
+
+def claims(groups: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
+    """Each claim's numbers per target, penalty by penalty (both modes)."""
+    targets = sorted({t for (m, t) in groups if ours(m)})
+    head = ["target"] + [f"{p} {mode}" for p in ("l1", "lp", "tl1", "mcp", "scad")
+                         for mode in ("subgradient", "proximal")]
+    parts = []
+    for title, cell in (
+            ("1. TL1 preserves accuracy through pruning: the drop at pruning (points)",
+             lambda g: f"{g['sparse'] - g['pruned']:.2f}"),
+            ("2. lp compresses more at similar accuracy: parameters removed / FLOPs removed",
+             lambda g: f"{g['params_removed']:.1f} / {g['flops_removed']:.1f}"),
+            ("3. MCP and SCAD are more accurate after fine-tuning: fine-tuned accuracy",
+             lambda g: _pm(g, "final"))):
+        lines = [f"**{title}**", "", _line(head), _line(["---"] * len(head))]
+        for target in targets:
+            lines.append(_line([target] + [
+                cell(groups[(m, target)]) if (m, target) in groups else "—"
+                for m in head[1:]]))
+        parts += lines + [""]
+    return parts
+
+
+def figures(groups: dict[tuple[str, str], dict[str, Any]], out: Path, tp: str | None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    shown = sorted({m for m, _ in groups if ours(m)}) + [NONE] + ([tp] if tp else [])
+    for measure, name in (("params_removed", "params"), ("flops_removed", "flops")):
+        fig, ax = plt.subplots(figsize=(8, 5))
+        for method in shown:
+            points = sorted((g[measure], g["final"], g["final_std"])
+                            for (m, _), g in groups.items() if m == method)
+            if not points:
+                continue
+            x, y, err = zip(*points)
+            style = "k--o" if method == NONE else "r-.s" if method == tp else (
+                "-" if method.endswith("proximal") else ":")
+            ax.errorbar(x, y, yerr=err, fmt=style, capsize=2, label=method, markersize=4)
+        ax.set_xlabel(f"{'parameters' if name == 'params' else 'FLOPs'} removed (%)")
+        ax.set_ylabel("test accuracy after fine-tuning (%)")
+        ax.legend(fontsize=7, ncol=2)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / f"frontier-{name}.png", dpi=110)
+        plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folders", nargs="+")
+    parser.add_argument("--figures", type=Path, help="folder for the frontier figures")
+    args = parser.parse_args()
+    groups = grouped(load(args.folders))
+    tp = best_tp_reg(groups)
+    print("### Every method at every target\n")
+    print("\n".join(table(groups)))
+    for peer in [NONE] + ([tp] if tp else []):
+        for measure in MEASURES:
+            print(f"\n### Frontier against {peer} ({measure.replace('_', ' ')})\n")
+            print("\n".join(frontier(groups, peer, measure)))
+    print("\n### The paper's claims at matched compression\n")
+    print("\n".join(claims(groups)))
+    if args.figures:
+        figures(groups, args.figures, tp)
+
+
+if __name__ == "__main__":
+    main()
