@@ -32,6 +32,8 @@ from typing import Any
 
 NONE, TP = "no penalty", "tp-bnscale"
 MEASURES = ("params_removed", "flops_removed")
+COLOURS = {"l1": "tab:blue", "lp": "tab:orange", "tl1": "tab:green", "mcp": "tab:red",
+           "scad": "tab:purple"}
 
 
 def _target(result: dict[str, Any]) -> str:
@@ -184,9 +186,13 @@ def figures(groups: dict[tuple[str, str], dict[str, Any]], out: Path, tp: str | 
             if not points:
                 continue
             x, y, err = zip(*points)
-            style = "k--o" if method == NONE else "r-.s" if method == tp else (
-                "-" if method.endswith("proximal") else ":")
-            ax.errorbar(x, y, yerr=err, fmt=style, capsize=2, label=method, markersize=4)
+            if method in (NONE, tp):
+                style, colour = ("--o", "black") if method == NONE else ("-.s", "grey")
+            else:  # one colour per penalty; proximal solid, subgradient dotted
+                style = "-o" if method.endswith("proximal") else ":^"
+                colour = COLOURS[method.split()[0]]
+            ax.errorbar(x, y, yerr=err, fmt=style, color=colour, capsize=2, label=method,
+                        markersize=4)
         ax.set_xlabel(f"{'parameters' if name == 'params' else 'FLOPs'} removed (%)")
         ax.set_ylabel("test accuracy after fine-tuning (%)")
         ax.legend(fontsize=7, ncol=2)
