@@ -180,8 +180,7 @@ def test_each_pass_prunes_the_same_rule_and_total_splits_it_geometrically():
     (["--max-layer-ratio", "1.5"], "--max-layer-ratio must be in (0, 1]"),
     (["--passes", "2", "--pass-target", "total", "--threshold", "0.01"],
      "--pass-target total splits"),
-    (["--passes", "2", "--pass-target", "total", "--penalty", "vcp"],
-     "--penalty vcp prunes by its own rule"),
+    (["--passes", "2", "--penalty", "vcp"], "--penalty vcp has no multi-pass form"),
 ])
 def test_bad_pass_settings_are_one_line(flags, message, tmp_path, capsys):
     assert main(["run", *TINY, *flags, "--out", str(tmp_path / "r")]) == 2
@@ -365,3 +364,33 @@ lam = 1e-3
     assert main(["report", str(tmp_path / "sweep")]) == 0
     table = (tmp_path / "sweep" / "report" / "summary.md").read_text().split("\n\n")[0]
     assert len(table.splitlines()) == 4  # head, rule, one row per ratio
+
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+KILLER = Path(__file__).with_name("killer.py")
+
+
+@pytest.mark.skipif(not FASHION.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
+def test_a_run_sigkilled_in_pass_two_resumes_bit_for_bit(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    monkeypatch.setattr("ncslim.metrics._time_one",
+                        lambda model, x: 1e-6 * ncslim.count_params(model) * x.shape[0])
+    flags = [*TINY, "--limit-train", "192", "--limit-test", "64", "--passes", "2",
+             "--penalty", "tl1", "--lam", "1e-3", "--max-layer-ratio", "0.5"]
+    assert main(["run", *flags, "--out", str(tmp_path / "reference")]) == 0
+    out = tmp_path / "killed"
+    # 6 steps an epoch: pass 1 trains steps 1-6 and fine-tunes 7-12; step 15 is in pass 2
+    killed = subprocess.run([sys.executable, KILLER, "step", "15", "--", "run", *flags,
+                             "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -9, killed.stderr
+    assert (out / "pass1" / "results.json").is_file() and not (out / "pass2" / "pruned.pt").exists()
+    assert main(["run", *flags, "--out", str(out), "--resume"]) == 0
+    final = ncslim.load_model(out / "final.pt").state_dict()
+    for key, value in ncslim.load_model(tmp_path / "reference" / "final.pt").state_dict().items():
+        assert torch.equal(final[key], value), key
+    resumed, reference = (json.loads((folder / "results.json").read_text())
+                          for folder in (out, tmp_path / "reference"))
+    assert [p["accuracy"] for p in resumed["passes"]] == [p["accuracy"] for p in
+                                                          reference["passes"]]

@@ -162,7 +162,7 @@ class Config:
                                     "--target-params measure: each: every pass, against the "
                                     "model it starts with; total: the final model, against "
                                     "the original, each pass taking an even geometric share "
-                                    "(--threshold and VCP's rule: each)", ("run",),
+                                    "(--threshold: each)", ("run",),
                             ("each", "total"))
     # system
     device: str = _opt("auto", "cpu, cuda, cuda:N or auto")

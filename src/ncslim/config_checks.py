@@ -38,12 +38,15 @@ def _check_combinations(cfg: Any) -> None:
         raise ValueError("--cost-weighted weighs channels by what they save of a budget: "
                          "give --target-flops or --target-params (not --ratio or "
                          "--threshold, and not --penalty vcp, which prunes by its own rule)")
-    if cfg.passes > 1 and cfg.pass_target == "total" and (
-            cfg.penalty == "vcp" or cfg.threshold is not None):
-        what = "--penalty vcp prunes by its own rule" if cfg.penalty == "vcp" else (
-            "a --threshold cuts |gamma| the same way in every pass")
-        raise ValueError(f"--pass-target total splits a --ratio, --target-flops or "
-                         f"--target-params over the passes; {what}: use --pass-target each")
+    if cfg.passes > 1 and cfg.penalty == "vcp":
+        # its sigmas would restart at --vcp-sigma-init beside the grown mus of a trained model,
+        # where the KL term's gradient (mu / sigma^2) throws training into NaN
+        raise ValueError("--passes > 1 retrains with a penalty on |gamma|; --penalty vcp has no "
+                         "multi-pass form (its sigmas do not survive pruning): use --passes 1")
+    if cfg.passes > 1 and cfg.pass_target == "total" and cfg.threshold is not None:
+        raise ValueError("--pass-target total splits a --ratio, --target-flops or "
+                         "--target-params over the passes; a --threshold cuts |gamma| the same "
+                         "way in every pass: use --pass-target each")
     if cfg.model is not None:
         from .models.imported import resolve_builder
 

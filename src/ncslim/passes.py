@@ -13,8 +13,9 @@ is :func:`ncslim.pipeline.run`, files and all.
 ``pass_target`` says what the pruning rule measures: ``each`` (the default): every pass prunes
 ``ratio`` of the channels it starts with (keeps ``target_flops`` / ``target_params`` of the
 model it starts with); ``total``: the final model meets the target against the original, pass k
-taking an even geometric share of what is left (:func:`pass_config`). A threshold and VCP's
-rule apply in every pass. ``--lam auto`` aims each pass at that pass's own target.
+taking an even geometric share of what is left (:func:`pass_config`). A threshold applies in
+every pass. ``--lam auto`` aims each pass at that pass's own target. ``--penalty vcp`` has no
+multi-pass form (its sigmas do not survive pruning) and is refused.
 """
 
 from __future__ import annotations
@@ -60,10 +61,9 @@ def pass_config(cfg: Config, index: int, kept: Mapping[str, float] = WHOLE) -> C
     ``(target / kept) ** (1 / passes left)`` of what it starts with: an even geometric share of
     the way left, so ``target_params = 0.3`` over 2 passes keeps sqrt(0.3) of the parameters in
     each when the first pass meets its share, and the last pass always aims at the target
-    itself. ``each``, a threshold and VCP's rule: ``cfg`` unchanged.
+    itself. ``each`` and a threshold: ``cfg`` unchanged.
     """
-    if (cfg.passes == 1 or cfg.pass_target == "each" or cfg.penalty == "vcp"
-            or cfg.threshold is not None):
+    if cfg.passes == 1 or cfg.pass_target == "each" or cfg.threshold is not None:
         return cfg
     left = cfg.passes - index + 1
     budget = cfg.budget()
@@ -161,8 +161,6 @@ def _steps(cfg: Config, data: ImageData, index: int) -> int:
 
 
 def _rule_text(cfg: Config) -> str:
-    if cfg.penalty == "vcp":
-        return "VCP's rule"
     return ", ".join(f"{key.replace('_', '-')} {value:.4g}"
                      for key, value in cfg.prune_rule().items())
 
@@ -204,7 +202,7 @@ def _overall_prune(cfg: Config, outcomes: list[dict[str, Any]], channels: list[d
     rule (``ratio``: the configured one), its channels, parameters and FLOPs removed against the
     original, and every layer any pass held at the floor or the cap."""
     prune = dict(outcomes[-1]["prune"])
-    prune["ratio"] = None if cfg.penalty == "vcp" else cfg.prune_rule().get("ratio")
+    prune["ratio"] = cfg.prune_rule().get("ratio")
     prune["removed_fraction"] = 1.0 - (sum(c["kept"] for c in channels)
                                        / sum(c["total"] for c in channels))
     for key, (before, after) in sizes.items():
@@ -243,10 +241,8 @@ def _latency(cfg: Config, full: SlimmableNet, final: SlimmableNet,
 def _pass_entry(index: int, outcome: dict[str, Any]) -> dict[str, Any]:
     """One pass in the run's ``passes`` list: its rule, its three accuracies, the size of the
     model it ends with, and its pruning report (against the model it started with)."""
-    config = outcome["config"]
-    rule = ({"vcp": True} if config["penalty"] == "vcp" else
-            Config(**config).prune_rule())
-    return {"pass": index, "rule": rule, "accuracy": outcome["accuracy"],
+    return {"pass": index, "rule": Config(**outcome["config"]).prune_rule(),
+            "accuracy": outcome["accuracy"],
             "params": outcome["params"]["pruned"], "flops": outcome["flops"]["pruned"],
             "channels": sum(c["kept"] for c in outcome["channels"]),
             "prune": outcome["prune"]}

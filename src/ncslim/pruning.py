@@ -17,7 +17,7 @@ given fraction of the FLOPs or of the parameters.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, astuple, dataclass, field
 from typing import Any
 
 import torch
@@ -222,12 +222,11 @@ def prune_model(
 
     ``ratio`` removes that fraction of all prunable channels, lowest |gamma| first; ``threshold``
     removes every channel with |gamma| <= threshold. No layer keeps fewer than ``min_channels``
-    channels, none loses more than ``max_layer_ratio`` of its channels (a layer held there keeps
-    its strongest; the share removed falls short of ``ratio`` then, as with the floor), and kept
-    counts are rounded up to multiples of ``round_to``. ``compensate`` folds
-    the average output of each removed channel into the layer that read it (a bias or the next
-    BN's running mean), so the pruned network is closer to the original before fine-tuning.
-    The original model is left untouched.
+    channels, none loses more than ``max_layer_ratio`` of them (fewer than ``ratio`` go then),
+    and kept counts are rounded up to multiples of ``round_to``. ``compensate`` folds the average
+    output of each removed channel into the layer that read it (a bias or the next BN's running
+    mean), so the pruned network is closer to the original before fine-tuning; ``model`` is
+    left untouched.
 
     Any other CNN is pruned through Torch-Pruning's dependency graph (:mod:`ncslim.generic`),
     traced from ``example_inputs`` (required then, e.g. ``torch.randn(1, 3, 224, 224)``);
@@ -238,8 +237,7 @@ def prune_model(
     ``VariationalScales.scores()`` with ``threshold=1.0``.
     """
     model = unwrap(model)
-    check_rule(ratio, threshold, min_channels, round_to, max_layer_ratio)
-    rule = _Rule(ratio, threshold, min_channels, round_to, max_layer_ratio)
+    rule = _Rule(ratio, threshold, min_channels, round_to, max_layer_ratio)  # checked
     if not isinstance(model, SlimmableNet) or model.traced:
         return _prune_other(model, rule, compensate, example_inputs, ignored_layers, scores)
     if ignored_layers:
@@ -248,11 +246,10 @@ def prune_model(
     slots = model.prune_slots()
     modules = dict(model.named_modules())
     layer_scores = [channel_scores(modules, slot.bn, scores) for slot in slots]
-    chosen = select_channels(layer_scores, ratio, threshold, min_channels, round_to,
-                             max_layer_ratio)
+    chosen = select_channels(layer_scores, *astuple(rule))
     keep: Keep = {slot.bn: kept for slot, kept in zip(slots, chosen.keep)}
-    held = {"floored": [slot.bn for slot, hit in zip(slots, chosen.floored) if hit],
-            "capped": [slot.bn for slot, hit in zip(slots, chosen.capped) if hit]}
+    held = {kind: [slot.bn for slot, hit in zip(slots, hits) if hit]
+            for kind, hits in (("floored", chosen.floored), ("capped", chosen.capped))}
     mean_shift, bias_add = _compensation(model, slots, keep) if compensate else ({}, {})
     needs_bias = any(modules[name].bias is None for name in bias_add)
     spec = model.channels_after({k: v.tolist() for k, v in keep.items()}, stream_bias=needs_bias)
@@ -288,6 +285,10 @@ class _Rule:
     min_channels: int
     round_to: int
     max_layer_ratio: float | None
+
+    def __post_init__(self) -> None:
+        check_rule(self.ratio, self.threshold, self.min_channels, self.round_to,
+                   self.max_layer_ratio)
 
 
 def _report(model: nn.Module, small: nn.Module, shape: Sequence[int], layers: list[LayerReport],
