@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from . import distributed, pipeline, prunerule, summary
+from . import distributed, passes, pipeline, prunerule, summary
 from .commandline import build_parser, unknown_flags
 from .config import Config, command_config, config_fields
 from .export import SUFFIX, check_export, export_model
@@ -46,7 +46,7 @@ def _config(args: argparse.Namespace, recorded: dict[str, Any] | None = None) ->
 
 def cmd_run(args: argparse.Namespace) -> None:
     cfg = _config(args)
-    results = pipeline.run(cfg, resume=args.resume)
+    results = passes.run(cfg, resume=args.resume)
     if distributed.is_main():
         table = summary.format_results(results)
         print(table)

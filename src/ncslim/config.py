@@ -146,10 +146,24 @@ class Config:
                                PRUNE_TARGET)
     min_channels: int = _opt(1, "never keep fewer channels in a layer", PRUNE_TARGET)
     round_to: int = _opt(1, "round kept channel counts up to a multiple of this", PRUNE_TARGET)
+    max_layer_ratio: float | None = _opt(None, "never remove more than this fraction of one "
+                                               "layer's channels in one pruning (network "
+                                               "slimming's multi-pass runs use 0.5)",
+                                         PRUNE_TARGET, unset="no cap")
     compensate: bool | None = _opt(None, "fold the mean output of removed channels into the next "
                                          "layer", ("run", "prune"),
                                    unset="on with --lam auto (its pruned channels are near zero, "
                                          "their constant output is what is left), else off")
+    # multi-pass slimming (network slimming's section 4.4)
+    passes: int = _opt(1, "train with the penalty, prune and fine-tune this many times, each pass "
+                          "starting from the last one's fine-tuned model (in OUT/pass1, "
+                          "OUT/pass2, ...)", ("run",))
+    pass_target: str = _opt("each", "with --passes > 1, what --ratio, --target-flops and "
+                                    "--target-params measure: each: every pass, against the "
+                                    "model it starts with; total: the final model, against "
+                                    "the original, each pass taking an even geometric share "
+                                    "(--threshold: each)", ("run",),
+                            ("each", "total"))
     # system
     device: str = _opt("auto", "cpu, cuda, cuda:N or auto")
     amp: bool = _opt(False, "mixed precision (float16 on CUDA, bfloat16 on CPU)", FITS)

@@ -10,6 +10,7 @@ from dataclasses import fields
 from typing import Any
 
 AUTO = "auto"  # lam = "auto": the lambda controller (ncslim.controller) chooses it
+MAX_PASSES = 20  # the paper stops at three; more is a typo more likely than a plan
 
 
 def check_config(cfg: Any) -> None:
@@ -37,6 +38,15 @@ def _check_combinations(cfg: Any) -> None:
         raise ValueError("--cost-weighted weighs channels by what they save of a budget: "
                          "give --target-flops or --target-params (not --ratio or "
                          "--threshold, and not --penalty vcp, which prunes by its own rule)")
+    if cfg.passes > 1 and cfg.penalty == "vcp":
+        # its sigmas would restart at --vcp-sigma-init beside the grown mus of a trained model,
+        # where the KL term's gradient (mu / sigma^2) throws training into NaN
+        raise ValueError("--passes > 1 retrains with a penalty on |gamma|; --penalty vcp has no "
+                         "multi-pass form (its sigmas do not survive pruning): use --passes 1")
+    if cfg.passes > 1 and cfg.pass_target == "total" and cfg.threshold is not None:
+        raise ValueError("--pass-target total splits a --ratio, --target-flops or "
+                         "--target-params over the passes; a --threshold cuts |gamma| the same "
+                         "way in every pass: use --pass-target each")
     if cfg.model is not None:
         from .models.imported import resolve_builder
 
@@ -119,6 +129,10 @@ def _check_ranges(cfg: Any) -> None:
         ("min_channels", isinstance(cfg.min_channels, int) and cfg.min_channels >= 1,
          "an integer >= 1"),
         ("round_to", isinstance(cfg.round_to, int) and cfg.round_to >= 1, "an integer >= 1"),
+        ("max_layer_ratio", cfg.max_layer_ratio is None or (
+            _finite(cfg.max_layer_ratio) and 0 < cfg.max_layer_ratio <= 1), "in (0, 1]"),
+        ("passes", isinstance(cfg.passes, int) and 1 <= cfg.passes <= MAX_PASSES,
+         f"an integer in [1, {MAX_PASSES}]"),
         ("seed", isinstance(cfg.seed, int) and 0 <= cfg.seed < 2**32, "an integer in [0, 2^32)"),
         ("device", re.fullmatch(r"auto|cpu|cuda(:\d{1,3})?", cfg.device) is not None,
          "cpu, cuda, cuda:N or auto (ncslim runs on CPUs and CUDA GPUs)"),

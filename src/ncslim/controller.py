@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from .regularizer import SparsityRegularizer
+from .selection import layer_floor
 from .sparsity import SparsityMethod
 
 START_LAM = 1e-4  # the paper's lambda for VGG: where the controller starts
@@ -46,13 +47,15 @@ class LambdaController(SparsityMethod):
     ``target`` is the share of channels pruning will remove (a ratio), or a function of the model
     that returns it (called at the start of every epoch: FLOPs and parameter budgets).
     ``weights`` (one per channel, flat in the regularizer's order) make the aim rank
-    ``|gamma| / weight``: MorphNet's cost weighting (:mod:`ncslim.costs`).
+    ``|gamma| / weight``: MorphNet's cost weighting (:mod:`ncslim.costs`). The channels each
+    layer keeps whatever the target (``min_channels``, and the ``max_layer_ratio`` cap) are never
+    aimed at, and the target share is at most what is left outside them.
     """
 
     def __init__(self, regularizer: SparsityRegularizer, target: float | Callable[[Any], float],
                  total_steps: int, every: int = EVERY, gain: float = GAIN,
                  ramp: float = RAMP, weights: torch.Tensor | None = None,
-                 min_channels: int = 1) -> None:
+                 min_channels: int = 1, max_layer_ratio: float | None = None) -> None:
         super().__init__(regularizer.model)
         if callable(target):
             self._share_of, share = target, None
@@ -64,10 +67,15 @@ class LambdaController(SparsityMethod):
         # per channel, what removing it saves relative to the mean (ncslim.costs): the aim
         # ranks |gamma| / weight, as pruning to the budget then does
         self.inverse_weights = None if weights is None else 1.0 / weights.clamp(min=1e-12)
-        # pruning keeps each layer's strongest min_channels whatever the target: never aimed
+        # pruning keeps each layer's strongest min_channels (and what the cap keeps) whatever the
+        # target: never aimed
         sizes = torch.tensor(regularizer.sizes)
         self.min_channels = min_channels
+        floors = torch.tensor([layer_floor(n, min_channels, max_layer_ratio)
+                               for n in regularizer.sizes])
+        self.removable = 1.0 - float(floors.sum()) / max(int(sizes.sum()), 1)
         self._layer_of = torch.repeat_interleave(torch.arange(len(sizes)), sizes)
+        self._floor_of = torch.repeat_interleave(floors, sizes)  # per channel: its layer's floor
         self._layer_start = sizes.cumsum(0) - sizes
         self.total_steps, self.every, self.gain, self.ramp = max(total_steps, 1), every, gain, ramp
         gammas = regularizer.scales().abs().float()
@@ -78,7 +86,7 @@ class LambdaController(SparsityMethod):
         modules = dict(self.model.named_modules())
         self.betas = [modules[name].bias for name in regularizer.names]
         self._betas = torch.empty(0)
-        self.target_share = share if share is not None else 0.0
+        self.target_share = min(share, self.removable) if share is not None else 0.0
         self.steps = 0
         self.pending: torch.Tensor | None = None  # the last measurement, applied at the next update
         # one call per step, as for the plain regularizer: the hook its mode uses also counts
@@ -101,7 +109,7 @@ class LambdaController(SparsityMethod):
 
     def begin_epoch(self, seed: int, epoch: int) -> None:
         if self._share_of is not None:
-            self.target_share = float(self._share_of(self.model))
+            self.target_share = min(float(self._share_of(self.model)), self.removable)
             self._aim()
 
     def _set_floor(self) -> None:
@@ -127,16 +135,18 @@ class LambdaController(SparsityMethod):
             self.reg.mask = scales <= torch.kthvalue(scales.float(), count).values
 
     def _floor_kept(self, scores: torch.Tensor) -> torch.Tensor:
-        """``scores`` with each layer's ``min_channels`` highest set to inf (sorts, no sync)."""
+        """``scores`` with each layer's floor (``min_channels``, or what the cap keeps) of highest
+        set to inf (sorts, no sync)."""
         if self._layer_of.device != scores.device:
             self._layer_of = self._layer_of.to(scores.device)
             self._layer_start = self._layer_start.to(scores.device)
+            self._floor_of = self._floor_of.to(scores.device)
         falling = torch.argsort(scores, descending=True, stable=True)
         by_layer = falling[torch.argsort(self._layer_of[falling], stable=True)]
         rank = torch.empty_like(by_layer)
         rank[by_layer] = (torch.arange(by_layer.numel(), device=scores.device)
                           - self._layer_start[self._layer_of[by_layer]])
-        return torch.where(rank < self.min_channels, torch.inf, scores.float())
+        return torch.where(rank < self._floor_of, torch.inf, scores.float())
 
     def _prox_and_count(self, lr: float) -> None:
         self.reg.proximal_step(lr)

@@ -23,8 +23,9 @@ from .regularizer import find_scales
 
 def channel_costs(model: nn.Module, measure: str = "flops", **options: Any) -> dict[str, float]:
     """Per BN layer, keyed by its name: the FLOPs or parameters that removing one of its channels
-    saves. ``options`` go to :func:`~ncslim.pruning.prune_model` (``min_channels``, and for
-    other CNNs ``example_inputs`` and ``ignored_layers``); a layer it cannot prune costs 0."""
+    saves. ``options`` go to :func:`~ncslim.pruning.prune_model` (``min_channels``,
+    ``max_layer_ratio``, and for other CNNs ``example_inputs`` and ``ignored_layers``); a layer
+    it cannot prune costs 0."""
     if measure not in MEASURES:
         raise ValueError(f"measure must be one of {', '.join(MEASURES)}, got {measure!r}")
     scales = find_scales(model)

@@ -19,7 +19,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .io import atomic_path  # noqa: E402
-from .rundata import RunCurves, channel_bars, gamma_histogram, run_curves  # noqa: E402
+from .rundata import (  # noqa: E402
+    RunCurves,
+    channel_bars,
+    gamma_histogram,
+    pruned_share,
+    run_curves,
+    stage_folder,
+)
 
 DPI = 130
 Rows = list[dict[str, Any]]
@@ -151,7 +158,7 @@ def training_curves(rows: Rows, path: Path) -> Path:
     styles = _styles(rows)
     for setting, group in _by_setting(rows).items():
         first = min(group, key=lambda r: (r["seed"], r["ratio"] or 0))
-        metrics = first["_dir"] / "train" / "metrics.jsonl"  # ncslim run
+        metrics = stage_folder(first["_dir"], first["_results"]) / "train" / "metrics.jsonl"
         if not metrics.exists():  # a sweep: ratio-R/ beside the shared train/
             metrics = first["_dir"].parent / "train" / "metrics.jsonl"
         if not metrics.exists():
@@ -223,7 +230,8 @@ def _run_title(row: dict[str, Any]) -> str:
     else:
         rule = f"threshold {config.get('threshold')}"
     depth = f"-{config['depth']}" if config.get("depth") else ""
-    return (f"{row['setting']}{lam}, {rule} — {config['arch']}{depth} "
+    passes = f", {row['passes']} passes" if row.get("passes", 1) > 1 else ""
+    return (f"{row['setting']}{lam}, {rule}{passes} — {config['arch']}{depth} "
             f"on {config['dataset']}, seed {row['seed']}")
 
 
@@ -309,7 +317,8 @@ def run_training_curves(row: dict[str, Any], path: Path) -> Path | None:
         if i + cols >= len(panels):  # the lowest panel of its column
             ax.set_xlabel(_epoch_label(curves))
     when = f", pruned after epoch {curves.boundary}" if curves.train else ""
-    fig.suptitle(f"Training of one run{when}\n{_run_title(row)}", fontsize=11)
+    which = (f"the last of {row['passes']} passes" if row.get("passes", 1) > 1 else "one run")
+    fig.suptitle(f"Training of {which}{when}\n{_run_title(row)}", fontsize=11)
     return _save(fig, path)
 
 
@@ -323,7 +332,8 @@ def run_gamma_histogram(row: dict[str, Any], path: Path) -> Path | None:
     ax.stairs(counts, edges, fill=True, color="tab:blue", alpha=0.8, label="channels")
     ax.set_xscale("log")
     if hist["cut"] is not None:
-        removed = row["_results"]["prune"].get("removed_fraction", row["channels_removed"])
+        removed = pruned_share(row["_results"])
+        removed = row["channels_removed"] if removed is None else removed
         ax.axvspan(edges[0], hist["cut"], color="tab:red", alpha=0.08, zorder=0)
         ax.axvline(hist["cut"], color="tab:red", linestyle="--",
                    label=f"pruning cut |gamma| ≤ {hist['cut']:.3g} ({removed:.0%} of channels "

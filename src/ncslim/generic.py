@@ -9,7 +9,8 @@ which channels are *coupled*: a conv's outputs, its BatchNorm, every layer that 
 every other layer bound to them through a residual addition or a depthwise convolution. Each such
 group is scored channel by channel by the largest |gamma| among its BatchNorms (a channel goes
 only when every BN it passes through has let it go), then the same global rule as for our own
-families (:mod:`ncslim.selection`: ``ratio`` or ``threshold``, ``min_channels``, ``round_to``)
+families (:mod:`ncslim.selection`: ``ratio`` or ``threshold``, ``min_channels``,
+``max_layer_ratio``, ``round_to``)
 decides what is removed.
 Groups without a BatchNorm (a classifier's outputs, for one) are never pruned.
 """
@@ -92,9 +93,12 @@ def prune_generic(model: nn.Module, example_inputs: Any, ratio: float | None,
                   threshold: float | None, min_channels: int, round_to: int,
                   ignored_layers: Sequence[nn.Module | str] | None = None,
                   scores: Mapping[str, torch.Tensor] | None = None,
-                  ) -> tuple[nn.Module, list[tuple[str, list[int], int]], float, list[str]]:
+                  max_layer_ratio: float | None = None,
+                  ) -> tuple[nn.Module, list[tuple[str, list[int], int]], float,
+                             dict[str, list[str]]]:
     """Prune a copy of ``model``; returns it, (group, kept indices, total) per group, the
-    |gamma| threshold applied and the groups held at the ``min_channels`` floor."""
+    |gamma| threshold applied and the groups held at the ``min_channels`` floor ("floored")
+    and at the ``max_layer_ratio`` cap ("capped")."""
     tp = _torch_pruning()
     small = copy.deepcopy(model)
     ignored = _resolve(small, model, ignored_layers)
@@ -106,18 +110,21 @@ def prune_generic(model: nn.Module, example_inputs: Any, ratio: float | None,
         raise ValueError(f"{type(model).__name__} has no prunable channels: no convolution or "
                          f"linear layer feeds a BatchNorm that is not in ignored_layers")
     chosen = select_channels([g.scores for g in groups], ratio, threshold, min_channels,
-                             round_to)
-    layers, floored = [], []
-    for group, keep, hit_floor in zip(groups, chosen.keep, chosen.floored):
+                             round_to, max_layer_ratio)
+    layers: list[tuple[str, list[int], int]] = []
+    held: dict[str, list[str]] = {"floored": [], "capped": []}
+    for group, keep, hit_floor, hit_cap in zip(groups, chosen.keep, chosen.floored,
+                                               chosen.capped):
         layers.append((group.name, keep.tolist(), group.scores.numel()))
-        if hit_floor:
-            floored.append(group.name)
+        for kind, hit in (("floored", hit_floor), ("capped", hit_cap)):
+            if hit:
+                held[kind].append(group.name)
         gone = sorted(set(range(group.scores.numel())) - set(keep.tolist()))
         if gone:  # the group is rebuilt from the root now, so concat offsets are current
             graph.get_pruning_group(group.root, group.handler, gone).prune()
     small.train(was_training)
     _check_runs(small, model, example_inputs)
-    return small, layers, chosen.threshold, floored
+    return small, layers, chosen.threshold, held
 
 
 def shrink_layers(net: nn.Module, example_inputs: torch.Tensor,

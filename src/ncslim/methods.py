@@ -38,7 +38,8 @@ def make_method(cfg: Config, model: nn.Module, n_train: int, steps: int,
         [torch.full_like(gamma, weights[name], dtype=torch.float32)
          for name, gamma in zip(regularizer.names, regularizer.gammas)])
     return LambdaController(regularizer, target_of(cfg, weights), total_steps=steps,
-                            weights=flat, min_channels=cfg.min_channels)
+                            weights=flat, min_channels=cfg.min_channels,
+                            max_layer_ratio=cfg.max_layer_ratio)
 
 
 def cost_weights(cfg: Config, model: nn.Module) -> dict[str, float] | None:
@@ -49,7 +50,8 @@ def cost_weights(cfg: Config, model: nn.Module) -> dict[str, float] | None:
         return None
     from .costs import budget_weights
 
-    return budget_weights(model, budget[0], min_channels=cfg.min_channels)
+    return budget_weights(model, budget[0], min_channels=cfg.min_channels,
+                          max_layer_ratio=cfg.max_layer_ratio)
 
 
 def target_of(cfg: Config, weights: dict[str, float] | None = None,
@@ -61,7 +63,8 @@ def target_of(cfg: Config, weights: dict[str, float] | None = None,
     if budget is None:
         return float(cfg.prune_rule().get("ratio") or 0.0)
     measure, fraction = budget
-    options = {"min_channels": cfg.min_channels, "round_to": cfg.round_to}
+    options = {"min_channels": cfg.min_channels, "round_to": cfg.round_to,
+               "max_layer_ratio": cfg.max_layer_ratio}
 
     def share(model: nn.Module) -> float:
         from .costs import cost_weighted_scores

@@ -276,11 +276,12 @@ Pruner = Callable[[SlimmableNet, Config], tuple[SlimmableNet, PruneReport]]
 def sparsity_stage(cfg: Config, data: ImageData, stage_dir: Path, resume: bool = False,
                    progress: RunProgress | None = None,
                    method_for: Callable[[nn.Module], SparsityMethod] | None = None,
-                   ) -> tuple[SlimmableNet, float]:
-    """Sparsity training of a new model (or its resumption); the model and its test accuracy.
-    ``method_for`` makes the sparsity method of the new model (default: the config's,
+                   model: SlimmableNet | None = None) -> tuple[SlimmableNet, float]:
+    """Sparsity training of a new model, or of ``model`` (a later pass of multi-pass slimming:
+    the last pass's fine-tuned model), or its resumption; the model and its test accuracy.
+    ``method_for`` makes the sparsity method of the model (default: the config's,
     :func:`~ncslim.methods.make_method`), e.g. a baseline's (:mod:`ncslim.baselines`)."""
-    model = new_model(cfg, data).to(data.train_images.device)
+    model = (new_model(cfg, data) if model is None else model).to(data.train_images.device)
     method = method_for(model) if method_for is not None else make_method(
         cfg, model, data.train_labels.numel(), cfg.epochs * steps_per_epoch(data, cfg))
     trained = Trainer(model, data, cfg, stage_dir, cfg.epochs, method, progress=progress,
@@ -291,7 +292,8 @@ def sparsity_stage(cfg: Config, data: ImageData, stage_dir: Path, resume: bool =
 def prune_and_finetune(model: SlimmableNet, sparse_acc: float, data: ImageData, cfg: Config,
                        out: Path, resume: bool = False, started: float | None = None,
                        progress: RunProgress | None = None, pruner: Pruner = prune,
-                       extra: dict[str, Any] | None = None) -> dict[str, Any]:
+                       extra: dict[str, Any] | None = None,
+                       finetuned: list[SlimmableNet] | None = None) -> dict[str, Any]:
     """Prune a trained model, fine-tune it and measure everything; ``model`` is not changed.
 
     Writes ``pruned.pt``, ``finetune/``, ``final.pt`` and ``results.json`` into ``out``;
@@ -299,6 +301,8 @@ def prune_and_finetune(model: SlimmableNet, sparse_acc: float, data: ImageData, 
     Under torchrun every process prunes and fine-tunes; only rank 0 returns the results.
     ``pruner`` prunes by the config (default: ncslim's rule, :func:`~ncslim.prunerule.prune`);
     ``extra`` entries join ``results.json``, read when it is written (after ``pruner`` ran).
+    ``finetuned``, if given, receives the fine-tuned model in every process (where the next
+    pass of multi-pass slimming starts, :mod:`ncslim.passes`).
     """
     started = time.perf_counter() if started is None else started
     device = data.train_images.device
@@ -310,6 +314,8 @@ def prune_and_finetune(model: SlimmableNet, sparse_acc: float, data: ImageData, 
     log.info("pruned %.1f%% of channels: test accuracy %.2f%% -> %.2f%%",
              100 * report.removed_fraction, 100 * sparse_acc, 100 * pruned_acc)
     final, final_acc = finetune(pruned, data, cfg, out / "finetune", resume, progress=progress)
+    if finetuned is not None:
+        finetuned.append(final)
     if not distributed.is_main():
         return {}  # rank 0 measures latency and writes the results
     save_model(final, out / "final.pt")
@@ -340,7 +346,11 @@ def prune_and_finetune(model: SlimmableNet, sparse_acc: float, data: ImageData, 
 
 
 def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
-    """The whole pipeline; returns (and writes to ``results.json``) every number it measured."""
+    """The whole pipeline, one pass; returns (and writes to ``results.json``) every number it
+    measured. ``--passes N`` runs through :func:`ncslim.passes.run`."""
+    if cfg.passes > 1:
+        raise ValueError(f"pipeline.run runs one pass; ncslim.passes.run runs --passes "
+                         f"{cfg.passes}")
     started = time.perf_counter()
     out = Path(cfg.out)
     if resume:

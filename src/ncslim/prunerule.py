@@ -28,10 +28,10 @@ def prune(model: nn.Module, cfg: Config) -> tuple[SlimmableNet, PruneReport]:
 
     VCP's own rule with ``penalty = "vcp"``; else ``threshold``, ``target_flops``,
     ``target_params`` or ``ratio`` (:meth:`Config.prune_rule`), each with ``min_channels``,
-    ``round_to`` and ``compensate``.
+    ``max_layer_ratio``, ``round_to`` and ``compensate``.
     """
     options = {"min_channels": cfg.min_channels, "round_to": cfg.round_to,
-               "compensate": cfg.compensates()}
+               "max_layer_ratio": cfg.max_layer_ratio, "compensate": cfg.compensates()}
     if cfg.penalty == "vcp":  # VCP's own rule: |mu| <= vcp_mu and sigma <= vcp_sigma
         return prune_model(model, threshold=1.0, scores=vcp_rule_scores(model, cfg), **options)
     rule = cfg.prune_rule()
@@ -64,9 +64,9 @@ def prune_dry_run(model: SlimmableNet, cfg: Config, ratios: list[float] | None =
     """Each pruning of a dry run, labelled: at each of ``ratios``, or by the config's own rule
     when ``ratios`` is None (and always with VCP, whose rule has no ratio). Nothing is written.
 
-    Every one goes through :func:`prune`, so ``min_channels``, ``round_to`` and ``compensate``
-    apply; the labels read "ratio 0.3", "threshold 0.01", "target-flops 0.4",
-    "target-params 0.3" or "VCP rule".
+    Every one goes through :func:`prune`, so ``min_channels``, ``max_layer_ratio``,
+    ``round_to`` and ``compensate`` apply; the labels read "ratio 0.3", "threshold 0.01",
+    "target-flops 0.4", "target-params 0.3" or "VCP rule".
     """
     if cfg.penalty == "vcp":
         return [("VCP rule", prune(model, cfg))]

@@ -17,7 +17,7 @@ given fraction of the FLOPs or of the parameters.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, astuple, dataclass, field
 from typing import Any
 
 import torch
@@ -54,6 +54,8 @@ class PruneReport:
     flops_before: int
     flops_after: int
     compensated: bool
+    capped: list[str] = field(default_factory=list)  # layers held by the max_layer_ratio cap
+    max_layer_ratio: float | None = None
 
     @property
     def params_removed(self) -> float:
@@ -65,6 +67,8 @@ class PruneReport:
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
+        if self.max_layer_ratio is None:  # no cap: the record of a pruning without one
+            del out["capped"], out["max_layer_ratio"]
         out.update(params_removed=self.params_removed, flops_removed=self.flops_removed,
                    macs_before=self.flops_before // 2, macs_after=self.flops_after // 2)
         return out
@@ -80,6 +84,9 @@ class PruneReport:
                      f"({self.flops_removed:.1%} removed)")
         if self.floored:
             lines.append(f"kept at the min_channels floor: {', '.join(self.floored)}")
+        if self.capped:
+            lines.append(f"held at the max_layer_ratio cap ({self.max_layer_ratio:g} of a layer's "
+                         f"channels at most): {', '.join(self.capped)}")
         if self.compensated:
             lines.append("compensated: the mean output of the removed channels is folded into "
                          "the layers that read them")
@@ -209,15 +216,17 @@ def prune_model(
     example_inputs: torch.Tensor | None = None,
     ignored_layers: Sequence[nn.Module | str] | None = None,
     scores: Mapping[str, torch.Tensor] | None = None,
+    max_layer_ratio: float | None = None,
 ) -> tuple[nn.Module, PruneReport]:
     """A new, smaller, dense model without the weak channels of ``model``, and a report.
 
     ``ratio`` removes that fraction of all prunable channels, lowest |gamma| first; ``threshold``
     removes every channel with |gamma| <= threshold. No layer keeps fewer than ``min_channels``
-    channels, and kept counts are rounded up to multiples of ``round_to``. ``compensate`` folds
-    the average output of each removed channel into the layer that read it (a bias or the next
-    BN's running mean), so the pruned network is closer to the original before fine-tuning.
-    The original model is left untouched.
+    channels, none loses more than ``max_layer_ratio`` of them (fewer than ``ratio`` go then),
+    and kept counts are rounded up to multiples of ``round_to``. ``compensate`` folds the average
+    output of each removed channel into the layer that read it (a bias or the next BN's running
+    mean), so the pruned network is closer to the original before fine-tuning; ``model`` is
+    left untouched.
 
     Any other CNN is pruned through Torch-Pruning's dependency graph (:mod:`ncslim.generic`),
     traced from ``example_inputs`` (required then, e.g. ``torch.randn(1, 3, 224, 224)``);
@@ -228,20 +237,19 @@ def prune_model(
     ``VariationalScales.scores()`` with ``threshold=1.0``.
     """
     model = unwrap(model)
-    check_rule(ratio, threshold, min_channels, round_to)
+    rule = _Rule(ratio, threshold, min_channels, round_to, max_layer_ratio)  # checked
     if not isinstance(model, SlimmableNet) or model.traced:
-        return _prune_other(model, ratio, threshold, min_channels, round_to, compensate,
-                            example_inputs, ignored_layers, scores)
+        return _prune_other(model, rule, compensate, example_inputs, ignored_layers, scores)
     if ignored_layers:
         raise ValueError("ignored_layers is for models that are not ncslim architectures; ours "
                          "prune every BN-scored layer (use min_channels to keep some width)")
     slots = model.prune_slots()
     modules = dict(model.named_modules())
     layer_scores = [channel_scores(modules, slot.bn, scores) for slot in slots]
-    chosen = select_channels(layer_scores, ratio, threshold, min_channels, round_to)
+    chosen = select_channels(layer_scores, *astuple(rule))
     keep: Keep = {slot.bn: kept for slot, kept in zip(slots, chosen.keep)}
-    floored = [slot.bn for slot, hit in zip(slots, chosen.floored) if hit]
-    cut = chosen.threshold
+    held = {kind: [slot.bn for slot, hit in zip(slots, hits) if hit]
+            for kind, hits in (("floored", chosen.floored), ("capped", chosen.capped))}
     mean_shift, bias_add = _compensation(model, slots, keep) if compensate else ({}, {})
     needs_bias = any(modules[name].bias is None for name in bias_add)
     spec = model.channels_after({k: v.tolist() for k, v in keep.items()}, stream_bias=needs_bias)
@@ -254,7 +262,8 @@ def prune_model(
     small = small.compact()  # drop stream channels that no pruned layer reads any more
     layers = [LayerReport(s.bn, keep[s.bn].numel(), sc.numel(), keep[s.bn].tolist())
               for s, sc in zip(slots, layer_scores)]
-    report = _report(model, small, model.input_shape(), layers, floored, cut, ratio, compensate)
+    report = _report(model, small, model.input_shape(), layers, held, chosen.threshold, rule,
+                     compensate)
     _inherit(small, model, report)
     return small, report
 
@@ -267,20 +276,36 @@ def _inherit(small: SlimmableNet, model: SlimmableNet, report: PruneReport) -> N
     small.trained_on = model.trained_on
 
 
+@dataclass(frozen=True)
+class _Rule:
+    """The selection rule's settings (:func:`~ncslim.selection.select_channels`)."""
+
+    ratio: float | None
+    threshold: float | None
+    min_channels: int
+    round_to: int
+    max_layer_ratio: float | None
+
+    def __post_init__(self) -> None:
+        check_rule(self.ratio, self.threshold, self.min_channels, self.round_to,
+                   self.max_layer_ratio)
+
+
 def _report(model: nn.Module, small: nn.Module, shape: Sequence[int], layers: list[LayerReport],
-            floored: list[str], cut: float, ratio: float | None,
+            held: dict[str, list[str]], cut: float, rule: _Rule,
             compensated: bool) -> PruneReport:
-    """The report of one pruning: sizes counted on both models, channels from ``layers``."""
+    """The report of one pruning: sizes counted on both models, channels from ``layers``;
+    ``held``: the layers kept at the floor ("floored") and at the cap ("capped")."""
     return PruneReport(
-        threshold=cut, ratio=ratio, layers=layers, floored=floored, compensated=compensated,
+        threshold=cut, ratio=rule.ratio, layers=layers, floored=held["floored"],
+        capped=held["capped"], max_layer_ratio=rule.max_layer_ratio, compensated=compensated,
         removed_fraction=1.0 - sum(la.kept for la in layers) / sum(la.total for la in layers),
         params_before=count_params(model), params_after=count_params(small),
         flops_before=count_flops(model, shape), flops_after=count_flops(small, shape),
     )
 
 
-def _prune_other(model: nn.Module, ratio: float | None, threshold: float | None,
-                 min_channels: int, round_to: int, compensate: bool,
+def _prune_other(model: nn.Module, rule: _Rule, compensate: bool,
                  example_inputs: torch.Tensor | None,
                  ignored_layers: Sequence[nn.Module | str] | None,
                  scores: Mapping[str, torch.Tensor] | None) -> tuple[nn.Module, PruneReport]:
@@ -297,11 +322,12 @@ def _prune_other(model: nn.Module, ratio: float | None, threshold: float | None,
     if compensate:
         raise ValueError("compensate works for ncslim's own architectures only (--arch), not "
                          "for other or imported (--model) networks")
-    small, groups, cut, floored = prune_generic(model, example_inputs, ratio, threshold,
-                                                min_channels, round_to, ignored_layers, scores)
+    small, groups, cut, held = prune_generic(
+        model, example_inputs, rule.ratio, rule.threshold, rule.min_channels, rule.round_to,
+        ignored_layers, scores, rule.max_layer_ratio)
     layers = [LayerReport(name, len(kept), total, kept) for name, kept, total in groups]
     shape = tuple(example_inputs[:1].shape)
-    report = _report(model, small, shape, layers, floored, cut, ratio, False)
+    report = _report(model, small, shape, layers, held, cut, rule, False)
     if isinstance(small, SlimmableNet):
         small.record_pruning([(la.name, la.kept) for la in layers if la.kept < la.total])
         _inherit(small, model, report)
@@ -329,7 +355,8 @@ def prune_to_budget(model: nn.Module, fraction: float, measure: str = "flops",
 
     ``measure`` is ``"flops"`` or ``"params"``; both fall as the ratio grows, so the ratio is
     found by bisection. ``options`` go to :func:`prune_model` (``min_channels``, ``round_to``,
-    ``compensate``, ``scores``, and for other models ``example_inputs`` and ``ignored_layers``).
+    ``max_layer_ratio``, ``compensate``, ``scores``, and for other models ``example_inputs`` and
+    ``ignored_layers``).
     """
     if measure not in MEASURES:
         raise ValueError(f"measure must be one of {', '.join(MEASURES)}, got {measure!r}")
@@ -346,7 +373,9 @@ def prune_to_budget(model: nn.Module, fraction: float, measure: str = "flops",
         after, before = _sizes(best[1], measure)
         raise ValueError(f"{what} cannot fall to {fraction:.1%} of the original ({flag}) even "
                          f"at ratio ~1 (reached {after / before:.1%}); lower "
-                         f"--min-channels or --round-to")
+                         f"--min-channels or --round-to"
+                         + (", or raise --max-layer-ratio" if options.get("max_layer_ratio")
+                            is not None else ""))
     for _ in range(iterations):
         middle = 0.5 * (low + high)
         candidate = prune_model(model, ratio=middle, **options)

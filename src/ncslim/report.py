@@ -11,6 +11,11 @@ A report of a single run draws that run instead: the training curves of both sta
 axis, the |gamma| histogram after sparsity training with the pruning cut, and the channels kept
 per layer. The series behind them come from :func:`run_curves`, :func:`gamma_histogram` and
 :func:`channel_bars`.
+
+A run of several passes (``ncslim run --passes N``) is one row, its final model against the
+original, with ``passes`` in both tables; its figures show its last pass's training and cut.
+``summary.md`` then lists every pass of every such run below the table. The ``results.json``
+each pass folder holds is that pass's own and is not a row.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from typing import Any
 from .config import Config
 from .io import atomic_path, atomic_write_text
 
-COLUMNS = ["setting", "penalty", "params", "lam", "mode", "ratio", "seed", "acc_sparse",
+COLUMNS = ["setting", "penalty", "params", "lam", "mode", "ratio", "passes", "seed", "acc_sparse",
            "acc_pruned", "acc_finetuned", "params_removed", "flops_removed", "speedup",
            "channels_removed", "run"]
 
@@ -58,18 +63,26 @@ def collect(runs_dir: str | Path) -> list[dict[str, Any]]:
     rows = []
     for path in paths:
         try:
-            rows.append(_row(path, root))
+            row = _row(path, root)
+            if row is not None:
+                rows.append(row)
         except (ValueError, KeyError, TypeError, AttributeError, StopIteration) as err:
             what = "not valid JSON" if isinstance(err, json.JSONDecodeError) else (
                 f"not what ncslim writes ({type(err).__name__}: {err})")
             raise ValueError(f"{path}: {what}; remove it or rerun that run") from None
+    if not rows:
+        raise ValueError(f"below {root} are only the results of single passes of unfinished runs "
+                         f"of several passes; finish them with ncslim run ... --resume")
     return rows
 
 
-def _row(path: Path, root: Path) -> dict[str, Any]:
-    """The table row of one results.json."""
+def _row(path: Path, root: Path) -> dict[str, Any] | None:
+    """The table row of one results.json; None for one pass of a run of several (its
+    ``passN/results.json``: the run's own results.json is the row)."""
     results = json.loads(path.read_text(encoding="utf-8"))
     config = results["config"]
+    if config.get("passes", 1) > 1 and "passes" not in results:
+        return None
     penalty, params = _penalty_label(config)
     baseline = results.get("baseline")  # another library's method in our harness
     if baseline:
@@ -79,7 +92,7 @@ def _row(path: Path, root: Path) -> dict[str, Any]:
     row = {
         "penalty": penalty, "params": params, "lam": config["lam"], "mode": config["mode"],
         "ratio": results["prune"].get("ratio"), "rule": _rule(results["prune"], config),
-        "seed": config["seed"],
+        "passes": len(results.get("passes") or [None]), "seed": config["seed"],
         "acc_sparse": results["accuracy"]["sparse"],
         "acc_pruned": results["accuracy"]["pruned"],
         "acc_finetuned": results["accuracy"]["finetuned"],
@@ -95,7 +108,15 @@ def _row(path: Path, root: Path) -> dict[str, Any]:
 
 
 def _rule(prune: dict[str, Any], config: dict[str, Any]) -> str:
-    """How a run was pruned, as the summary's "ratio" column shows it."""
+    """How a run was pruned, as the summary's "ratio" column shows it; "per pass" where a run of
+    several passes applied it to each (``pass_target = "each"``)."""
+    rule = _one_rule(prune, config)
+    if config.get("passes", 1) > 1 and config.get("pass_target") == "each":
+        return f"{rule} per pass"
+    return rule
+
+
+def _one_rule(prune: dict[str, Any], config: dict[str, Any]) -> str:
     if prune.get("ratio") is not None:
         return f"{prune['ratio']:g}"
     if config.get("penalty") == "vcp":
@@ -123,23 +144,44 @@ def _mean_std(values: list[float]) -> str:
 
 
 def summary_table(rows: list[dict[str, Any]]) -> str:
-    """Markdown: one line per (setting, lam, ratio), mean ± std over seeds, in percent."""
+    """Markdown: one line per (setting, lam, ratio, passes), mean ± std over seeds, in percent;
+    below it, with runs of several passes, each of their passes."""
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         lam = row["lam"] if row["penalty"] not in ("none", "vcp") else 0.0
-        groups[(row["setting"], lam, row["rule"])].append(row)
-    head = ("| setting | lam | ratio | seeds | acc. sparse | acc. pruned | acc. fine-tuned "
-            "| params removed | FLOPs removed | speed-up |")
-    lines = [head, "|" + "---|" * 10]
-    for (setting, lam, rule), group in sorted(
-            groups.items(), key=lambda kv: (kv[1][0]["ratio"] or 0, kv[0][2], kv[0][0])):
+        groups[(row["setting"], lam, row["rule"], row["passes"])].append(row)
+    head = ("| setting | lam | ratio | passes | seeds | acc. sparse | acc. pruned "
+            "| acc. fine-tuned | params removed | FLOPs removed | speed-up |")
+    lines = [head, "|" + "---|" * 11]
+    for (setting, lam, rule, passes), group in sorted(
+            groups.items(), key=lambda kv: (kv[1][0]["ratio"] or 0, kv[0][2], kv[0][3],
+                                            kv[0][0])):
         cells = [_mean_std([r[k] for r in group]) for k in
                  ("acc_sparse", "acc_pruned", "acc_finetuned", "params_removed", "flops_removed")]
         speedup = statistics.mean(r["speedup"] for r in group)
         lam_text = "—" if not lam else lam if isinstance(lam, str) else f"{lam:g}"
-        lines.append(f"| {setting} | {lam_text} | {rule} | {len(group)} | "
+        lines.append(f"| {setting} | {lam_text} | {rule} | {passes} | {len(group)} | "
                      + " | ".join(cells) + f" | x{speedup:.2f} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _pass_table(rows)) + "\n"
+
+
+def _pass_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Markdown lines: each pass of each run of several passes (none without such runs), the
+    sizes against the run's original model."""
+    lines = []
+    for row in rows:
+        results = row["_results"]
+        for entry in results.get("passes") or []:
+            acc = entry["accuracy"]
+            cells = [100 * acc[k] for k in ("sparse", "pruned", "finetuned")] + [
+                100 * (1 - entry[k] / results[k]["original"]) for k in ("params", "flops")]
+            lines.append(f"| {row['run']} | {entry['pass']} | "
+                         + " | ".join(f"{c:.2f}" for c in cells) + " |")
+    if not lines:
+        return []
+    return ["", "Each pass (parameters and FLOPs removed: of the original model)", "",
+            "| run | pass | acc. sparse | acc. pruned | acc. fine-tuned | params removed "
+            "| FLOPs removed |", "|" + "---|" * 7, *lines]
 
 
 def report(runs_dir: str | Path, out: str | Path | None = None) -> dict[str, Path]:

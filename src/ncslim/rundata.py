@@ -1,5 +1,7 @@
 """What one run directory holds, as the report's figures need it: both stages' metrics on one
-epoch axis, the |gamma| histogram and its pruning cut, the channels kept per layer.
+epoch axis, the |gamma| histogram and its pruning cut, the channels kept per layer. A run of
+several passes (``ncslim run --passes N``) shows its last pass's training and cut, and the
+channels its final model keeps of the original's.
 
 Read by :mod:`ncslim.report` (tables) and :mod:`ncslim.figures` (figures); imports neither.
 """
@@ -51,9 +53,24 @@ class RunCurves:
         return any(r.get(key) is not None for r in self.train + self.finetune)
 
 
+def stage_folder(run_dir: Path, results: dict[str, Any] | None = None) -> Path:
+    """The folder that holds a run's ``train/`` and ``finetune/``: the run's own, or for a run
+    of several passes its last pass's (``passN/``)."""
+    passes = (results or {}).get("passes") or []
+    return Path(run_dir) / f"pass{len(passes)}" if len(passes) > 1 else Path(run_dir)
+
+
+def pruned_share(results: dict[str, Any]) -> float | None:
+    """The share of channels that the pruning at the cut of :func:`pruning_cut` removed: for a
+    run of several passes, the last pass's share of the channels it started with."""
+    passes = results.get("passes") or []
+    prune = passes[-1]["prune"] if len(passes) > 1 else results.get("prune", {})
+    return prune.get("removed_fraction")
+
+
 def run_curves(run_dir: Path, results: dict[str, Any] | None = None) -> RunCurves:
     """The metrics of a run directory; a sweep's run keeps ``train/`` one level up."""
-    run_dir = Path(run_dir)
+    run_dir = stage_folder(run_dir, results)
     train = run_dir / "train" / "metrics.jsonl"
     if not train.is_file():
         train = run_dir.parent / "train" / "metrics.jsonl"

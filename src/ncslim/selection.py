@@ -3,7 +3,8 @@
 Which channels stay is decided here, once, from per-channel scores (|gamma| unless other scores
 are given): rank the scores of all prunable layers together and remove the lowest ``ratio`` of
 them, or remove every channel scoring <= ``threshold``; then no layer keeps fewer than
-``min_channels`` channels, and kept counts are rounded up to multiples of ``round_to``.
+``min_channels`` channels, none loses more than ``max_layer_ratio`` of its channels (network
+slimming's per-pass cap), and kept counts are rounded up to multiples of ``round_to``.
 
 :mod:`ncslim.pruning` (our own families) and :mod:`ncslim.generic` (any CNN, through
 Torch-Pruning) both apply it; this module depends on neither, nor on anything above them.
@@ -26,10 +27,11 @@ class Selection:
     keep: list[torch.Tensor]  # per layer: sorted indices of the channels that stay
     threshold: float  # the score threshold the rule amounts to
     floored: list[bool]  # per layer: whether the min_channels floor applied
+    capped: list[bool]  # per layer: whether the max_layer_ratio cap applied
 
 
 def check_rule(ratio: float | None, threshold: float | None, min_channels: int,
-               round_to: int) -> None:
+               round_to: int, max_layer_ratio: float | None = None) -> None:
     """Raise ValueError unless exactly one of ratio / threshold is given and all are in range."""
     if (ratio is None) == (threshold is None):
         raise ValueError("prune_model: give exactly one of ratio or threshold")
@@ -41,6 +43,10 @@ def check_rule(ratio: float | None, threshold: float | None, min_channels: int,
         raise ValueError(f"min_channels must be an int >= 1, got {min_channels}")
     if not isinstance(round_to, int) or round_to < 1:
         raise ValueError(f"round_to must be an int >= 1, got {round_to}")
+    if max_layer_ratio is not None and not (
+            isinstance(max_layer_ratio, (int, float)) and 0.0 < max_layer_ratio <= 1.0):
+        raise ValueError(f"max_layer_ratio (--max-layer-ratio) must be in (0, 1], got "
+                         f"{max_layer_ratio}")
 
 
 def channel_scores(modules: Mapping[str, nn.Module], bn: str,
@@ -69,29 +75,51 @@ def global_keep(scores: torch.Tensor, ratio: float | None,
     return keep, float(scores[order[removed - 1]])
 
 
+def capped_keep(total: int, max_layer_ratio: float | None) -> int:
+    """The fewest channels a layer of ``total`` may keep when it loses at most
+    ``max_layer_ratio`` of them (0 without a cap)."""
+    if max_layer_ratio is None:
+        return 0
+    # the epsilon keeps 0.29 * 100 from flooring to 28
+    return total - min(total, int(max_layer_ratio * total + 1e-9))
+
+
+def layer_floor(total: int, min_channels: int, max_layer_ratio: float | None = None) -> int:
+    """The fewest channels one layer of ``total`` keeps: the floor and the cap together."""
+    return max(min(min_channels, total), capped_keep(total, max_layer_ratio))
+
+
 def layer_keep(scores: torch.Tensor, mask: torch.Tensor, min_channels: int,
-               round_to: int) -> tuple[torch.Tensor, bool]:
-    """Indices kept in one layer after the floor and the rounding; whether the floor applied."""
+               round_to: int, max_layer_ratio: float | None = None,
+               ) -> tuple[torch.Tensor, bool, bool]:
+    """Indices kept in one layer after the floor, the cap and the rounding; whether the floor
+    applied, and whether the cap did."""
     total = scores.numel()
     count = int(mask.sum())
     floored = count < min(min_channels, total)
-    target = max(count, min(min_channels, total))
+    capped = count < capped_keep(total, max_layer_ratio)
+    target = max(count, layer_floor(total, min_channels, max_layer_ratio))
     target = min(total, -(-target // round_to) * round_to)
     if target == count:
-        return mask.nonzero().flatten(), floored
+        return mask.nonzero().flatten(), floored, capped
     # Kept channels first, then the strongest of the removed ones.
     ranked = torch.where(mask, torch.full_like(scores, math.inf), scores)
-    return ranked.topk(target).indices.sort().values, floored
+    return ranked.topk(target).indices.sort().values, floored, capped
 
 
 def select_channels(layer_scores: Sequence[torch.Tensor], ratio: float | None,
-                    threshold: float | None, min_channels: int, round_to: int) -> Selection:
-    """The rule over all layers: one global ranking, then each layer's floor and rounding."""
-    check_rule(ratio, threshold, min_channels, round_to)
+                    threshold: float | None, min_channels: int, round_to: int,
+                    max_layer_ratio: float | None = None) -> Selection:
+    """The rule over all layers: one global ranking, then each layer's floor, cap and
+    rounding. A capped layer keeps its strongest channels; the channels it keeps are not
+    taken from other layers instead (as with the floor), so fewer than ``ratio`` may go."""
+    check_rule(ratio, threshold, min_channels, round_to, max_layer_ratio)
     mask, cut = global_keep(torch.cat(list(layer_scores)), ratio, threshold)
-    keep, floored = [], []
+    keep, floored, capped = [], [], []
     for scores, layer_mask in zip(layer_scores, mask.split([s.numel() for s in layer_scores])):
-        kept, hit_floor = layer_keep(scores, layer_mask, min_channels, round_to)
+        kept, hit_floor, hit_cap = layer_keep(scores, layer_mask, min_channels, round_to,
+                                              max_layer_ratio)
         keep.append(kept)
         floored.append(hit_floor)
-    return Selection(keep, cut, floored)
+        capped.append(hit_cap)
+    return Selection(keep, cut, floored, capped)

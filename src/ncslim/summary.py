@@ -18,7 +18,7 @@ SUMMARY_FILE = "summary.txt"  # the final table of ``run``, as printed
 
 
 def format_results(results: dict[str, Any]) -> str:
-    """The final table of ``run``."""
+    """The final table of ``run``; a run of several passes shows a line per pass."""
     acc, params, flops = results["accuracy"], results["params"], results["flops"]
     lines = [
         f"{'':<36}{'original':>14}{'pruned':>14}{'removed':>10}",
@@ -34,15 +34,31 @@ def format_results(results: dict[str, Any]) -> str:
             lines.append(f"{label:<36}{_ms(row, 'original'):>14}{_ms(row, 'pruned'):>14}"
                          f"{'x' + format(row['speedup'], '.2f'):>10}  speed-up "
                          f"(FLOPs ratio x{flops['ratio']:.2f})")
-    lines += [
-        f"test accuracy after sparsity training {acc['sparse']:.2%}",
-        f"test accuracy right after pruning     {acc['pruned']:.2%}",
-        f"test accuracy after fine-tuning       {acc['finetuned']:.2%}",
-    ]
+    if len(results.get("passes", [])) > 1:
+        lines += _pass_lines(results["passes"], params["original"], flops["original"])
+    else:
+        lines += [
+            f"test accuracy after sparsity training {acc['sparse']:.2%}",
+            f"test accuracy right after pruning     {acc['pruned']:.2%}",
+            f"test accuracy after fine-tuning       {acc['finetuned']:.2%}",
+        ]
     if any("runs" in row for table in results["latency"].values() for row in table.values()):
         lines.append("latency: median ± half the interquartile range of the timed runs")
     lines += [f"warning: {w}" for w in results.get("warnings", [])]
     return "\n".join(lines)
+
+
+def _pass_lines(passes: list[dict[str, Any]], params: int, flops: int) -> list[str]:
+    """Per pass: its three test accuracies, and the parameters and FLOPs its model keeps of the
+    original's."""
+    lines = [f"{'test accuracy':<14}{'after sparsity':>16}{'right after pruning':>21}"
+             f"{'fine-tuned':>12}{'params kept':>13}{'FLOPs kept':>12}"]
+    for entry in passes:
+        acc = entry["accuracy"]
+        lines.append(f"{'pass ' + str(entry['pass']):<14}{acc['sparse']:>16.2%}"
+                     f"{acc['pruned']:>21.2%}{acc['finetuned']:>12.2%}"
+                     f"{entry['params'] / params:>13.1%}{entry['flops'] / flops:>12.1%}")
+    return lines
 
 
 def _ms(row: dict[str, Any], which: str) -> str:

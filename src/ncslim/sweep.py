@@ -20,7 +20,10 @@ A sweep file::
     mode = ["subgradient", "proximal"]
 
 A training run is the unit of work (its ratios reuse the trained model). Finished pieces are
-skipped and an interrupted one resumes, so rerunning a killed sweep loses nothing. ``--shard I/N``
+skipped and an interrupted one resumes, so rerunning a killed sweep loses nothing. With
+``passes = N`` (N > 1) each ratio is its own chain of passes (:mod:`ncslim.passes`): pass 1
+prunes the shared trained model, and ``ratio-R/`` holds ``pass1/`` ... ``passN/``, the final
+model and its results. ``--shard I/N``
 takes every N-th training run, so N machines split a sweep with no coordinator.
 """
 
@@ -36,6 +39,7 @@ from typing import Any
 from .config import AUTO, Config, load_config, read_preset
 from .data import ImageData
 from .io import run_lock
+from .passes import pass_config, run_passes
 from .penalty_registry import stray_params
 from .pipeline import (
     check_model,
@@ -228,12 +232,17 @@ def _execute(run: SweepRun, cache: dict[tuple[Any, ...], ImageData]) -> None:
     check_model(cfg, data)
     with run_lock(run.dir, fresh=False):  # two shards given the same run never interleave
         write_config(cfg, run.dir, "sweep")
-        model, sparse_acc = sparsity_stage(cfg, data, run.dir / "train", resume=True)
+        # pass 1's training (the passes' own target for --lam auto); the same for every ratio
+        model, sparse_acc = sparsity_stage(pass_config(cfg, 1), data, run.dir / "train",
+                                           resume=True)
         for ratio in run.ratios:
             if (run.ratio_dir(ratio) / "results.json").exists():
                 continue
             ratio_cfg = (replace(cfg, out=str(run.ratio_dir(ratio))) if ratio is None else
                          replace(cfg, ratio=ratio, threshold=None, target_flops=None,
                                  target_params=None, out=str(run.ratio_dir(ratio))))
-            prune_and_finetune(model, sparse_acc, data, ratio_cfg, run.ratio_dir(ratio),
-                               resume=True)
+            if cfg.passes > 1:
+                run_passes(ratio_cfg, data, run.ratio_dir(ratio), model, sparse_acc, resume=True)
+            else:
+                prune_and_finetune(model, sparse_acc, data, ratio_cfg, run.ratio_dir(ratio),
+                                   resume=True)
