@@ -51,7 +51,7 @@ from .pipeline import (
     write_config,
 )
 from .progress import RunProgress
-from .pruning import LayerReport, PruneReport, _inherit, _report
+from .pruning import LayerReport, PruneReport, inherit_record, pruning_report
 from .sparsity import SparsityMethod, unwrap
 from .summary import SUMMARY_FILE, format_results
 from .train import steps_per_epoch
@@ -291,9 +291,9 @@ def prune_tp(model: SlimmableNet, cfg: Config,
         raise RuntimeError("Torch-Pruning's pruning history does not match its pruned widths")
     largest = torch.cat(gone)
     threshold = float(largest.max()) if largest.numel() else 0.0  # the largest |gamma| removed
-    report = _report(model, small, model.input_shape(), layers, [], threshold,
-                     cfg.ratio if measure == "channels" else None, False)
-    _inherit(small, model, report)
+    report = pruning_report(model, small, model.input_shape(), layers, threshold,
+                            cfg.ratio if measure == "channels" else None)
+    inherit_record(small, model, report)
     if record is not None:
         record.update(pruning_ratio=match.ratio, channels_asked=match.removed,
                       reached=match.reached)

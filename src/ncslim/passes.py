@@ -143,7 +143,7 @@ def run_passes(cfg: Config, data: ImageData, out: Path, full: SlimmableNet, spar
                 save_model(model, folder / "train" / "model.pt")
         finetuned: list[SlimmableNet] = []
         outcomes.append(pipeline.prune_and_finetune(model, acc, data, pass_cfg, folder, resume,
-                                                    started, progress, finetuned))
+                                                    started, progress, finetuned=finetuned))
         model = finetuned[0]
     if not distributed.is_main():
         return {}

@@ -262,13 +262,14 @@ def prune_model(
     small = small.compact()  # drop stream channels that no pruned layer reads any more
     layers = [LayerReport(s.bn, keep[s.bn].numel(), sc.numel(), keep[s.bn].tolist())
               for s, sc in zip(slots, layer_scores)]
-    report = _report(model, small, model.input_shape(), layers, held, chosen.threshold, rule,
-                     compensate)
-    _inherit(small, model, report)
+    report = pruning_report(model, small, model.input_shape(), layers, chosen.threshold,
+                            rule.ratio, held=held, max_layer_ratio=rule.max_layer_ratio,
+                            compensated=compensate)
+    inherit_record(small, model, report)
     return small, report
 
 
-def _inherit(small: SlimmableNet, model: SlimmableNet, report: PruneReport) -> None:
+def inherit_record(small: SlimmableNet, model: SlimmableNet, report: PruneReport) -> None:
     """What a pruned model keeps of its original's record: the full size and the data."""
     small.pruned_from = model.pruned_from or {
         "params": report.params_before, "flops": report.flops_before,
@@ -291,14 +292,17 @@ class _Rule:
                    self.max_layer_ratio)
 
 
-def _report(model: nn.Module, small: nn.Module, shape: Sequence[int], layers: list[LayerReport],
-            held: dict[str, list[str]], cut: float, rule: _Rule,
-            compensated: bool) -> PruneReport:
+def pruning_report(model: nn.Module, small: nn.Module, shape: Sequence[int],
+                   layers: list[LayerReport], cut: float, ratio: float | None, *,
+                   held: dict[str, list[str]] | None = None,
+                   max_layer_ratio: float | None = None,
+                   compensated: bool = False) -> PruneReport:
     """The report of one pruning: sizes counted on both models, channels from ``layers``;
     ``held``: the layers kept at the floor ("floored") and at the cap ("capped")."""
+    held = held or {"floored": [], "capped": []}
     return PruneReport(
-        threshold=cut, ratio=rule.ratio, layers=layers, floored=held["floored"],
-        capped=held["capped"], max_layer_ratio=rule.max_layer_ratio, compensated=compensated,
+        threshold=cut, ratio=ratio, layers=layers, floored=held["floored"],
+        capped=held["capped"], max_layer_ratio=max_layer_ratio, compensated=compensated,
         removed_fraction=1.0 - sum(la.kept for la in layers) / sum(la.total for la in layers),
         params_before=count_params(model), params_after=count_params(small),
         flops_before=count_flops(model, shape), flops_after=count_flops(small, shape),
@@ -327,10 +331,11 @@ def _prune_other(model: nn.Module, rule: _Rule, compensate: bool,
         ignored_layers, scores, rule.max_layer_ratio)
     layers = [LayerReport(name, len(kept), total, kept) for name, kept, total in groups]
     shape = tuple(example_inputs[:1].shape)
-    report = _report(model, small, shape, layers, held, cut, rule, False)
+    report = pruning_report(model, small, shape, layers, cut, rule.ratio, held=held,
+                            max_layer_ratio=rule.max_layer_ratio)
     if isinstance(small, SlimmableNet):
         small.record_pruning([(la.name, la.kept) for la in layers if la.kept < la.total])
-        _inherit(small, model, report)
+        inherit_record(small, model, report)
     return small, report
 
 
