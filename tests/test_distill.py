@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from test_distributed import TINY as DDP_TINY
+from test_distributed import max_difference, ncslim_run, needs_fashion
 from test_report import write_fashion
 from test_sparsity import tiny_data
 
@@ -224,6 +226,20 @@ def test_a_resumed_distilled_fine_tuning_repeats_bit_for_bit(tmp_path, monkeypat
         assert torch.equal(value, _weights(cut / "final.pt")[key]), key
     assert _lines(cut / "finetune" / "metrics.jsonl")[1]["train_loss"] == _lines(
         straight / "finetune" / "metrics.jsonl")[1]["train_loss"]
+
+
+@needs_fashion
+def test_two_processes_distil_their_own_slices_as_one_process(tmp_path):
+    args = ["run", *DDP_TINY, "--epochs", "1", "--finetune-epochs", "1", "--sync-bn",
+            "--distill"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main([*args, "--out", str(one)]) == 0
+    done = ncslim_run(*args, "--out", str(two))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert max_difference(_weights(one / "final.pt"), _weights(two / "final.pt")) < 1e-4
+    (a,), (b,) = (_lines(run / "finetune" / "metrics.jsonl") for run in (one, two))
+    assert a["images"] == b["images"] == 192
+    assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-5)
 
 
 @pytest.mark.parametrize("flags, message", [
