@@ -22,6 +22,7 @@ from ncslim.config import command_config, load_config
 from ncslim.distill import Distillation, kd_loss
 from ncslim.io import load_model, save_model
 from ncslim.models import build_model
+from ncslim.report import collect
 from ncslim.sweep import expand
 from ncslim.train import Trainer
 
@@ -188,6 +189,8 @@ def test_run_distills_records_it_and_finetune_teacher_does_the_same(tmp_path, mo
     assert _lines(kd / "train" / "metrics.jsonl")[0]["train_loss"] == _lines(
         plain / "train" / "metrics.jsonl")[0]["train_loss"]  # the same sparsity training
     assert [r["lr"] for r in _lines(kd / "finetune" / "metrics.jsonl")] == [0.05, 0.05]
+    settings = {row["run"]: row["setting"] for row in collect(tmp_path)}  # ncslim report
+    assert settings == {"plain": "tl1(a=1) subgradient", "kd": "tl1(a=1) subgradient distilled"}
     # the finetune command, given run's teacher and settings, fine-tunes exactly as run did
     ft = tmp_path / "ft"
     assert main(["finetune", *TINY, "--data-dir", str(tmp_path / "data"), "--checkpoint",
