@@ -151,17 +151,23 @@ def _ratios(text: str) -> list[float]:
 def cmd_finetune(args: argparse.Namespace) -> None:
     model = load_model(args.checkpoint, resolve_device(_config(args).device))
     cfg = _config(args, model.trained_on)
+    if cfg.distill and cfg.teacher is None:
+        raise ValueError(f"--distill needs --teacher MODEL, the model to distil from, e.g. "
+                         f"{_full_model_hint(Path(args.checkpoint))}")
     if args.resume:
         pipeline.require_run(Path(cfg.out))
     device = pipeline.setup_device(cfg)
     model = model.to(device)
+    teacher = load_model(cfg.teacher, device) if cfg.distill else None
     data = pipeline.load_data(cfg, device)
     pipeline.check_fits(model, data, args.checkpoint)
+    if teacher is not None:
+        pipeline.check_fits(teacher, data, f"--teacher {cfg.teacher}")
     out = Path(cfg.out)
     with pipeline.claim(out, fresh=not args.resume, resume=args.resume):
         pipeline.write_config(cfg, out, "finetune")
         model, acc = pipeline.finetune(model, data, cfg, out, resume=args.resume,
-                                       from_scratch=args.from_scratch)
+                                       from_scratch=args.from_scratch, teacher=teacher)
         if distributed.is_main():
             save_model(model, out / "model.pt")
             print(f"test accuracy {acc:.2%}; model: {out / 'model.pt'}")

@@ -42,6 +42,7 @@ COMMAND_HELP = {
     ("prune", "penalty"): "vcp prunes by VCP's rule (--vcp-mu, --vcp-sigma); any other value by "
                           "the |gamma| ranking",
     ("prune", "dataset"): "with --evaluate: the test set",
+    ("finetune", "distill"): "fine-tune by knowledge distillation from --teacher",
 }
 PRECEDENCE = ("defaults shown are the {preset} preset's, which applies when --config names no "
               "other; a flag given here wins over the preset{extra}")

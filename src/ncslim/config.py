@@ -33,6 +33,8 @@ MAX_TOML_BYTES = 1 << 20  # a preset or sweep file is a few KB
 COMMANDS = ("run", "train", "prune", "finetune")  # the commands that take a configuration
 RUN_TRAIN = ("run", "train")
 FITS = ("run", "train", "finetune")  # the commands that train
+# learning-rate schedules (ncslim.train.lr_at); constant: the classic fine-tuning at a small lr
+SCHEDULES = ("step", "cosine", "constant")
 PRUNE_TARGET = ("run", "train", "prune")  # train: the target of --lam auto
 
 
@@ -106,8 +108,20 @@ class Config:
     momentum: float = _opt(0.9, "SGD momentum", FITS)
     nesterov: bool = _opt(False, "Nesterov momentum", FITS)
     weight_decay: float = _opt(1e-4, "weight decay", FITS)
-    schedule: str = _opt("step", "learning-rate schedule: step (/10 at 50%% and 75%%) or cosine",
-                         FITS, ("step", "cosine"))
+    schedule: str = _opt("step", "learning-rate schedule: step (/10 at 50%% and 75%%), cosine, "
+                                 "or constant", FITS, SCHEDULES)
+    finetune_schedule: str | None = _opt(None, "learning-rate schedule of fine-tuning", ("run",),
+                                         SCHEDULES, unset="the same as --schedule")
+    # fine-tuning by knowledge distillation (ncslim.distill)
+    distill: bool = _opt(False, "fine-tune by knowledge distillation from the sparsity-trained "
+                                "(unpruned) model", ("run", "finetune"))
+    distill_temperature: float = _opt(4.0, "distillation: softmax temperature T of teacher and "
+                                           "student", ("run", "finetune"))
+    distill_weight: float = _opt(0.9, "distillation: weight A of the soft term; loss = (1-A) CE "
+                                      "+ A T^2 KL(teacher || student)", ("run", "finetune"))
+    teacher: str | None = _opt(None, "with --distill: the model file to distil from, e.g. the "
+                                     "full model the checkpoint was pruned from", ("finetune",),
+                               unset="none")
     # sparsity
     penalty: str = _opt("l1", "sparsity penalty on the BN scaling factors (vcp: the Bayesian "
                               "baseline, variational channel pruning)", ("run", "train", "prune"),
@@ -306,6 +320,8 @@ def command_config(command: str, preset: str | None, given: dict[str, Any],
 
     ``--epochs`` given without ``--finetune-epochs`` sets both stages' length (for ``finetune``,
     --epochs is the fine-tuning's length): a preset's fine-tuning length belongs to its epochs.
+    Likewise ``finetune``'s --lr and --schedule are the fine-tuning's, over a preset's
+    ``finetune_lr`` and ``finetune_schedule`` (the names of ``run``'s second stage).
 
     >>> command_config("run", None, {"epochs": 1}).finetune_epochs is None
     True
@@ -323,6 +339,8 @@ def command_config(command: str, preset: str | None, given: dict[str, Any],
         raise ValueError(f"--model builds your own network; leave out {', '.join(both)}")
     if "epochs" in given and "finetune_epochs" not in given:
         values["finetune_epochs"] = None
+    if command == "finetune":  # its --lr and --schedule are the fine-tuning's own
+        values.update({f"finetune_{key}": None for key in ("lr", "schedule") if key in given})
     return load_config(preset or DEFAULT_PRESET, values)
 
 

@@ -47,6 +47,9 @@ def _check_combinations(cfg: Any) -> None:
         raise ValueError("--pass-target total splits a --ratio, --target-flops or "
                          "--target-params over the passes; a --threshold cuts |gamma| the same "
                          "way in every pass: use --pass-target each")
+    if cfg.teacher is not None and not cfg.distill:
+        raise ValueError("--teacher is the model that --distill distils from; add --distill, or "
+                         "leave --teacher out")
     if cfg.model is not None:
         from .models.imported import resolve_builder
 
@@ -66,7 +69,7 @@ def _check_choices(cfg: Any) -> None:
         choices = f.metadata.get("choices")
         choices = choices() if callable(choices) else choices
         value = getattr(cfg, f.name)
-        if choices and value not in choices:
+        if choices and value is not None and value not in choices:  # None: unset, typed
             raise ValueError(f"--{_flag(f.name)} must be one of {', '.join(choices)}, "
                              f"got {value!r}")
 
@@ -142,6 +145,10 @@ def _check_ranges(cfg: Any) -> None:
             isinstance(cfg.limit_train, int) and cfg.limit_train >= 1), "an integer >= 1"),
         ("limit_test", cfg.limit_test is None or (
             isinstance(cfg.limit_test, int) and cfg.limit_test >= 1), "an integer >= 1"),
+        ("distill_temperature", _finite(cfg.distill_temperature) and cfg.distill_temperature > 0,
+         "a number > 0"),
+        ("distill_weight", _finite(cfg.distill_weight) and 0 <= cfg.distill_weight <= 1,
+         "in [0, 1]"),
         ("vcp_kl_weight", cfg.vcp_kl_weight is None or (
             _finite(cfg.vcp_kl_weight) and cfg.vcp_kl_weight >= 0), "a finite number >= 0"),
         ("vcp_sigma_init", _finite(cfg.vcp_sigma_init) and cfg.vcp_sigma_init > 0, "a number > 0"),

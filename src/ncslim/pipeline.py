@@ -27,6 +27,7 @@ from torch import nn
 from . import __version__, distributed
 from .config import AUTO, DATA_RECORD, Config
 from .data import DatasetInfo, ImageData, load_dataset
+from .distill import distill_record, distillation
 from .io import atomic_write_text, run_lock, save_model
 from .methods import make_method
 from .metrics import (
@@ -236,19 +237,35 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
 
 def finetune(model: SlimmableNet, data: ImageData, cfg: Config, out: Path,
              resume: bool = False, from_scratch: bool = False,
-             progress: RunProgress | None = None) -> tuple[SlimmableNet, float]:
-    """Retrain a (pruned) model without the penalty; ``from_scratch`` re-initialises it."""
+             progress: RunProgress | None = None,
+             teacher: torch.nn.Module | None = None) -> tuple[SlimmableNet, float]:
+    """Retrain a (pruned) model without the penalty; ``from_scratch`` re-initialises it; with
+    ``cfg.distill`` by distillation from ``teacher`` (:mod:`ncslim.distill`)."""
     if from_scratch:
         torch.manual_seed(cfg.seed)
         config, pruned_from = model.config(), model.pruned_from
         model = build_model(config.pop("arch"), **config).to(data.train_images.device)
         model.pruned_from = pruned_from
     model.trained_on = data_record(cfg, data.info)
-    stage = cfg if cfg.finetune_lr is None else replace(cfg, lr=cfg.finetune_lr)
     lr_flag = "--lr" if cfg.finetune_lr is None else "--finetune-lr"
-    result = Trainer(model, data, stage, out, finetune_epochs(cfg), progress=progress,
-                     lr_flag=lr_flag, observers=observers(cfg, "finetune")).fit(resume)
+    result = Trainer(model, data, finetune_stage(cfg), out, finetune_epochs(cfg),
+                     progress=progress, lr_flag=lr_flag, observers=observers(cfg, "finetune"),
+                     criterion=distillation(cfg, teacher)).fit(resume)
     return result.model, result.test_acc
+
+
+def finetune_stage(cfg: Config) -> Config:
+    """The settings fine-tuning trains with: ``finetune_lr`` and ``finetune_schedule``, where
+    set, in place of ``lr`` and ``schedule``."""
+    return replace(cfg, lr=cfg.lr if cfg.finetune_lr is None else cfg.finetune_lr,
+                   schedule=cfg.finetune_schedule or cfg.schedule)
+
+
+def finetune_record(cfg: Config) -> dict[str, Any]:
+    """What ``results.json`` records of the fine-tuning: lr, schedule, epochs, distillation."""
+    stage = finetune_stage(cfg)
+    return {"lr": stage.lr, "schedule": stage.schedule, "epochs": finetune_epochs(cfg),
+            "distill": distill_record(cfg)}
 
 
 def size_summary(report: PruneReport) -> dict[str, Any]:
@@ -313,7 +330,8 @@ def prune_and_finetune(model: SlimmableNet, sparse_acc: float, data: ImageData, 
     pruned_acc, _ = evaluate(pruned, data, cfg.channels_last)
     log.info("pruned %.1f%% of channels: test accuracy %.2f%% -> %.2f%%",
              100 * report.removed_fraction, 100 * sparse_acc, 100 * pruned_acc)
-    final, final_acc = finetune(pruned, data, cfg, out / "finetune", resume, progress=progress)
+    final, final_acc = finetune(pruned, data, cfg, out / "finetune", resume, progress=progress,
+                                teacher=model)  # the teacher of --distill
     if finetuned is not None:
         finetuned.append(final)
     if not distributed.is_main():
@@ -324,6 +342,7 @@ def prune_and_finetune(model: SlimmableNet, sparse_acc: float, data: ImageData, 
         "config": cfg.to_dict(),
         "version": code_version(),
         "accuracy": {"sparse": sparse_acc, "pruned": pruned_acc, "finetuned": final_acc},
+        "finetune": finetune_record(cfg),
         **size_summary(report),
         "latency": {device.type: latency_table(model, final, model.input_shape(), device,
                                                (1, cfg.batch_size), cfg.latency_threads)},

@@ -103,7 +103,7 @@ def _row(path: Path, root: Path) -> dict[str, Any] | None:
         "run": str(path.parent.relative_to(root)), "baseline": bool(baseline),
         "_results": results, "_dir": path.parent,
     }
-    row["setting"] = _setting(row)
+    row["setting"] = _setting(row) + (" distilled" if config.get("distill") else "")
     return row
 
 

@@ -58,6 +58,23 @@ class EpochObserver(Protocol):
         """Flush and release what the observer holds."""
 
 
+class Criterion(Protocol):
+    """The training objective, the loop's one seam for the loss (e.g.
+    :class:`ncslim.distill.Distillation`): called as ``criterion(x, out, y)`` with the batch
+    ``x``, the model's logits ``out`` and the labels ``y``, inside the step's autocast; returns
+    the batch's mean loss as a float32 scalar. It runs every step: no host sync."""
+
+    def __call__(self, x: torch.Tensor, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The loss to minimise."""
+
+
+class CrossEntropy:
+    """The default objective: cross-entropy of the logits, in float32 also under autocast."""
+
+    def __call__(self, x: torch.Tensor, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(out.float(), y)
+
+
 @dataclass
 class StageResult:
     model: nn.Module
@@ -88,7 +105,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 def lr_at(cfg: Config, epoch: int, epochs: int) -> float:
-    """The learning rate of an epoch: /10 at 50 % and 75 % of the epochs, or cosine."""
+    """The learning rate of an epoch: /10 at 50 % and 75 % of the epochs, cosine, or constant."""
+    if cfg.schedule == "constant":
+        return cfg.lr
     if cfg.schedule == "cosine":
         return 0.5 * cfg.lr * (1.0 + math.cos(math.pi * epoch / max(epochs, 1)))
     return cfg.lr * (0.1 ** ((epoch >= 0.5 * epochs) + (epoch >= 0.75 * epochs)))
@@ -167,12 +186,15 @@ class Trainer:
                  epochs: int, method: SparsityMethod | None = None,
                  optimizer: torch.optim.Optimizer | None = None,
                  progress: RunProgress | None = None, lr_flag: str = "--lr",
-                 observers: Sequence[EpochObserver] = ()) -> None:
+                 observers: Sequence[EpochObserver] = (),
+                 criterion: Criterion | None = None) -> None:
         """Train ``model`` with ``method`` (default: no sparsity) and ``optimizer`` (default:
-        :func:`sgd` over the method's parameter groups). ``lr_flag`` names the flag that set
-        this stage's learning rate, for the advice if it diverges; ``observers`` are told every
-        finished epoch (:class:`EpochObserver`)."""
+        :func:`sgd` over the method's parameter groups) to minimise ``criterion`` (default:
+        :class:`CrossEntropy`). ``lr_flag`` names the flag that set this stage's learning rate,
+        for the advice if it diverges; ``observers`` are told every finished epoch
+        (:class:`EpochObserver`)."""
         self.model, self.data, self.cfg, self.epochs = model, data, cfg, epochs
+        self.criterion: Criterion = criterion or CrossEntropy()
         self.dir, self.lr_flag, self.observers = Path(stage_dir), lr_flag, tuple(observers)
         self.device = data.train_images.device
         check_batches(data, cfg)
@@ -200,6 +222,7 @@ class Trainer:
     def train_epoch(self, epoch: int, lr: float, progress: EpochProgress) -> dict[str, float]:
         """One pass over the training set; the hot loop."""
         model, opt, scaler, method, cfg = self.forward, self.opt, self.scaler, self.method, self.cfg
+        criterion = self.criterion
         for group in opt.param_groups:
             group["lr"] = lr
         self.model.train()
@@ -215,7 +238,7 @@ class Trainer:
                 channels_last=cfg.channels_last, part=self.part)):
             with _autocast(self.device, cfg.amp):
                 out = model(x)
-                loss = F.cross_entropy(out.float(), y)
+                loss = criterion(x, out, y)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss + method.loss_term()).backward()
             scaler.unscale_(opt)  # the method must see true gradients, not scaled ones
