@@ -524,7 +524,7 @@ def test_a_toml_file_that_is_not_utf8_and_a_damaged_results_json_are_named(tmp_p
     assert f"{runs / 'results.json'}: not valid JSON; remove it or rerun that run" in err
     (runs / "results.json").write_text('{"config": []}')
     err = _one_line_error(["report", str(tmp_path / "runs")], capsys)
-    assert f"{runs / 'results.json'}: not what ncslim writes (TypeError" in err
+    assert f"{runs / 'results.json'}: not what ncslim writes (" in err
     err = _one_line_error(["report", str(toml)], capsys)
     assert f"{toml} is not a folder" in err
 
