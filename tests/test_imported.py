@@ -276,3 +276,17 @@ def test_input_size_is_checked_and_recorded(tmp_path):
     del payload["config"]["input_size"]  # a file from before inputs had a size: 32
     torch.save(payload, tmp_path / "old.pt")
     assert ncslim.load_model(tmp_path / "old.pt").input_size == 32
+
+
+@needs_fashion
+def test_a_run_from_before_input_sizes_were_recorded_resumes(tmp_path):
+    """A checkpoint whose model config has no input_size is a 32x32 model: it resumes."""
+    flags = ["train", "--dataset", "fashion-mnist", "--arch", "vgg", "--depth", "11",
+             "--width", "0.0625", "--limit-train", "64", "--limit-test", "32", "--batch-size",
+             "32", "--epochs", "1", "--device", "cpu", "--out", str(tmp_path / "run")]
+    assert main(flags) == 0
+    last = tmp_path / "run" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    del state["model"]["config"]["input_size"]
+    torch.save(state, last)
+    assert main([*flags, "--resume"]) == 0

@@ -347,7 +347,7 @@ class Trainer:
             read_metrics(self.dir / "metrics.jsonl", keep=0, rewrite=distributed.is_main())
             return
         state = load_checkpoint(path, self.device)
-        if state["model"].get("config") != self.model.config():
+        if self.model.recorded_config(state["model"].get("config")) != self.model.config():
             raise ValueError(f"{path} holds another architecture or class count "
                              f"({_describe(state['model'])}) than this run "
                              f"({_describe(model_payload(self.model))}); resume with the settings "

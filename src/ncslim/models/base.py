@@ -28,6 +28,7 @@ _REGISTRY: dict[str, type[SlimmableNet]] = {}
 MAX_DEPTH, MAX_WIDTH, MAX_CLASSES, MAX_CHANNELS = 2000, 16.0, 100_000, 4096
 MAX_LAYER_CHANNELS = 65_536
 MAX_INPUT_SIZE = 4096
+DEFAULT_INPUT_SIZE = 32  # CIFAR's; files written before sizes were recorded hold this
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ class SlimmableNet(nn.Module, abc.ABC):
     default_channels: ClassVar[Callable[[float, int | None], Any]]
 
     def __init__(self, num_classes: int, in_channels: int, channels: Any,
-                 input_size: int = 32) -> None:
+                 input_size: int = DEFAULT_INPUT_SIZE) -> None:
         super().__init__()
         if isinstance(input_size, bool) or not isinstance(input_size, int) or not (
                 1 <= input_size <= MAX_INPUT_SIZE):
@@ -127,6 +128,14 @@ class SlimmableNet(nn.Module, abc.ABC):
     def compact(self) -> SlimmableNet:
         """The same function with channels that nothing reads removed (``self`` if none)."""
         return self
+
+    @staticmethod
+    def recorded_config(config: Any) -> Any:
+        """A model file's ``config`` as :meth:`config` gives it today: one written before
+        input sizes were recorded is for 32x32 images."""
+        if isinstance(config, dict) and "input_size" not in config:
+            return {**config, "input_size": DEFAULT_INPUT_SIZE}
+        return config
 
     def title(self) -> str:
         """The architecture in a few words, for people."""
