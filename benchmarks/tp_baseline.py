@@ -42,8 +42,8 @@ from ncslim.baselines import (
 )
 from ncslim.config import Config, load_config, read_preset
 from ncslim.io import run_lock
-from ncslim.pipeline import load_data, write_config
-from ncslim.train import resolve_device
+from ncslim.pipeline import write_config
+from ncslim.sweep import cached_data
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -86,12 +86,7 @@ def run_one(preset: str | None, values: dict[str, Any], reg: float, seed: int,
     if not todo:
         print(f"{run_dir.name}: done, skipped", file=sys.stderr)
         return
-    key = (cfg.dataset, cfg.data_dir, cfg.limit_train, cfg.limit_test, cfg.svhn_extra,
-           cfg.input_size, cfg.device)
-    if key not in cache:
-        cache.clear()  # one dataset in memory at a time
-        cache[key] = load_data(cfg, resolve_device(cfg.device))
-    data = cache[key]
+    data = cached_data(cfg, cache)
     print(f"{run_dir.name}: {len(todo)} target(s) to run", file=sys.stderr)
     with run_lock(run_dir, fresh=False):  # two processes given the same run never interleave
         write_config(cfg, run_dir, COMMAND)

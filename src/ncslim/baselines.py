@@ -327,7 +327,7 @@ def prune_and_finetune_baseline(model: SlimmableNet, sparse_acc: float, data: Im
     record = baseline_record(cfg, reg)
     return prune_and_finetune(model, sparse_acc, data, cfg, out, resume, started, progress,
                               pruner=lambda m, c: prune_tp(m, c, record),
-                              extra={"baseline": record})
+                              extra={"baseline": record})[0]
 
 
 def run_tp_baseline(cfg: Config, reg: float = DEFAULT_REG, resume: bool = False,

@@ -70,7 +70,6 @@ class LambdaController(SparsityMethod):
         # pruning keeps each layer's strongest min_channels (and what the cap keeps) whatever the
         # target: never aimed
         sizes = torch.tensor(regularizer.sizes)
-        self.min_channels = min_channels
         floors = torch.tensor([layer_floor(n, min_channels, max_layer_ratio)
                                for n in regularizer.sizes])
         self.removable = 1.0 - float(floors.sum()) / max(int(sizes.sum()), 1)
@@ -120,7 +119,7 @@ class LambdaController(SparsityMethod):
     def _aim(self) -> None:
         """Point the penalty at the channels pruning to the target would remove now: the
         ``target_share`` smallest |gamma| (per unit of cost with ``weights``) outside each
-        layer's ``min_channels`` strongest (on the device, no sync)."""
+        layer's floor of strongest (on the device, no sync)."""
         with torch.no_grad():
             scales = self.reg._gather().abs()
             if self.inverse_weights is not None:

@@ -20,7 +20,6 @@ multi-pass form (its sigmas do not survive pruning) and is refused.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import time
@@ -35,7 +34,7 @@ from . import distributed, pipeline
 from .config import Config
 from .data import ImageData
 from .io import atomic_write_text, load_model, save_model
-from .metrics import latency_table, latency_warnings
+from .metrics import latency_warnings
 from .models import SlimmableNet
 from .progress import RunProgress
 from .pruning import prune_model
@@ -141,10 +140,9 @@ def run_passes(cfg: Config, data: ImageData, out: Path, full: SlimmableNet, spar
                                                  progress, model=model)
             if distributed.is_main():
                 save_model(model, folder / "train" / "model.pt")
-        finetuned: list[SlimmableNet] = []
-        outcomes.append(pipeline.prune_and_finetune(model, acc, data, pass_cfg, folder, resume,
-                                                    started, progress, finetuned=finetuned))
-        model = finetuned[0]
+        outcome, model = pipeline.prune_and_finetune(model, acc, data, pass_cfg, folder, resume,
+                                                     started, progress)
+        outcomes.append(outcome)
     if not distributed.is_main():
         return {}
     results = combine(cfg, outcomes, full, model, device, started)
@@ -181,8 +179,8 @@ def combine(cfg: Config, outcomes: list[dict[str, Any]], full: SlimmableNet,
         "accuracy": {"sparse": first["accuracy"]["sparse"],
                      "pruned": last["accuracy"]["pruned"],
                      "finetuned": last["accuracy"]["finetuned"]},
-        **_sizes(*sizes["params"], *sizes["flops"]),
-        "latency": _latency(cfg, full, final, device),
+        **pipeline.size_summary(sizes["params"], sizes["flops"]),
+        "latency": pipeline.latency_results(cfg, full, final, device),
         "prune": _overall_prune(cfg, outcomes, channels, sizes),
         "channels": channels,
         "gamma": last["gamma"],
@@ -213,29 +211,6 @@ def _overall_prune(cfg: Config, outcomes: list[dict[str, Any]], channels: list[d
         if held in prune:
             prune[held] = sorted({name for o in outcomes for name in o["prune"].get(held, [])})
     return prune
-
-
-def _sizes(params: int, params_after: int, flops: int, flops_after: int) -> dict[str, Any]:
-    """The ``params``, ``flops`` and ``macs`` fields of results.json."""
-    return {
-        "params": {"original": params, "pruned": params_after,
-                   "removed": 1 - params_after / params},
-        "flops": {"original": flops, "pruned": flops_after, "removed": 1 - flops_after / flops,
-                  "ratio": flops / flops_after},
-        "macs": {"original": flops // 2, "pruned": flops_after // 2},
-    }
-
-
-def _latency(cfg: Config, full: SlimmableNet, final: SlimmableNet,
-             device: torch.device) -> dict[str, Any]:
-    """The original full model against the final one, timed as a one-pass run times them."""
-    latency = {device.type: latency_table(full, final, full.input_shape(), device,
-                                          (1, cfg.batch_size), cfg.latency_threads)}
-    if device.type != "cpu":
-        latency["cpu"] = latency_table(copy.deepcopy(full).cpu(), copy.deepcopy(final).cpu(),
-                                       full.input_shape(), torch.device("cpu"), (1,),
-                                       cfg.latency_threads)
-    return latency
 
 
 def _pass_entry(index: int, outcome: dict[str, Any]) -> dict[str, Any]:

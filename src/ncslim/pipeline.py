@@ -268,11 +268,10 @@ def finetune_record(cfg: Config) -> dict[str, Any]:
             "distill": distill_record(cfg)}
 
 
-def size_summary(report: PruneReport) -> dict[str, Any]:
-    """Parameters, FLOPs and MACs before and after pruning, as the pruning counted them
-    (fine-tuning changes no shape)."""
-    params = (report.params_before, report.params_after)
-    flops = (report.flops_before, report.flops_after)
+def size_summary(params: tuple[int, int], flops: tuple[int, int]) -> dict[str, Any]:
+    """The ``params``, ``flops`` and ``macs`` fields of ``results.json`` from (original,
+    pruned) counts: of one pruning as it counted them (fine-tuning changes no shape), or of a
+    multi-pass run's original and final models."""
     return {
         "params": {"original": params[0], "pruned": params[1],
                    "removed": 1 - params[1] / params[0]},
@@ -280,6 +279,19 @@ def size_summary(report: PruneReport) -> dict[str, Any]:
                   "ratio": flops[0] / flops[1]},
         "macs": {"original": flops[0] // 2, "pruned": flops[1] // 2},
     }
+
+
+def latency_results(cfg: Config, original: SlimmableNet, final: SlimmableNet,
+                    device: torch.device) -> dict[str, Any]:
+    """The ``latency`` field of ``results.json``: ``original`` against ``final`` on ``device``
+    at batch 1 and the training batch, and on a GPU also on the CPU at batch 1."""
+    latency = {device.type: latency_table(original, final, original.input_shape(), device,
+                                          (1, cfg.batch_size), cfg.latency_threads)}
+    if device.type != "cpu":
+        latency["cpu"] = latency_table(
+            copy.deepcopy(original).cpu(), copy.deepcopy(final).cpu(), original.input_shape(),
+            torch.device("cpu"), (1,), cfg.latency_threads)
+    return latency
 
 
 def finetune_epochs(cfg: Config) -> int:
@@ -310,16 +322,16 @@ def prune_and_finetune(model: SlimmableNet, sparse_acc: float, data: ImageData, 
                        out: Path, resume: bool = False, started: float | None = None,
                        progress: RunProgress | None = None, pruner: Pruner = prune,
                        extra: dict[str, Any] | None = None,
-                       finetuned: list[SlimmableNet] | None = None) -> dict[str, Any]:
+                       ) -> tuple[dict[str, Any], SlimmableNet]:
     """Prune a trained model, fine-tune it and measure everything; ``model`` is not changed.
+    Returns the results and, in every process, the fine-tuned model (where the next pass of
+    multi-pass slimming starts, :mod:`ncslim.passes`).
 
     Writes ``pruned.pt``, ``finetune/``, ``final.pt`` and ``results.json`` into ``out``;
     ``seconds`` counts from ``started`` (a ``time.perf_counter()`` value; default: now).
     Under torchrun every process prunes and fine-tunes; only rank 0 returns the results.
     ``pruner`` prunes by the config (default: ncslim's rule, :func:`~ncslim.prunerule.prune`);
     ``extra`` entries join ``results.json``, read when it is written (after ``pruner`` ran).
-    ``finetuned``, if given, receives the fine-tuned model in every process (where the next
-    pass of multi-pass slimming starts, :mod:`ncslim.passes`).
     """
     started = time.perf_counter() if started is None else started
     device = data.train_images.device
@@ -332,10 +344,8 @@ def prune_and_finetune(model: SlimmableNet, sparse_acc: float, data: ImageData, 
              100 * report.removed_fraction, 100 * sparse_acc, 100 * pruned_acc)
     final, final_acc = finetune(pruned, data, cfg, out / "finetune", resume, progress=progress,
                                 teacher=model)  # the teacher of --distill
-    if finetuned is not None:
-        finetuned.append(final)
     if not distributed.is_main():
-        return {}  # rank 0 measures latency and writes the results
+        return {}, final  # rank 0 measures latency and writes the results
     save_model(final, out / "final.pt")
     gammas = torch.cat([g.detach().abs().flatten() for g in find_scales(model).values()])
     results = {
@@ -343,9 +353,9 @@ def prune_and_finetune(model: SlimmableNet, sparse_acc: float, data: ImageData, 
         "version": code_version(),
         "accuracy": {"sparse": sparse_acc, "pruned": pruned_acc, "finetuned": final_acc},
         "finetune": finetune_record(cfg),
-        **size_summary(report),
-        "latency": {device.type: latency_table(model, final, model.input_shape(), device,
-                                               (1, cfg.batch_size), cfg.latency_threads)},
+        **size_summary((report.params_before, report.params_after),
+                       (report.flops_before, report.flops_after)),
+        "latency": latency_results(cfg, model, final, device),
         "prune": {k: v for k, v in report.to_dict().items() if k != "layers"},
         "channels": [{"layer": la.name, "kept": la.kept, "total": la.total}
                      for la in report.layers],
@@ -354,14 +364,10 @@ def prune_and_finetune(model: SlimmableNet, sparse_acc: float, data: ImageData, 
         "device": str(device),
         "seconds": time.perf_counter() - started,
     }
-    if device.type != "cpu":
-        results["latency"]["cpu"] = latency_table(
-            copy.deepcopy(model).cpu(), copy.deepcopy(final).cpu(), model.input_shape(),
-            torch.device("cpu"), (1,), cfg.latency_threads)
     results.update(extra or {})
     results["warnings"] = latency_warnings(results["latency"])
     atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
-    return results
+    return results, final
 
 
 def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
@@ -383,8 +389,8 @@ def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
         model, sparse_acc = sparsity_stage(cfg, data, out / "train", resume, progress)
         if distributed.is_main():
             save_model(model, out / "train" / "model.pt")
-        results = prune_and_finetune(model, sparse_acc, data, cfg, out, resume, started,
-                                     progress)
+        results, _ = prune_and_finetune(model, sparse_acc, data, cfg, out, resume, started,
+                                        progress)
         if distributed.is_main():
             atomic_write_text(out / SUMMARY_FILE, format_results(results) + "\n")
         return results

@@ -25,7 +25,7 @@ from torch import nn
 
 from .generic import prune_generic
 from .metrics import count_flops, count_params
-from .models import PruneSlot, SlimmableNet, build_model
+from .models import PruneSlot, SlimmableNet, TracedNet, build_model
 from .regularizer import unwrap
 from .selection import channel_scores, check_rule, select_channels
 
@@ -238,7 +238,7 @@ def prune_model(
     """
     model = unwrap(model)
     rule = _Rule(ratio, threshold, min_channels, round_to, max_layer_ratio)  # checked
-    if not isinstance(model, SlimmableNet) or model.traced:
+    if not isinstance(model, SlimmableNet) or isinstance(model, TracedNet):
         return _prune_other(model, rule, compensate, example_inputs, ignored_layers, scores)
     if ignored_layers:
         raise ValueError("ignored_layers is for models that are not ncslim architectures; ours "
@@ -333,7 +333,7 @@ def _prune_other(model: nn.Module, rule: _Rule, compensate: bool,
     shape = tuple(example_inputs[:1].shape)
     report = pruning_report(model, small, shape, layers, cut, rule.ratio, held=held,
                             max_layer_ratio=rule.max_layer_ratio)
-    if isinstance(small, SlimmableNet):
+    if isinstance(small, TracedNet):
         small.record_pruning([(la.name, la.kept) for la in layers if la.kept < la.total])
         inherit_record(small, model, report)
     return small, report

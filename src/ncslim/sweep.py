@@ -220,14 +220,20 @@ def run_sweep(path: str | Path, shard: tuple[int, int] = (1, 1),
     return [(run, run.status()) for run in runs]
 
 
-def _execute(run: SweepRun, cache: dict[tuple[Any, ...], ImageData]) -> None:
-    cfg = run.config
+def cached_data(cfg: Config, cache: dict[tuple[Any, ...], ImageData]) -> ImageData:
+    """``cfg``'s data on its device, loaded once for consecutive runs that share it; ``cache``
+    holds one dataset at a time."""
     key = (cfg.dataset, cfg.data_dir, cfg.limit_train, cfg.limit_test, cfg.svhn_extra,
            cfg.input_size, cfg.device)
     if key not in cache:
-        cache.clear()  # one dataset in memory at a time
+        cache.clear()
         cache[key] = load_data(cfg, resolve_device(cfg.device))
-    data = cache[key]
+    return cache[key]
+
+
+def _execute(run: SweepRun, cache: dict[tuple[Any, ...], ImageData]) -> None:
+    cfg = run.config
+    data = cached_data(cfg, cache)
     log.info("sweep: %s", run.name)
     check_model(cfg, data)
     with run_lock(run.dir, fresh=False):  # two shards given the same run never interleave

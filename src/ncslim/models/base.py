@@ -80,8 +80,6 @@ class SlimmableNet(nn.Module, abc.ABC):
     """
 
     arch: ClassVar[str]
-    # pruned through Torch-Pruning's traced graph (ncslim.generic) instead of prune_slots()
-    traced: ClassVar[bool] = False
     listed: ClassVar[bool] = True  # a choice of --arch
     # (width, depth) -> the channel spec of the full network; raises ValueError on bad values
     default_channels: ClassVar[Callable[[float, int | None], Any]]
@@ -120,11 +118,6 @@ class SlimmableNet(nn.Module, abc.ABC):
         pruning with compensation folds the constant output of removed channels.
         """
 
-    def record_pruning(self, kept: list[tuple[str, int]]) -> None:
-        """A traced family's spec gains one pruning: each pruned layer and the output channels
-        it kept (families with prune slots describe a pruning by :meth:`channels_after`)."""
-        raise NotImplementedError(f"{self.arch} is pruned through its prune slots")
-
     def compact(self) -> SlimmableNet:
         """The same function with channels that nothing reads removed (``self`` if none)."""
         return self
@@ -153,6 +146,22 @@ class SlimmableNet(nn.Module, abc.ABC):
 
     def input_shape(self) -> tuple[int, int, int]:
         return (self.in_channels, self.input_size, self.input_size)
+
+
+class TracedNet(SlimmableNet):
+    """A family pruned through Torch-Pruning's traced graph (:mod:`ncslim.generic`) instead of
+    prune slots: its spec records each pruning (:meth:`record_pruning`) and rebuilds from it."""
+
+    def prune_slots(self) -> list[PruneSlot]:
+        return []  # the traced graph finds the coupled layers
+
+    def channels_after(self, keep: dict[str, list[int]], stream_bias: bool) -> Any:
+        return self.channels  # no slot: a slot pruning keeps the spec as it is
+
+    @abc.abstractmethod
+    def record_pruning(self, kept: list[tuple[str, int]]) -> None:
+        """Add one traced pruning to the spec: each pruned layer of ``self`` and the output
+        channels it kept."""
 
 
 def downsampled(arch: str, input_size: int, halvings: int, ceil: bool = False) -> int:

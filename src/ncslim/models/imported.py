@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from .base import MAX_DEPTH, MAX_LAYER_CHANNELS, PruneSlot, SlimmableNet, register_model
+from .base import MAX_DEPTH, MAX_LAYER_CHANNELS, TracedNet, register_model
 
 BUILDER = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 MAX_PRUNINGS = 100  # passes of pruning one spec may record
@@ -127,11 +127,10 @@ def check_spec(channels: Any) -> dict[str, Any]:
 
 
 @register_model
-class ImportedNet(SlimmableNet):
+class ImportedNet(TracedNet):
     """A network built by the user's function; ``net`` is that module, pruned as recorded."""
 
     arch = "imported"
-    traced = True
     listed: ClassVar[bool] = False  # built from --model, not chosen by --arch
 
     @staticmethod
@@ -161,14 +160,8 @@ class ImportedNet(SlimmableNet):
     def title(self) -> str:
         return f"{self.channels['builder']} (--model)"
 
-    def prune_slots(self) -> list[PruneSlot]:
-        return []  # traced: Torch-Pruning's graph finds the coupled layers
-
-    def channels_after(self, keep: dict[str, list[int]], stream_bias: bool) -> Any:
-        raise NotImplementedError("an imported network is pruned through the traced graph")
-
     def record_pruning(self, kept: list[tuple[str, int]]) -> None:
-        """Add one pruning (each pruned layer of ``self`` and the output channels it kept) to
-        the spec, so that the model rebuilds as it is now."""
+        """Add one pruning to the spec (names relative to ``net``), so that the model rebuilds
+        as it is now."""
         step = [[name.removeprefix("net."), count] for name, count in kept]
         self.channels = {**self.channels, "pruned": [*self.channels["pruned"], step]}
