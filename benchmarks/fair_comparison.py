@@ -13,8 +13,12 @@ compression) and prints markdown, accuracy in %, mean ± std over the seeds pres
 1. every method at every target: accuracy after sparsity training, right after pruning, after
    fine-tuning, parameters and FLOPs removed;
 2. the frontiers: at each point of a peer (no penalty; Torch-Pruning with the reg whose mean
-   final accuracy over its targets is best, chosen on the runs present), the best ncslim setting
-   that removes at least as many parameters (FLOPs), and the accuracy difference;
+   final accuracy over its targets is best, chosen on the runs present), the accuracy of every
+   ncslim setting at the peer's compression, read off the setting's own measured points (linear
+   between the two that bracket it; below its first point, that point's accuracy, since it
+   removes more; ``TOLERANCE`` points beyond its last point and no further), the best of them,
+   and the accuracy difference. A setting that does not reach the peer's compression is not
+   compared there;
 3. the paper's three claims, re-tested at matched compression;
 
 and with ``--figures`` draws accuracy against parameters and FLOPs removed, one line per
@@ -32,6 +36,7 @@ from typing import Any
 
 NONE, TP = "no penalty", "tp-bnscale"
 MEASURES = ("params_removed", "flops_removed")
+TOLERANCE = 1.0  # points of compression a setting may be read beyond its last measured point
 COLOURS = {"l1": "tab:blue", "lp": "tab:orange", "tl1": "tab:green", "mcp": "tab:red",
            "scad": "tab:purple"}
 
@@ -124,27 +129,45 @@ def ours(method: str) -> bool:
     return method != NONE and not method.startswith(TP)
 
 
+def interpolated(points: list[tuple[float, float]], x: float) -> float | None:
+    """Accuracy at compression ``x`` along measured (compression, accuracy) points: linear
+    between the two that bracket ``x``; below the first, the first's accuracy (a point that
+    removes more and is as accurate lies at or above any point at ``x``); up to ``TOLERANCE``
+    beyond the last, the last's; farther out, None (no claim where nothing was measured)."""
+    points = sorted(points)
+    if not points or x > points[-1][0] + TOLERANCE:
+        return None
+    if x <= points[0][0]:
+        return points[0][1]
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        if x0 <= x <= x1:
+            return max(y0, y1) if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return points[-1][1]
+
+
 def frontier(groups: dict[tuple[str, str], dict[str, Any]], peer: str,
              measure: str) -> list[str]:
-    """At each point of ``peer``: the best ncslim point removing at least as much."""
+    """At each point of ``peer``: every ncslim setting's accuracy at the same compression."""
     what = "parameters" if measure == "params_removed" else "FLOPs"
     lines = [_line([f"{peer}: target", f"{what} removed", "fine-tuned",
-                    f"best ncslim removing ≥ as many {what}", f"its {what} removed",
-                    "its fine-tuned", "difference"]), _line(["---"] * 7)]
-    mine = {k: g for k, g in groups.items() if ours(k[0])}
+                    f"best ncslim at as many {what} removed", "its fine-tuned (interpolated)",
+                    "difference", "settings compared"]), _line(["---"] * 7)]
+    curves: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for (method, _), g in groups.items():
+        if ours(method):
+            curves[method].append((g[measure], g["final"]))
     for (method, target), g in sorted(groups.items()):
         if method != peer:
             continue
-        able = {k: m for k, m in mine.items() if m[measure] >= g[measure]}
-        if not able:
+        at = {m: interpolated(points, g[measure]) for m, points in curves.items()}
+        at = {m: acc for m, acc in at.items() if acc is not None}
+        if not at:
             lines.append(_line([target, f"{g[measure]:.1f}", _pm(g, "final"),
-                                "none removes as much", "—", "—", "—"]))
+                                "no setting reaches it", "—", "—", 0]))
             continue
-        best = max(able, key=lambda k: able[k]["final"])
-        b = able[best]
-        lines.append(_line([target, f"{g[measure]:.1f}", _pm(g, "final"),
-                            f"{best[0]} ({best[1]})", f"{b[measure]:.1f}", _pm(b, "final"),
-                            f"{b['final'] - g['final']:+.2f}"]))
+        best = max(at, key=at.__getitem__)
+        lines.append(_line([target, f"{g[measure]:.1f}", _pm(g, "final"), best,
+                            f"{at[best]:.2f}", f"{at[best] - g['final']:+.2f}", len(at)]))
     return lines
 
 
