@@ -391,3 +391,37 @@ def test_inf_gammas_stop_the_run_with_exit_status_3(tmp_path, monkeypatch, capsy
                         r".*; the checkpoint of epoch 1 is kept; lower --lr or --lam and run "
                         r"again", err)
     assert ncslim.train.load_checkpoint(out / "last.pt")["epoch"] == 1
+
+
+class GradientProbe(ncslim.sparsity.SparsityMethod):
+    """No sparsity; records the largest |gradient| of a BN scale the method is shown."""
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.seen: list[float] = []
+
+    def after_backward(self) -> None:
+        grads = [m.weight.grad.abs().max() for m in self.model.modules()
+                 if isinstance(m, torch.nn.BatchNorm2d)]
+        self.seen.append(float(torch.stack(grads).max()))
+
+
+@needs_fashion
+@pytest.mark.parametrize("dtype, scaled", [("float16", True), ("bfloat16", False)])
+def test_amp_dtype_and_the_method_sees_unscaled_gradients(tmp_path, dtype, scaled):
+    cfg = tiny_config(tmp_path, epochs=1, amp=True, amp_dtype=dtype, limit_train=96)
+    data = pipeline.load_data(cfg, torch.device("cpu"))
+    model = pipeline.new_model(cfg, data)
+    probe = GradientProbe(model)
+    trainer = Trainer(model, data, cfg, Path(cfg.out), 1, probe)
+    assert trainer.scaler.is_enabled() is scaled
+    trainer.fit()
+    reference = GradientProbe(model)  # the same model in float32, one step
+    Trainer(model, data, load_config(None, {**vars(cfg), "amp": False, "amp_dtype": "auto",
+                                            "epochs": 1}),
+            tmp_path / "float32", 1, reference).fit()
+    assert len(probe.seen) == 3 and all(g == g for g in probe.seen)
+    # a scaled gradient would be 65536 times larger (GradScaler's first scale)
+    assert max(probe.seen) < 100 * max(reference.seen)
+    saved = torch.load(Path(cfg.out) / "last.pt", weights_only=True)
+    assert (saved["scaler"].get("scale", None) is not None) is scaled

@@ -35,6 +35,7 @@ RUN_TRAIN = ("run", "train")
 FITS = ("run", "train", "finetune")  # the commands that train
 # learning-rate schedules (ncslim.train.lr_at); constant: the classic fine-tuning at a small lr
 SCHEDULES = ("step", "cosine", "constant")
+AMP_DTYPES = ("auto", "float16", "bfloat16")  # ncslim.train.amp_dtype
 PRUNE_TARGET = ("run", "train", "prune")  # train: the target of --lam auto
 
 
@@ -180,7 +181,11 @@ class Config:
                             ("each", "total"))
     # system
     device: str = _opt("auto", "cpu, cuda, cuda:N or auto")
-    amp: bool = _opt(False, "mixed precision (float16 on CUDA, bfloat16 on CPU)", FITS)
+    amp: bool = _opt(False, "mixed precision (float16 on CUDA, bfloat16 on CPU; see "
+                            "--amp-dtype)", FITS)
+    amp_dtype: str = _opt("auto", "the precision of --amp: auto (float16 on CUDA, bfloat16 on "
+                                  "CPU), float16 (with a gradient scaler) or bfloat16 (no "
+                                  "scaler needed)", FITS, AMP_DTYPES)
     channels_last: bool = _opt(False, "channels-last memory format", FITS)
     compile: bool = _opt(False, "torch.compile the model", FITS)
     sync_bn: bool = _opt(False, "under torchrun: BatchNorm statistics over the global batch", FITS)

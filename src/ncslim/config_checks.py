@@ -38,6 +38,9 @@ def _check_combinations(cfg: Any) -> None:
         raise ValueError("--cost-weighted weighs channels by what they save of a budget: "
                          "give --target-flops or --target-params (not --ratio or "
                          "--threshold, and not --penalty vcp, which prunes by its own rule)")
+    if cfg.amp_dtype != "auto" and not cfg.amp:
+        raise ValueError(f"--amp-dtype {cfg.amp_dtype} sets the precision of --amp, which is "
+                         f"off: add --amp (or leave --amp-dtype out)")
     if cfg.passes > 1 and cfg.penalty == "vcp":
         # its sigmas would restart at --vcp-sigma-init beside the grown mus of a trained model,
         # where the KL term's gradient (mu / sigma^2) throws training into NaN

@@ -137,10 +137,20 @@ def epoch_generator(device: torch.device, seed: int, epoch: int) -> torch.Genera
     return torch.Generator(device=device).manual_seed(seed * 1_000_003 + epoch)
 
 
+def amp_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
+    """What ``--amp`` computes in on ``device`` (None: no autocast). float16 trains with a
+    gradient scaler, bfloat16 (float32's range) needs none."""
+    if not cfg.amp:
+        return None
+    if cfg.amp_dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.bfloat16
+    return getattr(torch, cfg.amp_dtype)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, data: ImageData, channels_last: bool = False,
-             amp: bool = False) -> tuple[float, float]:
-    """(accuracy, mean loss) on the test set."""
+             amp: torch.dtype | None = None) -> tuple[float, float]:
+    """(accuracy, mean loss) on the test set, under autocast to ``amp`` if given."""
     was_training = model.training
     model.eval()
     device = data.test_images.device
@@ -159,11 +169,8 @@ def evaluate(model: nn.Module, data: ImageData, channels_last: bool = False,
     return correct.item() / n, loss.item() / n  # sync point, once per evaluation
 
 
-def _autocast(device: torch.device, amp: bool) -> Any:
-    if not amp:
-        return nullcontext()
-    return torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda"
-                          else torch.bfloat16)
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
+    return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
 def gamma_stats(model: nn.Module) -> dict[str, Any]:
@@ -204,8 +211,8 @@ class Trainer:
             model.to(memory_format=torch.channels_last)
         self.method = method or SparsityMethod(model)
         self.opt = optimizer or sgd(cfg, self.method)
-        use_scaler = cfg.amp and self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
+        self.amp = amp_dtype(cfg, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.part = (distributed.rank(), distributed.world_size())
         forward: nn.Module = model
         if distributed.active():
@@ -236,7 +243,7 @@ class Trainer:
                 self.data.train_images, self.data.train_labels, cfg.batch_size,
                 info=self.data.info, train=True, generator=generator, drop_last=True,
                 channels_last=cfg.channels_last, part=self.part)):
-            with _autocast(self.device, cfg.amp):
+            with _autocast(self.device, self.amp):
                 out = model(x)
                 loss = criterion(x, out, y)
             opt.zero_grad(set_to_none=True)
@@ -290,7 +297,7 @@ class Trainer:
         distributed.plain_batchnorm(self.model)
         self.method.finish()  # also when a resume had no epoch left
         acc = self.history[-1]["test_acc"] if self.history else evaluate(
-            self.model, self.data, self.cfg.channels_last, self.cfg.amp)[0]
+            self.model, self.data, self.cfg.channels_last, self.amp)[0]
         return StageResult(self.model, acc, self.epochs, self.history)
 
     def _run_epoch(self, epoch: int) -> None:
@@ -302,7 +309,7 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
-        test_acc, test_loss = evaluate(self.model, self.data, self.cfg.channels_last, self.cfg.amp)
+        test_acc, test_loss = evaluate(self.model, self.data, self.cfg.channels_last, self.amp)
         record = {"epoch": epoch + 1, "lr": lr, **stats, "test_acc": test_acc,
                   "test_loss": test_loss, "epoch_time": seconds,
                   "images_per_s": stats["images"] / seconds, **gamma_stats(self.model)}
