@@ -238,6 +238,10 @@ def main() -> None:
         for measure in MEASURES:
             print(f"\n### Frontier against {peer} ({measure.replace('_', ' ')})\n")
             print("\n".join(frontier(groups, peer, measure)))
+    for folder in args.folders:
+        for note in sorted(Path(folder).rglob("unreachable.txt")):
+            print(f"\n{note.parent.parent.name}, {note.parent.name}: "
+                  f"{note.read_text().strip()}")
     print("\n### The paper's claims at matched compression\n")
     print("\n".join(claims(groups)))
     if args.figures:

@@ -13,7 +13,9 @@ several to let the peer keep its best, as ncslim's runs get the lambda controlle
 One training per (reg, seed) in ``OUT/tp-bnscale_reg{reg}_s{seed}/train``; each target is pruned
 from it and fine-tuned in its own folder (``ratio-0.5``, ``target-flops-0.4``,
 ``target-params-0.3``) holding ``results.json``. Rerun after an interruption: finished targets
-are skipped and an interrupted stage resumes at its last epoch. Prints a markdown table (mean
+are skipped and an interrupted stage resumes at its last epoch. A target Torch-Pruning cannot
+reach from a training (its pruner stops short of the share asked) is noted in that target's
+``unreachable.txt``, skipped on reruns, and the other targets go on. Prints a markdown table (mean
 over the seeds present) and the JSON line of every benchmark.
 """
 
@@ -36,12 +38,13 @@ from ncslim.baselines import (
     COMMAND,
     DEFAULT_REG,
     NAME,
+    TargetUnreachable,
     baseline_config,
     prune_and_finetune_baseline,
     train_baseline,
 )
 from ncslim.config import Config, load_config, read_preset
-from ncslim.io import run_lock
+from ncslim.io import atomic_write_text, run_lock
 from ncslim.pipeline import write_config
 from ncslim.sweep import cached_data
 
@@ -51,6 +54,7 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 RULES = ("ratio", "target_flops", "target_params")
+UNREACHABLE = "unreachable.txt"  # a target Torch-Pruning cannot reach from that training
 
 
 def parse_set(text: str) -> tuple[str, Any]:
@@ -82,7 +86,8 @@ def run_one(preset: str | None, values: dict[str, Any], reg: float, seed: int,
     cfg = baseline_config(load_config(preset, {**values, "seed": seed, "out": str(run_dir)}), reg)
     todo = [baseline_config(with_target(cfg, rule, value, run_dir), reg)
             for rule, value in targets]  # every target checked before anything is written
-    todo = [c for c in todo if not (Path(c.out) / "results.json").exists()]
+    todo = [c for c in todo if not any((Path(c.out) / name).exists()
+                                       for name in ("results.json", UNREACHABLE))]
     if not todo:
         print(f"{run_dir.name}: done, skipped", file=sys.stderr)
         return
@@ -92,8 +97,13 @@ def run_one(preset: str | None, values: dict[str, Any], reg: float, seed: int,
         write_config(cfg, run_dir, COMMAND)
         model, sparse_acc = train_baseline(cfg, data, run_dir / "train", reg, resume=True)
         for target in todo:
-            prune_and_finetune_baseline(model, sparse_acc, data, target, Path(target.out), reg,
-                                        resume=True)
+            try:
+                prune_and_finetune_baseline(model, sparse_acc, data, target, Path(target.out),
+                                            reg, resume=True)
+            except TargetUnreachable as err:  # the peer's own limit: noted, the rest go on
+                Path(target.out).mkdir(parents=True, exist_ok=True)
+                atomic_write_text(Path(target.out) / UNREACHABLE, f"{err}\n")
+                print(f"{run_dir.name}/{Path(target.out).name}: {err}", file=sys.stderr)
 
 
 def table(out: Path) -> list[dict[str, Any]]:

@@ -66,6 +66,10 @@ COMMAND = "tp-baseline"  # what config.json records as the command of a baseline
 COARSE_STEPS = 10  # the compression search tries this many ratios before bisecting
 
 
+class TargetUnreachable(ValueError):
+    """No ratio of Torch-Pruning's pruner reaches the asked share of a trained model."""
+
+
 def torch_pruning() -> Any:
     if importlib.util.find_spec("torch_pruning") is None:
         raise ValueError("the Torch-Pruning baseline needs Torch-Pruning: "
@@ -257,8 +261,9 @@ def match_compression(model: SlimmableNet, measure: str, fraction: float,
         low = removed
     if high is None:
         best = min(m.reached for m in tried.values())
-        raise ValueError(f"Torch-Pruning cannot bring the {measure} to {fraction:.1%} of the "
-                         f"original at any ratio (reached {best:.1%} at best); ask for less")
+        raise TargetUnreachable(f"Torch-Pruning cannot bring the {measure} to {fraction:.1%} of "
+                                f"the original at any ratio (reached {best:.1%} at best); ask "
+                                f"for less")
     while high - low > 1:
         middle = (low + high) // 2
         if fits(middle):
