@@ -425,3 +425,28 @@ def test_amp_dtype_and_the_method_sees_unscaled_gradients(tmp_path, dtype, scale
     assert max(probe.seen) < 100 * max(reference.seen)
     saved = torch.load(Path(cfg.out) / "last.pt", weights_only=True)
     assert (saved["scaler"].get("scale", None) is not None) is scaled
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_a_fused_sgd_spares_the_grad_scaler_its_host_read(monkeypatch, fused):
+    """GradScaler.step reads the overflow flag on the host (.item(): a sync on a GPU) unless
+    the optimizer is fused; ncslim's sgd is fused where the parameters are on a GPU."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4),
+                                torch.nn.Flatten(), torch.nn.LazyLinear(2))
+    model(torch.randn(2, 3, 6, 6))
+    opt = ncslim.train.sgd(load_config(None, {"device": "cpu"}),
+                           ncslim.sparsity.SparsityMethod(model), fused=fused)
+    assert opt.defaults["fused"] is (True if fused else None)
+    scaler = torch.amp.GradScaler("cpu")
+    with torch.autocast("cpu", dtype=torch.float16):
+        loss = model(torch.randn(2, 3, 6, 6)).float().mean()
+    scaler.scale(loss).backward()
+    scaler.unscale_(opt)
+    reads, real_item = [], torch.Tensor.item
+    monkeypatch.setattr(torch.Tensor, "item", lambda t: reads.append(1) or real_item(t))
+    before = [p.detach().clone() for p in model.parameters()]
+    scaler.step(opt)
+    monkeypatch.undo()
+    assert (len(reads) == 0) is fused
+    assert all(not torch.equal(a, p) for a, p in zip(before, model.parameters()))

@@ -113,10 +113,16 @@ def lr_at(cfg: Config, epoch: int, epochs: int) -> float:
     return cfg.lr * (0.1 ** ((epoch >= 0.5 * epochs) + (epoch >= 0.75 * epochs)))
 
 
-def sgd(cfg: Config, method: SparsityMethod) -> torch.optim.SGD:
-    """The paper's optimizer over the method's parameter groups."""
-    return torch.optim.SGD(method.param_groups(cfg.weight_decay), lr=cfg.lr,
-                           momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+def sgd(cfg: Config, method: SparsityMethod, fused: bool | None = None) -> torch.optim.SGD:
+    """The paper's optimizer over the method's parameter groups. ``fused`` (default: when the
+    parameters are on a GPU) updates them in one kernel, and lets a GradScaler skip an
+    overflowed step on the device: with the unfused optimizer it reads the overflow flag on the
+    host, a sync in every step."""
+    groups = method.param_groups(cfg.weight_decay)
+    if fused is None:
+        fused = any(p.is_cuda for group in groups for p in group["params"])
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
+                           nesterov=cfg.nesterov and cfg.momentum > 0, fused=fused or None)
 
 
 def steps_per_epoch(data: ImageData, cfg: Config) -> int:
