@@ -276,7 +276,8 @@ def test_resuming_with_other_settings_or_another_architecture_is_refused(tmp_pat
     assert f"{out} holds a run of ncslim train; continue it with ncslim train --resume" in err
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
     # how to compute may change: another device string, channels-last, no compile
-    assert main(["train", *TINY, "--channels-last", "--out", str(out), "--resume"]) == 0
+    assert main(["train", *TINY, "--channels-last", "--amp", "--amp-dtype", "bfloat16",
+                 "--out", str(out), "--resume"]) == 0
 
     (out / "config.json").unlink()  # without the record, the checkpoint itself is checked
     err = _one_line_error(["train", *TINY, "--width", "0.125", "--out", str(out), "--resume"],

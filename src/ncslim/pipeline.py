@@ -177,8 +177,8 @@ def check_fits(model: SlimmableNet, data: ImageData, source: str) -> None:
 
 
 # settings that say how to compute, not what: a resumed run may change them
-FREE_ON_RESUME = {"device", "data_dir", "download", "compile", "channels_last", "amp", "out",
-                  "latency_threads", "tensorboard"}
+FREE_ON_RESUME = {"device", "data_dir", "download", "compile", "channels_last", "amp", "amp_dtype",
+                  "out", "latency_threads", "tensorboard"}
 
 
 def write_config(cfg: Config, out: Path, command: str) -> None:
