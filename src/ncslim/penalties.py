@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import difflib
 import math
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import Tensor
+
+from .penalty_base import Penalty, best_of, check_tensor, keep_above, real_param
 
 __all__ = ["L1", "MCP", "PENALTIES", "SCAD", "TL1", "Lp", "Penalty", "make_penalty"]
 
@@ -40,113 +40,16 @@ TL1_POLISH_STEPS = 2
 TL1_POLISH_BELOW = 0.5
 
 
-def _real(owner: str, pname: str, value: object, allowed: str,
-          ok: Callable[[float], bool]) -> float:
-    """``value`` as a finite float satisfying ``ok``, else a ValueError naming the parameter."""
-    if isinstance(value, bool):
-        raise ValueError(f"{owner}: {pname} must be {allowed}, got {value!r}")
-    try:
-        v = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ValueError(f"{owner}: {pname} must be {allowed}, got {value!r}") from None
-    if not (math.isfinite(v) and ok(v)):
-        raise ValueError(f"{owner}: {pname} must be {allowed}, got {value!r}")
-    return v
-
-
-def _check_tensor(owner: str, x: object) -> Tensor:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{owner}: expected a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"{owner}: expected a floating-point tensor, got dtype {x.dtype}")
-    return x
-
-
-def _keep_above(x: Tensor, ay: Tensor, tau: float) -> Tensor:
-    """``x`` where ``|y| > tau``, exactly 0 elsewhere (never -0.0)."""
-    return torch.where(ay > tau, x, torch.zeros_like(x))
-
-
-def _best_of(candidates: Sequence[Tensor], objective: Callable[[Tensor], Tensor]) -> Tensor:
-    """Elementwise the candidate with the smallest objective (first one on ties)."""
-    stack = torch.stack(list(candidates))
-    best = objective(stack).argmin(dim=0, keepdim=True)
-    return stack.gather(0, best).squeeze(0)
-
-
-class Penalty(ABC):
-    """Elementwise sparsity penalty ``value(x) = lam * P(x)`` with ``lam >= 0``.
-
-    Subclasses set ``name``, ``PARAM_NAMES`` (keyword parameters with defaults, kept as
-    attributes) and ``PARAM_HELP`` (their allowed values), and implement ``value``, ``grad``,
-    ``_prox``, ``_threshold``. ``prox`` and ``threshold`` validate ``step``, handle ``lam == 0``.
-    """
-
-    name: ClassVar[str]
-    PARAM_NAMES: ClassVar[tuple[str, ...]] = ()
-    PARAM_HELP: ClassVar[dict[str, str]] = {}
-    # whether the derivative is unbounded as x -> 0 (subgradient steps near zero then overshoot)
-    SINGULAR_AT_ZERO: ClassVar[bool] = False
-
-    def __init__(self, lam: float) -> None:
-        self.lam = _real(self.name, "lam", lam, "a finite number >= 0", lambda v: v >= 0.0)
-
-    @abstractmethod
-    def value(self, x: Tensor) -> Tensor:
-        """The penalty term elementwise (``lam`` included)."""
-
-    @abstractmethod
-    def grad(self, x: Tensor) -> Tensor:
-        """A finite (sub)gradient of ``value`` elementwise; 0 at ``x == 0``."""
-
-    @abstractmethod
-    def _prox(self, y: Tensor, step: float) -> Tensor:
-        """``prox`` for ``lam > 0`` and a validated ``step``."""
-
-    @abstractmethod
-    def _threshold(self, step: float) -> float:
-        """``threshold`` for ``lam > 0`` and a validated ``step``."""
-
-    def _step(self, step: float) -> float:
-        return _real(self.name, "step", step, "a finite number > 0", lambda v: v > 0.0)
-
-    def prox(self, y: Tensor, step: float) -> Tensor:
-        """``argmin_x 0.5 (x - y)^2 + step * value(x)`` elementwise; a new tensor like ``y``.
-
-        Exactly 0 where ``|y| <= threshold(step)`` (compared in ``y``'s dtype), nonzero
-        elsewhere. Where the minimiser is not unique (a tie at the threshold of a nonconvex
-        penalty) 0 is returned.
-        """
-        t = self._step(step)
-        _check_tensor(self.name, y)
-        if self.lam == 0.0:
-            return y.clone()
-        return self._prox(y, t)
-
-    def threshold(self, step: float) -> float:
-        """The largest ``|y|`` that ``prox(y, step)`` maps to exactly 0."""
-        t = self._step(step)
-        return 0.0 if self.lam == 0.0 else self._threshold(t)
-
-    def params(self) -> dict[str, float]:
-        """The parameters, ``lam`` included: ``make_penalty(self.name, **self.params())``."""
-        return {"lam": self.lam, **{k: getattr(self, k) for k in self.PARAM_NAMES}}
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
-        return f"{type(self).__name__}({args})"
-
-
 class L1(Penalty):
     """``lam * |x|`` (the original network slimming penalty); prox is soft thresholding."""
 
     name = "l1"
 
     def value(self, x: Tensor) -> Tensor:
-        return self.lam * _check_tensor(self.name, x).abs()
+        return self.lam * check_tensor(self.name, x).abs()
 
     def grad(self, x: Tensor) -> Tensor:
-        return self.lam * _check_tensor(self.name, x).sign()
+        return self.lam * check_tensor(self.name, x).sign()
 
     def _threshold(self, step: float) -> float:
         return step * self.lam
@@ -154,7 +57,7 @@ class L1(Penalty):
     def _prox(self, y: Tensor, step: float) -> Tensor:
         tau = self._threshold(step)
         ay = y.abs()
-        return _keep_above(torch.copysign(ay - tau, y), ay, tau)
+        return keep_above(torch.copysign(ay - tau, y), ay, tau)
 
 
 class Lp(Penalty):
@@ -176,13 +79,13 @@ class Lp(Penalty):
 
     def __init__(self, lam: float, *, p: float = 0.5) -> None:
         super().__init__(lam)
-        self.p = _real(self.name, "p", p, self.PARAM_HELP["p"], lambda v: 0.0 < v < 1.0)
+        self.p = real_param(self.name, "p", p, self.PARAM_HELP["p"], lambda v: 0.0 < v < 1.0)
 
     def value(self, x: Tensor) -> Tensor:
-        return self.lam * _check_tensor(self.name, x).abs().pow(self.p)
+        return self.lam * check_tensor(self.name, x).abs().pow(self.p)
 
     def grad(self, x: Tensor) -> Tensor:
-        _check_tensor(self.name, x)
+        check_tensor(self.name, x)
         info = torch.finfo(x.dtype)
         g = (self.p * self.lam) * x.abs().clamp(min=info.tiny).pow(self.p - 1.0)
         # Clamp before multiplying by sign(x): inf * 0 would be NaN at x == 0.
@@ -211,7 +114,7 @@ class Lp(Penalty):
         c = 3.0 * (lam2 / 8.0) ** (2.0 / 3.0)
         phi = torch.arccos((c / ayc).pow(1.5).clamp(max=1.0))
         x = (2.0 / 3.0) * ayc * (1.0 + torch.cos((2.0 * math.pi / 3.0) - (2.0 / 3.0) * phi))
-        return _keep_above(torch.copysign(x, y), ay, tau)
+        return keep_above(torch.copysign(x, y), ay, tau)
 
     def _prox_newton(self, y: Tensor, step: float) -> Tensor:
         """Root of ``h(x) = x + L p x^(p-1) = |y|`` in ``[beta, |y|]`` by Newton's method.
@@ -229,7 +132,7 @@ class Lp(Penalty):
             f = x + coef * x.pow(self.p - 1.0) - ayc
             df = 1.0 + coef * (self.p - 1.0) * x.pow(self.p - 2.0)
             x = (x - f / df).clamp(min=beta)
-        return _keep_above(torch.copysign(x, y), ay, tau)
+        return keep_above(torch.copysign(x, y), ay, tau)
 
 
 class TL1(Penalty):
@@ -244,14 +147,14 @@ class TL1(Penalty):
 
     def __init__(self, lam: float, *, a: float = 1.0) -> None:
         super().__init__(lam)
-        self.a = _real(self.name, "a", a, self.PARAM_HELP["a"], lambda v: v > 0.0)
+        self.a = real_param(self.name, "a", a, self.PARAM_HELP["a"], lambda v: v > 0.0)
 
     def value(self, x: Tensor) -> Tensor:
-        ax = _check_tensor(self.name, x).abs()
+        ax = check_tensor(self.name, x).abs()
         return (self.lam * (self.a + 1.0)) * ax / (self.a + ax)
 
     def grad(self, x: Tensor) -> Tensor:
-        ax = _check_tensor(self.name, x).abs()
+        ax = check_tensor(self.name, x).abs()
         return (self.lam * self.a * (self.a + 1.0)) * x.sign() / (self.a + ax).square()
 
     def _critical_l(self) -> float:
@@ -277,7 +180,7 @@ class TL1(Penalty):
         # Keep the tiny roots just above a continuous threshold positive, so that prox is
         # nonzero exactly where |y| > threshold.
         x = x.clamp(min=torch.finfo(y.dtype).tiny)
-        return _keep_above(torch.copysign(x, y), ay, tau)
+        return keep_above(torch.copysign(x, y), ay, tau)
 
     def _polish(self, x: Tensor, ay: Tensor, big_l: float) -> Tensor:
         """Newton steps on ``x + L a (a+1) / (a+x)^2 = |y|`` after the closed form.
@@ -313,16 +216,17 @@ class MCP(Penalty):
 
     def __init__(self, lam: float, *, gamma: float = 3.0) -> None:
         super().__init__(lam)
-        self.gamma = _real(self.name, "gamma", gamma, self.PARAM_HELP["gamma"], lambda v: v > 1.0)
+        self.gamma = real_param(self.name, "gamma", gamma, self.PARAM_HELP["gamma"],
+                                lambda v: v > 1.0)
 
     def value(self, x: Tensor) -> Tensor:
-        ax = _check_tensor(self.name, x).abs()
+        ax = check_tensor(self.name, x).abs()
         inner = self.lam * ax - ax.square() / (2.0 * self.gamma)
         return torch.where(ax <= self.gamma * self.lam, inner,
                            torch.full_like(ax, 0.5 * self.gamma * self.lam**2))
 
     def grad(self, x: Tensor) -> Tensor:
-        ax = _check_tensor(self.name, x).abs()
+        ax = check_tensor(self.name, x).abs()
         inner = x.sign() * (self.lam - ax / self.gamma)
         return torch.where(ax <= self.gamma * self.lam, inner, torch.zeros_like(x))
 
@@ -335,10 +239,10 @@ class MCP(Penalty):
         tau = self._threshold(step)
         ay = y.abs()
         if step >= self.gamma:
-            return _keep_above(y.clone(), ay, tau)
+            return keep_above(y.clone(), ay, tau)
         firm = (ay - tau) / (1.0 - step / self.gamma)
         x = torch.where(ay > self.gamma * self.lam, y, torch.copysign(firm, y))
-        return _keep_above(x, ay, tau)
+        return keep_above(x, ay, tau)
 
 
 class SCAD(Penalty):
@@ -354,17 +258,17 @@ class SCAD(Penalty):
 
     def __init__(self, lam: float, *, a: float = 3.7) -> None:
         super().__init__(lam)
-        self.a = _real(self.name, "a", a, self.PARAM_HELP["a"], lambda v: v > 2.0)
+        self.a = real_param(self.name, "a", a, self.PARAM_HELP["a"], lambda v: v > 2.0)
 
     def value(self, x: Tensor) -> Tensor:
-        ax = _check_tensor(self.name, x).abs()
+        ax = check_tensor(self.name, x).abs()
         lam, a = self.lam, self.a
         middle = (2.0 * a * lam * ax - ax.square() - lam**2) / (2.0 * (a - 1.0))
         outer = torch.full_like(ax, 0.5 * lam**2 * (a + 1.0))
         return torch.where(ax <= lam, lam * ax, torch.where(ax <= a * lam, middle, outer))
 
     def grad(self, x: Tensor) -> Tensor:
-        ax = _check_tensor(self.name, x).abs()
+        ax = check_tensor(self.name, x).abs()
         lam, a = self.lam, self.a
         middle = (a * lam - ax) / (a - 1.0)
         g = torch.where(ax <= lam, torch.full_like(ax, lam),
@@ -402,8 +306,8 @@ class SCAD(Penalty):
             # |y| > tau means 0 is not optimal; never let rounding pick a zero candidate.
             return torch.where(c > 0, f, torch.full_like(f, math.inf))
 
-        x = _best_of(candidates, objective)
-        return _keep_above(torch.copysign(x, y), ay, tau)
+        x = best_of(candidates, objective)
+        return keep_above(torch.copysign(x, y), ay, tau)
 
 
 # The one list of penalties: everything else reads names and defaults from it (penalty_registry)
