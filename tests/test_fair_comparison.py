@@ -44,4 +44,14 @@ def test_frontier_matches_each_peer_point_and_says_where_nothing_reaches():
     assert rows[0] == ("| ratio 0.5 | 80.0 | 88.50 ± 0.10 | l1 proximal | 88.00 | -0.50 "
                        "| 1 |")  # tl1's one point (70 %) reaches 71 % at most
     assert "no setting reaches it" in rows[1]
-    assert fair.best_tp_reg(groups) is None
+    assert fair.tp_envelope(groups) == {}
+
+
+def test_torch_pruning_is_shown_at_its_best_reg_per_target():
+    groups = {(f"{fair.TP} reg 0.001", "ratio 0.5"): group(89.4, 75.0, 72.0),
+              (f"{fair.TP} reg 0.0001", "ratio 0.5"): group(86.9, 74.4, 74.6),
+              (f"{fair.TP} reg 0.0001", "ratio 0.85"): group(82.2, 98.0, 95.3)}
+    envelope = fair.tp_envelope(groups)
+    assert sorted(envelope) == [(fair.TP_BEST, "ratio 0.5 (reg 0.001)"),
+                                (fair.TP_BEST, "ratio 0.85 (reg 0.0001)")]
+    assert envelope[fair.TP_BEST, "ratio 0.5 (reg 0.001)"]["final"] == 89.4
