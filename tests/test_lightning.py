@@ -174,6 +174,16 @@ def test_lam_auto_reaches_target_and_pruned_model_equals_trained():
     assert module.net.body[1].weight.numel() == 8  # the trained module is left whole
 
 
+def test_max_layer_ratio_caps_every_layer_in_the_controller_and_the_pruning():
+    torch.manual_seed(0)
+    module = Classifier()
+    slim = SlimmingCallback("l1", lam="auto", ratio=0.6, mode="proximal", max_layer_ratio=0.5)
+    trainer(2, [slim]).fit(module, loader(64))
+    widths = [m.num_features for m in slim.pruned.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert widths == [4, 8]  # half of 8 and of 16: the cap holds, so 50 % go, not 60 %
+    assert slim.report.max_layer_ratio == 0.5 and slim.method.removable == 0.5  # aimed within
+
+
 def test_budgets_prune_to_them_and_save(tmp_path):
     torch.manual_seed(0)
     module = Classifier()
@@ -246,6 +256,9 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     ({"network": ""}, "network must be a submodule's name"),
     ({"ratio": 0.5, "example_inputs": [1, 2]}, "example_inputs must be a tensor batch"),
     ({"save_to": "out"}, "save_to is about the pruning at the end of the fit"),
+    ({"ratio": 0.5, "max_layer_ratio": 0.0}, r"max_layer_ratio must be in \(0, 1\]"),
+    ({"ratio": 0.5, "max_layer_ratio": True}, r"max_layer_ratio must be in \(0, 1\]"),
+    ({"max_layer_ratio": 0.5}, "max_layer_ratio caps the pruning at the end of the fit"),
 ])
 def test_bad_arguments_are_one_line_value_errors(kwargs, message):
     with pytest.raises(ValueError, match=message) as err:

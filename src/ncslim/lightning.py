@@ -71,8 +71,9 @@ class SlimmingCallback(Callback):  # type: ignore[misc,valid-type]
     needs a ``ratio``, ``target_flops`` or ``target_params`` and the Trainer's ``max_epochs`` or
     ``max_steps`` (its ramp spans the fit). One of ``ratio``, ``threshold``, ``target_flops``,
     ``target_params`` is the pruning rule applied in ``on_fit_end``; without one nothing is
-    pruned. ``min_channels``, ``round_to``, ``compensate`` and ``ignored_layers`` go to
-    :func:`ncslim.prune_model`.
+    pruned. ``min_channels``, ``max_layer_ratio``, ``round_to``, ``compensate`` and
+    ``ignored_layers`` go to :func:`ncslim.prune_model`; under ``lam="auto"`` the controller
+    aims within ``min_channels`` and ``max_layer_ratio`` too.
 
     ``network`` names the submodule to slim (``"net"``, ``"backbone.body"``); by default the
     LightningModule itself. A model that is not an ncslim architecture is pruned through
@@ -97,6 +98,7 @@ class SlimmingCallback(Callback):  # type: ignore[misc,valid-type]
         target_flops: float | None = None,
         target_params: float | None = None,
         min_channels: int = 1,
+        max_layer_ratio: float | None = None,
         round_to: int = 1,
         compensate: bool = False,
         network: str | None = None,
@@ -114,11 +116,13 @@ class SlimmingCallback(Callback):  # type: ignore[misc,valid-type]
                  if v is not None}
         _check_args(lam, mode, rules, min_channels, round_to, network, example_inputs,
                     compensate, save_to)
+        _check_max_layer_ratio(max_layer_ratio, rules)
         self.penalty_name, self.params, self.lam, self.mode = penalty, params, lam, mode
         # built now to validate the name and parameters; each fit builds its own
         make_penalty(penalty, START_LAM if lam == "auto" else lam, **params)
         self.rule = next(iter(rules.items()), None)
         self.min_channels, self.round_to, self.compensate = min_channels, round_to, compensate
+        self.max_layer_ratio = max_layer_ratio
         self.network, self.layers, self.example_inputs = network, layers, example_inputs
         self.ignored_layers = ignored_layers
         self.save_to = None if save_to is None else Path(save_to)
@@ -284,13 +288,15 @@ class SlimmingCallback(Callback):  # type: ignore[misc,valid-type]
                 return self._prune(model, inputs, compensate=False)[1].removed_fraction
 
         return LambdaController(regularizer, target, total_steps=int(steps),
-                                min_channels=self.min_channels)
+                                min_channels=self.min_channels,
+                                max_layer_ratio=self.max_layer_ratio)
 
     def _prune(self, network: nn.Module, inputs: torch.Tensor | None,
                compensate: bool | None = None) -> tuple[nn.Module, PruneReport]:
         rule, value = self.rule  # type: ignore[misc]
         compensate = self.compensate if compensate is None else compensate
         options: dict[str, Any] = {"min_channels": self.min_channels, "round_to": self.round_to,
+                                   "max_layer_ratio": self.max_layer_ratio,
                                    "compensate": compensate, "example_inputs": inputs,
                                    "ignored_layers": self.ignored_layers}
         if rule.startswith("target_"):
@@ -341,6 +347,17 @@ def _check_args(lam: Any, mode: str, rules: dict[str, float], min_channels: Any,
         what = "compensate" if compensate else "save_to"
         raise ValueError(f"{what} is about the pruning at the end of the fit: give ratio, "
                          f"threshold, target_flops or target_params")
+
+
+def _check_max_layer_ratio(value: Any, rules: dict[str, float]) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+            math.isfinite(value) and 0 < value <= 1):
+        raise ValueError(f"max_layer_ratio must be in (0, 1] or None, got {value!r}")
+    if not rules:
+        raise ValueError("max_layer_ratio caps the pruning at the end of the fit: give ratio, "
+                         "threshold, target_flops or target_params")
 
 
 def _gamma_group(optimizers: Sequence[torch.optim.Optimizer], reg: SparsityRegularizer,
