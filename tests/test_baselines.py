@@ -189,3 +189,36 @@ def test_a_tiny_run_writes_results_that_report_labels_as_the_baseline(tmp_path, 
     capsys.readouterr()
     table = (tmp_path / "report" / "summary.md").read_text()
     assert "| tp-bnscale(reg=0.001) | 0.001 | params <= 0.5 | 1 |" in table
+
+
+def test_a_target_the_peer_cannot_reach_is_noted_and_the_others_still_run(tmp_path, monkeypatch,
+                                                                          capsys):
+    import sys
+    from pathlib import Path
+
+    from ncslim.baselines import TargetUnreachable
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import tp_baseline
+
+    monkeypatch.setattr(tp_baseline, "cached_data", lambda cfg, cache: None)
+    monkeypatch.setattr(tp_baseline, "train_baseline", lambda *args, **kwargs: (None, 0.9))
+    pruned = []
+
+    def prune_and_finetune(model, acc, data, target, out, reg, resume):
+        if target.ratio == 0.85:
+            raise TargetUnreachable("Torch-Pruning cannot bring the channels to 15.0% of the "
+                                    "original at any ratio (reached 22.1% at best); ask for less")
+        out.mkdir(parents=True)
+        (out / "results.json").write_text("{}")
+        pruned.append(target.ratio)
+
+    monkeypatch.setattr(tp_baseline, "prune_and_finetune_baseline", prune_and_finetune)
+    targets = [("ratio", 0.5), ("ratio", 0.85), ("ratio", 0.7)]
+    tp_baseline.run_one("demo", {}, REG, 0, targets, tmp_path, {})
+    assert pruned == [0.5, 0.7]  # the unreachable target did not stop the one after it
+    run = tmp_path / "tp-bnscale_reg0.001_s0"
+    assert "reached 22.1% at best" in (run / "ratio-0.85" / "unreachable.txt").read_text()
+    assert "ratio-0.85: Torch-Pruning cannot" in capsys.readouterr().err
+    tp_baseline.run_one("demo", {}, REG, 0, targets, tmp_path, {})  # a rerun: nothing left
+    assert pruned == [0.5, 0.7] and "done, skipped" in capsys.readouterr().err
