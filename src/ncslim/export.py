@@ -102,11 +102,14 @@ def export_model(model: nn.Module, path: str | os.PathLike, format: str = "onnx"
         raise ValueError(f"the model does not take inputs of shape {shape}: {first}") from None
     if format == "onnx":
         _needs("onnx", "onnxscript")
-    with atomic_path(path) as tmp, _held_back(unless=verbose):
-        if format == "onnx":
-            _export_onnx(model, tmp, shape, fixed_batch, opset, verbose)
-        else:
-            _export_torchscript(model, tmp, shape)
+    with atomic_path(path) as tmp:
+        with _held_back(unless=verbose):
+            if format == "onnx":
+                _export_onnx(model, tmp, shape, fixed_batch, opset, verbose)
+            else:
+                _export_torchscript(model, tmp, shape)
+        if format == "onnx" and opset is not None:  # outside: the exporter's chatter is moot
+            _check_opset(tmp, opset)
     return Path(path)
 
 
@@ -181,16 +184,19 @@ def _export_onnx(model: nn.Module, path: Path, shape: tuple[int, ...], fixed_bat
                           verbose=verbose, **options)
     finally:
         registry_log.setLevel(level)
-    if opset is not None:  # the exporter may write another opset than asked, silently
-        import onnx
 
-        written = next((entry.version for entry in onnx.load(str(path)).opset_import
-                        if entry.domain in ("", "ai.onnx")), None)
-        if written != opset:
-            raise ValueError(f"--opset {opset}: this torch's ONNX exporter wrote opset {written} "
-                             f"instead, so nothing was written; ask for an opset it supports "
-                             f"(onnx knows up to {onnx.defs.onnx_opset_version()}), or leave "
-                             f"--opset out for the exporter's default")
+
+def _check_opset(path: Path, opset: int) -> None:
+    """The exporter may write another opset than asked, silently: refuse the file then."""
+    import onnx
+
+    written = next((entry.version for entry in onnx.load(str(path)).opset_import
+                    if entry.domain in ("", "ai.onnx")), None)
+    if written != opset:
+        raise ValueError(f"--opset {opset}: this torch's ONNX exporter wrote opset {written} "
+                         f"instead, so nothing was written; ask for an opset it supports "
+                         f"(onnx knows up to {onnx.defs.onnx_opset_version()}), or leave "
+                         f"--opset out for the exporter's default")
 
 
 def _export_torchscript(model: nn.Module, path: Path, shape: tuple[int, ...]) -> None:
