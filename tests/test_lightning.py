@@ -157,7 +157,7 @@ def test_lam_auto_reaches_target_and_pruned_model_equals_trained():
     torch.manual_seed(0)
     module = Classifier()
     slim = SlimmingCallback("l1", lam="auto", ratio=0.5, mode="proximal")
-    fit = trainer(8, [slim])
+    fit = trainer(12, [slim])
     fit.fit(module, loader())
     metrics = {k: float(v) for k, v in fit.callback_metrics.items()}
     assert metrics["slim/target_share"] == 0.5 and metrics["slim/share_near_zero"] >= 0.5
