@@ -25,11 +25,12 @@ import torch
 from . import distributed, passes, pipeline, prunerule, summary
 from .commandline import build_parser, unknown_flags
 from .config import Config, command_config, config_fields
+from .device import resolve_device
 from .export import SUFFIX, check_export, export_model
 from .io import atomic_write_text, load_model, run_lock, save_model
 from .metrics import count_params, threads_text
 from .models import build_model, check_arch
-from .train import TrainingDiverged, resolve_device
+from .train import TrainingDiverged
 
 log = logging.getLogger("ncslim")
 __all__ = ["build_parser", "main"]

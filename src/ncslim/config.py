@@ -35,7 +35,7 @@ RUN_TRAIN = ("run", "train")
 FITS = ("run", "train", "finetune")  # the commands that train
 # learning-rate schedules (ncslim.train.lr_at); constant: the classic fine-tuning at a small lr
 SCHEDULES = ("step", "cosine", "constant")
-AMP_DTYPES = ("auto", "float16", "bfloat16")  # ncslim.train.amp_dtype
+AMP_DTYPES = ("auto", "float16", "bfloat16")  # ncslim.device.amp_dtype
 PRUNE_TARGET = ("run", "train", "prune")  # train: the target of --lam auto
 
 

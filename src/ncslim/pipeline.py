@@ -27,6 +27,7 @@ from torch import nn
 from . import __version__, distributed
 from .config import AUTO, DATA_RECORD, Config
 from .data import DatasetInfo, ImageData, load_dataset
+from .device import resolve_device
 from .distill import distill_record, distillation
 from .io import atomic_write_text, run_lock, save_model
 from .methods import make_method
@@ -48,7 +49,6 @@ from .train import (
     check_batches,
     evaluate,
     gamma_stats,
-    resolve_device,
     steps_per_epoch,
 )
 

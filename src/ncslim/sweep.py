@@ -38,6 +38,7 @@ from typing import Any
 
 from .config import AUTO, Config, load_config, read_preset
 from .data import ImageData
+from .device import resolve_device
 from .io import run_lock
 from .passes import pass_config, run_passes
 from .penalty_registry import stray_params
@@ -48,7 +49,6 @@ from .pipeline import (
     sparsity_stage,
     write_config,
 )
-from .train import resolve_device
 
 log = logging.getLogger("ncslim")
 SWEEP_KEYS = {"preset", "out", "seeds", "ratios", "base", "grid"}

@@ -16,7 +16,6 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,6 +28,7 @@ from . import distributed
 from .checkpoint import check_optimizer_state, damaged, load_checkpoint, read_metrics
 from .config import Config
 from .data import ImageData, batches
+from .device import amp_dtype, autocast
 from .io import CHECKPOINT_FORMAT, FORMAT_VERSION, atomic_save, model_payload, nonfinite_entry
 from .progress import EpochProgress, RunProgress
 from .regularizer import find_scales
@@ -83,27 +83,6 @@ class StageResult:
     history: list[dict[str, Any]]
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise ValueError(f"--device {name!r} is not a device "
-                         f"(use cpu, cuda, cuda:N or auto)") from err
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device {name}: ncslim runs on cpu or cuda (cuda:N); use one of "
-                         f"those")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA GPU is available here; use --device cpu")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA "
-                         f"GPU(s), numbered from 0")
-    if device.type == "cuda" and device.index is None and distributed.launched():
-        device = torch.device("cuda", distributed.local_rank())  # one GPU per process
-    return device
-
-
 def lr_at(cfg: Config, epoch: int, epochs: int) -> float:
     """The learning rate of an epoch: /10 at 50 % and 75 % of the epochs, cosine, or constant."""
     if cfg.schedule == "constant":
@@ -143,16 +122,6 @@ def epoch_generator(device: torch.device, seed: int, epoch: int) -> torch.Genera
     return torch.Generator(device=device).manual_seed(seed * 1_000_003 + epoch)
 
 
-def amp_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
-    """What ``--amp`` computes in on ``device`` (None: no autocast). float16 trains with a
-    gradient scaler, bfloat16 (float32's range) needs none."""
-    if not cfg.amp:
-        return None
-    if cfg.amp_dtype == "auto":
-        return torch.float16 if device.type == "cuda" else torch.bfloat16
-    return getattr(torch, cfg.amp_dtype)
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, data: ImageData, channels_last: bool = False,
              amp: torch.dtype | None = None) -> tuple[float, float]:
@@ -163,7 +132,7 @@ def evaluate(model: nn.Module, data: ImageData, channels_last: bool = False,
     loss = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     share = distributed.shard(data.test_labels.numel())  # under torchrun: this process's part
-    with _autocast(device, amp):
+    with autocast(device, amp):
         for x, y in batches(data.test_images[share], data.test_labels[share], EVAL_BATCH,
                             info=data.info, train=False, channels_last=channels_last):
             out = model(x).float()
@@ -173,10 +142,6 @@ def evaluate(model: nn.Module, data: ImageData, channels_last: bool = False,
     loss, correct = distributed.all_sum(loss, correct)
     n = data.test_labels.numel()
     return correct.item() / n, loss.item() / n  # sync point, once per evaluation
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
-    return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
 def gamma_stats(model: nn.Module) -> dict[str, Any]:
@@ -249,7 +214,7 @@ class Trainer:
                 self.data.train_images, self.data.train_labels, cfg.batch_size,
                 info=self.data.info, train=True, generator=generator, drop_last=True,
                 channels_last=cfg.channels_last, part=self.part)):
-            with _autocast(self.device, self.amp):
+            with autocast(self.device, self.amp):
                 out = model(x)
                 loss = criterion(x, out, y)
             opt.zero_grad(set_to_none=True)
