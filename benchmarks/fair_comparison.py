@@ -19,7 +19,9 @@ compression) and prints markdown, accuracy in %, mean ± std over the seeds pres
    removes more; ``TOLERANCE`` points beyond its last point and no further), the best of them,
    and the accuracy difference. A setting that does not reach the peer's compression is not
    compared there;
-3. the paper's three claims, re-tested at matched compression;
+3. where each keeps its channels: at each of Torch-Pruning's points, its channels kept per
+   layer beside those of the ncslim setting nearest it in FLOPs removed;
+4. the paper's three claims, re-tested at matched compression;
 
 and with ``--figures`` draws accuracy against parameters and FLOPs removed, one line per
 method (``frontier-params.png``, ``frontier-flops.png``).
@@ -78,7 +80,8 @@ def load(folders: list[str]) -> list[dict[str, Any]]:
                          "seed": result["config"]["seed"], "sparse": 100 * acc["sparse"],
                          "pruned": 100 * acc["pruned"], "final": 100 * acc["finetuned"],
                          "params_removed": 100 * result["params"]["removed"],
-                         "flops_removed": 100 * result["flops"]["removed"]})
+                         "flops_removed": 100 * result["flops"]["removed"],
+                         "kept": [c["kept"] for c in result.get("channels", [])]})
     return rows
 
 
@@ -93,6 +96,9 @@ def grouped(rows: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]
             values = [m[field] for m in members]
             stats[field] = statistics.mean(values)
             stats[f"{field}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        widths = [m["kept"] for m in members]
+        if widths[0] and all(len(w) == len(widths[0]) for w in widths):
+            stats["kept"] = [statistics.mean(layer) for layer in zip(*widths)]
         out[key] = stats
     return out
 
@@ -176,6 +182,24 @@ def frontier(groups: dict[tuple[str, str], dict[str, Any]], peer: str,
     return lines
 
 
+def layer_widths(groups: dict[tuple[str, str], dict[str, Any]], peer: str) -> list[str]:
+    """At each of ``peer``'s points, its channels kept per layer (mean over seeds) beside those of
+    the ncslim setting x target nearest it in FLOPs removed: where each spends its FLOPs."""
+    lines = [_line(["point", "FLOPs removed", "parameters removed", "fine-tuned",
+                    "channels kept per layer (first to last)"]), _line(["---"] * 5)]
+    candidates = {key: g for key, g in groups.items() if ours(key[0]) and "kept" in g}
+    for (method, target), g in sorted(groups.items()):
+        if method != peer or "kept" not in g or not candidates:
+            continue
+        near = min(candidates, key=lambda k: abs(candidates[k]["flops_removed"]
+                                                 - g["flops_removed"]))
+        for name, h in ((f"{peer} {target}", g), (" ".join(near), candidates[near])):
+            lines.append(_line([name, f"{h['flops_removed']:.1f}",
+                                f"{h['params_removed']:.1f}", _pm(h, "final"),
+                                " ".join(f"{k:.0f}" for k in h["kept"])]))
+    return lines
+
+
 def claims(groups: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
     """Each claim's numbers per target, penalty by penalty (both modes)."""
     targets = sorted({t for (m, t) in groups if ours(m)})
@@ -249,6 +273,10 @@ def main() -> None:
         for note in sorted(Path(folder).rglob("unreachable.txt")):
             print(f"\n{note.parent.parent.name}, {note.parent.name}: "
                   f"{note.read_text().strip()}")
+    if tp:
+        print(f"\n### Where the channels are kept: {tp} beside the ncslim setting nearest in "
+              "FLOPs\n")
+        print("\n".join(layer_widths(groups, tp)))
     print("\n### The paper's claims at matched compression\n")
     print("\n".join(claims(groups)))
     if args.figures:

@@ -1,6 +1,7 @@
 """benchmarks/fair_comparison.py: how a peer's point is matched along ncslim's frontier."""
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -55,3 +56,31 @@ def test_torch_pruning_is_shown_at_its_best_reg_per_target():
     assert sorted(envelope) == [(fair.TP_BEST, "ratio 0.5 (reg 0.001)"),
                                 (fair.TP_BEST, "ratio 0.85 (reg 0.0001)")]
     assert envelope[fair.TP_BEST, "ratio 0.5 (reg 0.001)"]["final"] == 89.4
+
+
+def test_layer_widths_set_each_peer_point_beside_the_nearest_setting_in_flops():
+    groups = {("l1 proximal", "flops 0.28"): {**group(88.8, 86.0, 72.0), "kept": [7, 6, 64]},
+              ("lp proximal", "ratio 0.5"): {**group(89.5, 79.0, 66.0), "kept": [6, 6, 60]},
+              ("l1 proximal", "ratio 0.9"): group(80.0, 99.0, 96.0),  # no widths: skipped
+              (fair.TP_BEST, "ratio 0.5 (reg 0.001)"): {**group(88.9, 75.0, 72.5),
+                                                         "kept": [4, 5, 28]}}
+    rows = fair.layer_widths(groups, fair.TP_BEST)[2:]
+    assert rows == [
+        f"| {fair.TP_BEST} ratio 0.5 (reg 0.001) | 72.5 | 75.0 | 88.90 ± 0.10 | 4 5 28 |",
+        "| l1 proximal flops 0.28 | 72.0 | 86.0 | 88.80 ± 0.10 | 7 6 64 |"]
+
+
+def test_widths_are_averaged_over_seeds(tmp_path):
+    for seed, kept in ((0, [4, 10]), (1, [6, 11])):
+        run = tmp_path / f"s{seed}"
+        run.mkdir()
+        (run / "results.json").write_text(json.dumps({
+            "config": {"penalty": "l1", "mode": "proximal", "lam": "auto", "seed": seed,
+                       "target_flops": 0.3},
+            "accuracy": {"sparse": 0.9, "pruned": 0.9, "finetuned": 0.9},
+            "params": {"removed": 0.8}, "flops": {"removed": 0.7},
+            "prune": {"ratio": 0.6},
+            "channels": [{"layer": "a", "kept": kept[0], "total": 8},
+                         {"layer": "b", "kept": kept[1], "total": 16}]}))
+    groups = fair.grouped(fair.load([str(tmp_path)]))
+    assert groups["l1 proximal", "flops 0.3"]["kept"] == [5, 10.5]
