@@ -16,6 +16,7 @@ from conftest import spread_bn
 
 import ncslim
 from ncslim.cli import main
+from ncslim.config import load_config
 
 SRC = Path(ncslim.__file__).parent
 RULE_MODULES = ("selection", "generic", "pruning")
@@ -207,3 +208,42 @@ def test_an_unreachable_target_names_its_flag(model_file, capsys):
                  "--min-channels", "8", "--device", "cpu", "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert "parameters cannot fall to 1.0% of the original (--target-params)" in err
+
+
+def _sparse_vgg(zero_share: float) -> torch.nn.Module:
+    """A tiny VGG whose ``zero_share`` smallest BN scales are exactly 0, the rest above 0.1."""
+    torch.manual_seed(0)
+    model = spread_bn(ncslim.build_model("vgg", num_classes=10, in_channels=1, depth=11,
+                                         width=0.0625))
+    gammas = [m.weight for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    flat = torch.cat([g.detach().abs() for g in gammas])
+    cut = flat.kthvalue(round(zero_share * flat.numel())).values
+    with torch.no_grad():
+        for g in gammas:
+            g.copy_(torch.where(g.abs() <= cut, torch.zeros_like(g), g.abs() + 0.1))
+    return model
+
+
+@pytest.mark.parametrize(("lam", "ratio", "accuracies", "warned"), [
+    ("auto", 0.6, (0.84, 0.10), True),    # cut live channels and lost accuracy
+    ("auto", 0.4, (0.84, 0.10), False),   # pruned only what was at zero
+    ("auto", 0.6, (0.84, 0.835), False),  # cut live channels that did not matter
+    (1e-4, 0.6, (0.84, 0.10), False),     # a fixed lambda promised no share
+])
+def test_a_controller_short_of_its_target_is_named_at_pruning(lam, ratio, accuracies, warned):
+    from ncslim.prunerule import SHORTFALL, prune, shortfall_warnings
+
+    model = _sparse_vgg(0.5)
+    cfg = load_config("demo", {"lam": lam, "ratio": ratio})
+    _, report = prune(model, cfg)
+    warnings = shortfall_warnings(model, cfg, report, *accuracies)
+    assert len(warnings) == warned
+    if warned:
+        total = sum(layer.total for layer in report.layers)
+        live = total - round(0.5 * total)
+        cut = live - sum(layer.kept for layer in report.layers)
+        assert warnings[0].startswith(SHORTFALL)
+        assert "ended with 50.0% of the channels near zero" in warnings[0]
+        assert f"short of the {report.removed_fraction:.1%} pruning removed" in warnings[0]
+        assert f"cut at least {cut} live channels" in warnings[0] and cut > 0
+        assert "from 84.00% to 10.00%" in warnings[0] and "MCP and SCAD" in warnings[0]

@@ -37,6 +37,7 @@ from .io import atomic_write_text, load_model, save_model
 from .metrics import latency_warnings
 from .models import SlimmableNet
 from .progress import RunProgress
+from .prunerule import SHORTFALL
 from .pruning import prune_model
 from .summary import SUMMARY_FILE, format_results
 from .train import steps_per_epoch
@@ -190,7 +191,9 @@ def combine(cfg: Config, outcomes: list[dict[str, Any]], full: SlimmableNet,
         "passes": [_pass_entry(index, outcome) for index, outcome in
                    enumerate(outcomes, 1)],
     }
-    results["warnings"] = latency_warnings(results["latency"])
+    results["warnings"] = latency_warnings(results["latency"]) + [
+        f"pass {index}: {warning}" for index, outcome in enumerate(outcomes, 1)
+        for warning in outcome.get("warnings", []) if warning.startswith(SHORTFALL)]
     return results
 
 

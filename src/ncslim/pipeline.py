@@ -37,7 +37,7 @@ from .metrics import (
 )
 from .models import SlimmableNet, build_model
 from .progress import RunProgress
-from .prunerule import prune
+from .prunerule import prune, shortfall_warnings
 from .pruning import PruneReport, prune_model
 from .regularizer import find_scales
 from .sparsity import SparsityMethod
@@ -365,7 +365,8 @@ def prune_and_finetune(model: SlimmableNet, sparse_acc: float, data: ImageData, 
         "seconds": time.perf_counter() - started,
     }
     results.update(extra or {})
-    results["warnings"] = latency_warnings(results["latency"])
+    results["warnings"] = (latency_warnings(results["latency"])
+                           + shortfall_warnings(model, cfg, report, sparse_acc, pruned_acc))
     atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
     return results, final
 

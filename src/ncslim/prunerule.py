@@ -22,6 +22,9 @@ from .vcp import vcp_scores
 
 log = logging.getLogger("ncslim")
 
+NEAR_ZERO = 1e-2  # |gamma| at or below it counts as near zero, as in the reports (gamma_below_1e-2)
+SHORTFALL = "--lam auto:"  # how a warning that the controller fell short of its target starts
+
 
 def prune(model: nn.Module, cfg: Config) -> tuple[SlimmableNet, PruneReport]:
     """Prune by the config's rule, the one rule of run, prune, its dry run and sweeps.
@@ -76,3 +79,23 @@ def prune_dry_run(model: SlimmableNet, cfg: Config, ratios: list[float] | None =
         return [(f"{key.replace('_', '-')} {value:g}", pruned)]
     no_rule = {"threshold": None, "target_flops": None, "target_params": None}
     return [(f"ratio {r:g}", prune(model, replace(cfg, ratio=r, **no_rule))) for r in ratios]
+
+
+def shortfall_warnings(model: nn.Module, cfg: Config, report: PruneReport, sparse_acc: float,
+                       pruned_acc: float) -> list[str]:
+    """With ``--lam auto``: a warning when sparsity training ended short of what pruning then
+    removed, so that pruning cut channels still alive and cost accuracy (1 point or more).
+    Fine-tuning wins some of it back; more epochs did not help (docs/lambda-controller.md)."""
+    if cfg.lam != "auto" or sparse_acc - pruned_acc < 0.01:
+        return []
+    gammas = torch.cat([g.detach().abs().flatten() for g in find_scales(model).values()])
+    kept = sum(layer.kept for layer in report.layers)
+    live = int((gammas > NEAR_ZERO).sum())
+    if live <= kept:
+        return []
+    return [f"{SHORTFALL} sparsity training ended with {1 - live / gammas.numel():.1%} of the "
+            f"channels near zero (|gamma| <= {NEAR_ZERO:g}), short of the "
+            f"{report.removed_fraction:.1%} pruning removed: it cut at least {live - kept} "
+            f"live channels, and the test accuracy fell from {sparse_acc:.2%} to "
+            f"{pruned_acc:.2%} before fine-tuning (MCP and SCAD by --mode proximal reached such "
+            f"targets exactly where l1, lp and TL1 fell short: docs/lambda-controller.md)"]
