@@ -32,4 +32,5 @@ if __name__ == "__main__":
     parser.add_argument("ncslim_args", nargs=argparse.REMAINDER)
     args = parser.parse_args()
     scale_proximal_steps(args.scale)
-    sys.exit(main([a for a in args.ncslim_args if a != "--"]))
+    ncslim_args = args.ncslim_args
+    sys.exit(main(ncslim_args[1:] if ncslim_args[:1] == ["--"] else ncslim_args))

@@ -188,8 +188,10 @@ def layer_widths(groups: dict[tuple[str, str], dict[str, Any]], peer: str) -> li
     lines = [_line(["point", "FLOPs removed", "parameters removed", "fine-tuned",
                     "channels kept per layer (first to last)"]), _line(["---"] * 5)]
     candidates = {key: g for key, g in groups.items() if ours(key[0]) and "kept" in g}
+    if not candidates:
+        return lines
     for (method, target), g in sorted(groups.items()):
-        if method != peer or "kept" not in g or not candidates:
+        if method != peer or "kept" not in g:
             continue
         near = min(candidates, key=lambda k: abs(candidates[k]["flops_removed"]
                                                  - g["flops_removed"]))

@@ -366,7 +366,7 @@ def prune_and_finetune(model: SlimmableNet, sparse_acc: float, data: ImageData, 
     }
     results.update(extra or {})
     results["warnings"] = (latency_warnings(results["latency"])
-                           + shortfall_warnings(model, cfg, report, sparse_acc, pruned_acc))
+                           + shortfall_warnings(gammas, cfg, report, sparse_acc, pruned_acc))
     atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
     return results, final
 

@@ -22,7 +22,7 @@ from .vcp import vcp_scores
 
 log = logging.getLogger("ncslim")
 
-NEAR_ZERO = 1e-2  # |gamma| at or below it counts as near zero, as in the reports (gamma_below_1e-2)
+NEAR_ZERO = 1e-2  # |gamma| at or below it is near zero: the controller's band for gamma0 = 0.5
 SHORTFALL = "--lam auto:"  # how a warning that the controller fell short of its target starts
 
 
@@ -81,14 +81,14 @@ def prune_dry_run(model: SlimmableNet, cfg: Config, ratios: list[float] | None =
     return [(f"ratio {r:g}", prune(model, replace(cfg, ratio=r, **no_rule))) for r in ratios]
 
 
-def shortfall_warnings(model: nn.Module, cfg: Config, report: PruneReport, sparse_acc: float,
-                       pruned_acc: float) -> list[str]:
+def shortfall_warnings(gammas: torch.Tensor, cfg: Config, report: PruneReport,
+                       sparse_acc: float, pruned_acc: float) -> list[str]:
     """With ``--lam auto``: a warning when sparsity training ended short of what pruning then
     removed, so that pruning cut channels still alive and cost accuracy (1 point or more).
-    Fine-tuning wins some of it back; more epochs did not help (docs/lambda-controller.md)."""
+    ``gammas``: the trained model's |gamma|, all layers in one vector. Fine-tuning wins some of
+    it back; more epochs did not help (docs/lambda-controller.md)."""
     if cfg.lam != "auto" or sparse_acc - pruned_acc < 0.01:
         return []
-    gammas = torch.cat([g.detach().abs().flatten() for g in find_scales(model).values()])
     kept = sum(layer.kept for layer in report.layers)
     live = int((gammas > NEAR_ZERO).sum())
     if live <= kept:
