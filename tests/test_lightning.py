@@ -222,7 +222,7 @@ def test_resumed_fit_continues_exactly(tmp_path):
     whole, whole_slim = run(checkpoints=every_epoch)
     halfway = torch.load(tmp_path / "epoch=0.ckpt", weights_only=True)
     state = halfway["callbacks"]["SlimmingCallback"]["method"]
-    assert state["steps"] == 32 and state["lam"] != whole_slim.method.lam
+    assert state["steps"] == 32 and state["frozen"] and state["mass"] == 32  # the finish began
     resumed, resumed_slim = run(ckpt_path=tmp_path / "epoch=0.ckpt")
     assert resumed_slim.method.steps == whole_slim.method.steps == 64
     assert resumed_slim.method.lam == whole_slim.method.lam

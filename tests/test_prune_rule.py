@@ -227,7 +227,7 @@ def _sparse_vgg(zero_share: float) -> torch.nn.Module:
 @pytest.mark.parametrize(("lam", "ratio", "accuracies", "warned"), [
     ("auto", 0.6, (0.84, 0.10), True),    # cut live channels and lost accuracy
     ("auto", 0.4, (0.84, 0.10), False),   # pruned only what was at zero
-    ("auto", 0.6, (0.84, 0.835), False),  # cut live channels that did not matter
+    ("auto", 0.6, (0.84, 0.838), False),  # cut live channels that did not matter
     (1e-4, 0.6, (0.84, 0.10), False),     # a fixed lambda promised no share
 ])
 def test_a_controller_short_of_its_target_is_named_at_pruning(lam, ratio, accuracies, warned):
@@ -245,7 +245,8 @@ def test_a_controller_short_of_its_target_is_named_at_pruning(lam, ratio, accura
         live = total - round(0.5 * total)
         cut = live - sum(layer.kept for layer in report.layers)
         assert warnings[0].startswith(SHORTFALL)
-        assert "ended with 50.0% of the channels near zero" in warnings[0]
+        assert "shortfall: sparsity training ended with 50.0% of the channels near zero" in \
+            warnings[0]
         assert f"short of the {report.removed_fraction:.1%} pruning removed" in warnings[0]
-        assert f"cut at least {cut} live channels" in warnings[0] and cut > 0
-        assert "from 84.00% to 10.00%" in warnings[0] and "MCP and SCAD" in warnings[0]
+        assert f"cut {cut} live channels" in warnings[0] and cut > 0
+        assert "from 84.00% to 10.00%" in warnings[0]

@@ -16,10 +16,11 @@ from torch import nn
 import ncslim
 from ncslim import train
 from ncslim.config import load_config
-from ncslim.controller import START_LAM, LambdaController
+from ncslim.controller import LAM_RANGE, START_LAM, LambdaController
 from ncslim.data import DATASETS, ImageData
 from ncslim.methods import make_method
 from ncslim.penalties import PENALTIES
+from ncslim.prunerule import report_removed
 from ncslim.regularizer import MODES, SparsityRegularizer
 from ncslim.sparsity import SparsityMethod
 from ncslim.train import Trainer
@@ -103,12 +104,19 @@ def test_lam_auto_works_for_every_penalty_and_mode(tmp_path, penalty, mode):
                              "out": str(tmp_path)})
     model = ncslim.build_model("vgg", depth=11, width=0.0625)
     method = make_method(cfg, model, n_train=64, steps=8)
-    assert isinstance(method, LambdaController) and method.lam == START_LAM
-    method.every, method.ramp = 2, 0.01  # a short schedule: four updates in eight steps
+    assert isinstance(method, LambdaController)
+    # lambda starts where the schedule's ramp (lr 0.1) just brings a median gamma to zero
+    median = float(method.reg.scales().abs().median())
+    assert method.lam == pytest.approx(min(method.start_lam(median, cfg.momentum), LAM_RANGE[1]))
+    method.every = 2  # a short schedule: updates every other step, frozen at step 3, zero at 4
     result = Trainer(model, tiny_data(), cfg, tmp_path / "stage", 1, method).fit()
     record = result.history[-1]
-    assert record["lam"] > START_LAM  # nothing near zero yet: lambda rose
-    assert record["target_share"] == 0.5
+    assert method.frozen and record["target_share"] == 0.5
+    mask = method.reg.mask
+    assert int(mask.sum()) == 0.5 * mask.numel()
+    assert (method.reg.scales()[mask] == 0).all()  # the channels the cut removes: exactly zero
+    assert (method._flat_betas()[mask] == 0).all()  # and so are their shifts
+    assert record["share_near_zero"] >= 0.5
     assert math.isclose(record["target_distance"], 0.5 - record["share_near_zero"])
 
 
@@ -121,18 +129,21 @@ def test_lam_auto_aims_at_a_flops_target_on_every_family(tmp_path, arch, kwargs)
                              "device": "cpu", "out": str(tmp_path)})
     model = ncslim.build_model(arch, **kwargs)
     method = make_method(cfg, model, n_train=64, steps=8)
-    method.every, method.ramp = 2, 0.01
+    method.every = 2
     result = Trainer(model, tiny_data(), cfg, tmp_path / "stage", 1, method).fit()
-    assert 0 < result.history[-1]["target_share"] < 1
-    method.begin_epoch(cfg.seed, 1)  # each epoch: the share the budget removes from the model now
-    pruned = ncslim.pruning.prune_to_budget(model, 0.6, measure="flops")[1]
-    assert method.target_share == pruned.removed_fraction
-    assert pruned.flops_after <= 0.6 * pruned.flops_before
+    assert 0 < result.history[-1]["target_share"] < 1 and method.frozen
     assert int(method.reg.mask.sum()) == round(method.target_share * method.reg.mask.numel())
+    # the frozen set was the budget search's own: the cut now removes exact zeros only
+    pruned = ncslim.pruning.prune_to_budget(model, 0.6, measure="flops")[1]
+    assert pruned.flops_after <= 0.6 * pruned.flops_before
+    gammas = method.reg.scales()
+    removed = report_removed(pruned, gammas.numel())
+    assert removed.any() and (gammas[removed] == 0).all()
 
 
 def _proximal_l1(target: float, gammas: torch.Tensor, steps: int,
-                 lams: list[float] | None = None) -> LambdaController:
+                 lams: list[float] | None = None, total: int | None = None,
+                 **options) -> LambdaController:
     """A controller over gammas that only the prox moves (no data), `steps` steps at lr 0.1."""
     layer = nn.BatchNorm2d(gammas.numel())
     with torch.no_grad():
@@ -140,7 +151,7 @@ def _proximal_l1(target: float, gammas: torch.Tensor, steps: int,
         layer.bias.fill_(0.3)
     reg = SparsityRegularizer(nn.Sequential(layer), ncslim.make_penalty("l1", lam=START_LAM),
                               mode="proximal")
-    controller = LambdaController(reg, target=target, total_steps=steps)
+    controller = LambdaController(reg, target=target, total_steps=total or steps, **options)
     for _ in range(steps):
         controller.after_step(0.1)
         if lams is not None:
@@ -151,9 +162,18 @@ def _proximal_l1(target: float, gammas: torch.Tensor, steps: int,
 def test_the_controller_brings_the_target_share_near_zero_and_no_more():
     gammas = torch.linspace(0.05, 1.0, 200)
     lams: list[float] = []
-    controller = _proximal_l1(0.3, gammas, steps=600, lams=lams)
-    assert controller.share_near_zero() == pytest.approx(0.3)
+    # the penalty alone (no finishing phase), lambda started from the schedule
+    alone = _proximal_l1(0.3, gammas, steps=600, lams=lams, finish=None,
+                         schedule=lambda step: 0.1)
+    assert alone.share_near_zero() == pytest.approx(0.3)
+    assert torch.equal(alone.reg.scales()[60:], gammas[60:])
     assert max(lams) > 10 * START_LAM  # it had to raise lambda to get there
+    lams.clear()
+    # no schedule: lambda starts at START_LAM, too low for 600 steps; the finish brings the
+    # frozen set to exactly zero
+    controller = _proximal_l1(0.3, gammas, steps=600)
+    assert controller.frozen and controller.share_near_zero() == pytest.approx(0.3)
+    assert (controller.reg.scales()[:60] == 0).all()
     after = controller.reg.scales()
     assert (after[:60] <= controller.zero).all()  # the 30 % that pruning removes: near zero
     assert torch.equal(after[60:], gammas[60:])  # the rest: never touched by the penalty
@@ -163,12 +183,13 @@ def test_the_controller_brings_the_target_share_near_zero_and_no_more():
 
 
 def _subgradient_run(penalty: str, floor: bool, steps: int = 600) -> LambdaController:
-    """Subgradient steps of the penalty alone (no data) under the controller, SGD with momentum."""
+    """Subgradient steps of the penalty alone (no data) under the controller's select phase
+    (no finish: what the penalty's steps achieve), SGD with momentum."""
     layer = nn.BatchNorm2d(200)
     with torch.no_grad():
         layer.weight.copy_(torch.linspace(0.05, 1.0, 200))
     reg = SparsityRegularizer(nn.Sequential(layer), ncslim.make_penalty(penalty, lam=START_LAM))
-    controller = LambdaController(reg, target=0.3, total_steps=steps)
+    controller = LambdaController(reg, target=0.3, total_steps=steps, finish=None)
     if not floor:
         reg.grad_floor = 0.0
     opt = torch.optim.SGD(controller.param_groups(0.0), lr=0.1, momentum=0.9)
@@ -189,7 +210,8 @@ def test_lp_subgradient_settles_at_the_target_only_with_the_bounded_step():
     swinging = _subgradient_run("lp", floor=False)  # the exact, unbounded derivative
     assert swinging.share_near_zero() < 0.1
     assert swinging.reg.scales().abs().max() > 1.0  # thrown across zero, ever wider
-    assert _subgradient_run("l1", floor=True, steps=1).reg.grad_floor == 0.0  # bounded: exact
+    # every penalty's subgradient is bounded near zero under the controller
+    assert _subgradient_run("l1", floor=True, steps=1).reg.grad_floor > 0.0
 
 
 def test_the_aim_never_takes_a_layers_last_channels_as_pruning_keeps_them():
@@ -208,15 +230,26 @@ def test_the_aim_never_takes_a_layers_last_channels_as_pruning_keeps_them():
 
 def test_a_controllers_state_restores_it_exactly():
     gammas = torch.linspace(0.05, 1.0, 50)
-    first = _proximal_l1(0.5, gammas, steps=35)  # a measurement is pending at step 30
+    first = _proximal_l1(0.5, gammas, steps=35, total=200)  # a measurement pending at step 30
     state = first.state_dict()
     assert state["pending"] is not None and state["steps"] == 35
-    second = _proximal_l1(0.5, gammas, steps=0)
+    second = _proximal_l1(0.5, gammas, steps=0, total=200)
     second.load_state_dict(state)
-    assert (second.lam, second.steps, float(second.pending)) == (
-        first.lam, first.steps, float(first.pending))
+    assert (second.lam, second.steps, float(second.pending), second.mass) == (
+        first.lam, first.steps, float(first.pending), first.mass)
     with pytest.raises(ValueError, match="not trained with --lam auto"):
         second.load_state_dict({})
+    # in the finishing phase: the frozen set and how far it has shrunk
+    finishing = _proximal_l1(0.5, gammas, steps=80, total=200)
+    assert finishing.frozen and 0 < finishing.left < 1
+    resumed = _proximal_l1(0.5, gammas, steps=0, total=200)
+    resumed.load_state_dict(finishing.state_dict())
+    for _ in range(120):
+        finishing.after_step(0.1)
+        resumed.after_step(0.1)
+    assert resumed.frozen and resumed.left == finishing.left == 0.0
+    assert torch.equal(resumed.reg.mask, finishing.reg.mask)
+    assert (finishing.reg.scales()[finishing.reg.mask] == 0).all()
 
 
 def test_the_controller_in_your_own_loop_on_another_cnn():

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .config_checks import AUTO, check_config, check_value_types
-from .penalty_registry import param_default, param_help, param_unset, resolve_params
+from .penalty_registry import param_default, param_help, param_names, param_unset, resolve_params
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -83,6 +83,10 @@ class Config:
     model: str | None = _opt(None, "your own CNN instead of --arch: package.module:function, "
                                    "called with num_classes= and in_channels=, pruned through "
                                    "Torch-Pruning's graph", RUN_TRAIN, unset="the --arch family")
+    init: str | None = _opt(None, "start sparsity training from the weights of this model file "
+                                  "(a full ncslim model; for --model, also a plain state_dict): "
+                                  "slim a model you already trained", RUN_TRAIN,
+                            unset="fresh weights")
     # data
     dataset: str = _opt("cifar10", "dataset", COMMANDS, _dataset_choices)
     data_dir: str | None = _opt(None, "dataset folder (--dataset folder: the image folder, "
@@ -303,7 +307,13 @@ def load_config(preset: str | None = None, overrides: dict[str, Any] | None = No
             check_value_types(values, {f.name: f.type for f in fields(Config)})
         except ValueError as err:
             raise ValueError(f"config {preset}: {err}") from None
-    values.update(overrides or {})
+    overrides = overrides or {}
+    if overrides.get("penalty", values.get("penalty")) != values.get("penalty", Config.penalty):
+        # a preset's penalty parameters belong to the penalty it names (the demo's TL1 a = 1 is
+        # no SCAD a): another penalty takes its own defaults, or the flags given
+        for name in param_names():
+            values.pop(name, None)
+    values.update(overrides)
     unknown = set(values) - known
     if unknown:
         raise ValueError(f"unknown configuration keys: {', '.join(sorted(unknown))}")

@@ -14,8 +14,9 @@ from torch import nn
 from .config import AUTO, Config
 from .controller import LambdaController
 from .penalties import make_penalty
-from .regularizer import SparsityRegularizer
+from .regularizer import SparsityRegularizer, find_scales
 from .sparsity import SparsityMethod
+from .train import lr_at
 from .vcp import VariationalScales
 
 
@@ -23,7 +24,8 @@ def make_method(cfg: Config, model: nn.Module, n_train: int, steps: int,
                 sparsity: bool = True) -> SparsityMethod:
     """``sparsity=False`` (fine-tuning) or ``--penalty none``: no sparsity; ``vcp``: the
     Bayesian baseline; else the penalty, with ``--lam auto`` under the lambda controller.
-    ``steps`` is the number of training steps of the stage (the controller's schedule)."""
+    ``steps`` is the number of training steps of the stage: with ``cfg.epochs`` they give the
+    controller the learning rate of every step (``cfg.schedule``)."""
     if not sparsity or cfg.penalty == "none":
         return SparsityMethod(model)
     if cfg.penalty == "vcp":
@@ -37,9 +39,13 @@ def make_method(cfg: Config, model: nn.Module, n_train: int, steps: int,
     flat = None if weights is None else torch.cat(
         [torch.full_like(gamma, weights[name], dtype=torch.float32)
          for name, gamma in zip(regularizer.names, regularizer.gammas)])
+    per_epoch = max(steps // max(cfg.epochs, 1), 1)
+    lrs = [lr_at(cfg, epoch, cfg.epochs) for epoch in range(max(cfg.epochs, 1))]
     return LambdaController(regularizer, target_of(cfg, weights), total_steps=steps,
                             weights=flat, min_channels=cfg.min_channels,
-                            max_layer_ratio=cfg.max_layer_ratio)
+                            max_layer_ratio=cfg.max_layer_ratio,
+                            schedule=lambda step: lrs[min(step // per_epoch, len(lrs) - 1)],
+                            momentum=cfg.momentum, removal=removal_of(cfg, weights))
 
 
 def cost_weights(cfg: Config, model: nn.Module) -> dict[str, float] | None:
@@ -75,3 +81,43 @@ def target_of(cfg: Config, weights: dict[str, float] | None = None,
                                **options)[1].removed_fraction
 
     return share
+
+
+def removal_of(cfg: Config, weights: dict[str, float] | None = None,
+               ) -> Callable[[Any], torch.Tensor | None] | None:
+    """For a FLOPs or parameter budget: a function of the model giving the channels pruning to
+    the budget removes now, as one mask in the order of its BatchNorms (the set the controller
+    drives to zero); None for a ratio (the controller's own aim is then the cut's)."""
+    budget = cfg.budget()
+    if budget is None:
+        return None
+    measure, fraction = budget
+    options = {"min_channels": cfg.min_channels, "round_to": cfg.round_to,
+               "max_layer_ratio": cfg.max_layer_ratio}
+
+    def removed(model: nn.Module) -> torch.Tensor | None:
+        from .costs import cost_weighted_scores
+        from .pruning import prune_to_budget
+
+        scores = None if weights is None else cost_weighted_scores(model, weights)
+        report = prune_to_budget(model, fraction, measure=measure, scores=scores,
+                                 **options)[1]
+        return removed_mask(model, {la.name: la.indices for la in report.layers})
+
+    return removed
+
+
+def removed_mask(model: nn.Module, kept: dict[str, list[int]]) -> torch.Tensor | None:
+    """One bool per BN channel of ``model`` (in :func:`find_scales` order): True where a pruning
+    that keeps ``kept[bn]`` of each BN removes it; None where the pruning names no BN (coupled
+    groups, named by their convolutions: the controller then freezes its own aim)."""
+    if not set(kept) & set(find_scales(model)):
+        return None
+    parts = []
+    for name, gamma in find_scales(model).items():
+        gone = torch.zeros(gamma.numel(), dtype=torch.bool, device=gamma.device)
+        if name in kept:
+            gone[:] = True
+            gone[torch.as_tensor(kept[name], dtype=torch.long, device=gamma.device)] = False
+        parts.append(gone)
+    return torch.cat(parts)

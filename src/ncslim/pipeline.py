@@ -37,7 +37,7 @@ from .metrics import (
 )
 from .models import SlimmableNet, build_model
 from .progress import RunProgress
-from .prunerule import prune, shortfall_warnings
+from .prunerule import check_reachable, prune, shortfall_warnings
 from .pruning import PruneReport, prune_model
 from .regularizer import find_scales
 from .sparsity import SparsityMethod
@@ -51,6 +51,7 @@ from .train import (
     gamma_stats,
     steps_per_epoch,
 )
+from .warmstart import init_weights
 
 log = logging.getLogger("ncslim")
 
@@ -126,17 +127,21 @@ def new_model(cfg: Config, data: ImageData) -> SlimmableNet:
         model = build_model(cfg.arch, num_classes=info.num_classes,
                             in_channels=info.in_channels, width=cfg.width, depth=cfg.depth,
                             input_size=info.image_size)
+    if cfg.init is not None:
+        init_weights(model, cfg.init)
     model.trained_on = data_record(cfg, info)  # with an image folder's class names
     return model
 
 
 def check_model(cfg: Config, data: ImageData) -> None:
-    """Build the network once before anything is written; a traced one (``--model``) is also
-    pruned once on trial, so a network the graph cannot prune fails now, naming its layer,
-    not after its training. (An ``--arch`` spec is checked with the configuration.)"""
+    """Build the network once before anything is written and refuse a pruning target it cannot
+    reach (:func:`~ncslim.prunerule.check_reachable`); a traced one (``--model``) is also pruned
+    once on trial, so a network the graph cannot prune fails now, naming its layer, not after
+    its training. (An ``--arch`` spec is checked with the configuration.)"""
+    model = new_model(cfg, data)
     if cfg.model is not None:
-        prune_model(new_model(cfg, data), ratio=0.5, min_channels=cfg.min_channels,
-                    round_to=cfg.round_to)
+        prune_model(model, ratio=0.5, min_channels=cfg.min_channels, round_to=cfg.round_to)
+    check_reachable(model, cfg)
 
 
 def observers(cfg: Config, stage: str) -> list[EpochObserver]:

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import replace
 
 import torch
@@ -18,6 +19,7 @@ from .methods import cost_weights
 from .models import SlimmableNet
 from .pruning import MEASURES, PruneReport, prune_model, prune_to_budget
 from .regularizer import find_scales
+from .selection import layer_floor
 from .vcp import vcp_scores
 
 log = logging.getLogger("ncslim")
@@ -52,6 +54,48 @@ def prune(model: nn.Module, cfg: Config) -> tuple[SlimmableNet, PruneReport]:
     return prune_model(model, **rule, **options)
 
 
+def check_reachable(model: nn.Module, cfg: Config) -> None:
+    """Refuse, before training, a pruning target the network cannot reach with the layers'
+    floors (``min_channels``, ``max_layer_ratio``, ``round_to``): one line naming the closest
+    target it can reach. VCP and ``--threshold`` name no target."""
+    if cfg.penalty == "vcp" or cfg.threshold is not None:
+        return
+    options = {"min_channels": cfg.min_channels, "round_to": cfg.round_to,
+               "max_layer_ratio": cfg.max_layer_ratio}
+    floors = _floor_hint(cfg)
+    budget = cfg.budget()
+    if budget is None:
+        sizes = [g.numel() for g in find_scales(model).values()]
+        kept = sum(min(n, -(-layer_floor(n, cfg.min_channels, cfg.max_layer_ratio)
+                           // cfg.round_to) * cfg.round_to) for n in sizes)
+        most = 1.0 - kept / sum(sizes)
+        if cfg.ratio is not None and cfg.ratio > most + 1e-9:
+            raise ValueError(f"--ratio {cfg.ratio:g} cannot be reached: {floors}, at most "
+                             f"{most:.1%} of the {sum(sizes):,} channels can go; use --ratio "
+                             f"{math.floor(most * 1000) / 1000:g} or less")
+        return
+    measure, fraction = budget
+    report = prune_model(model, ratio=1.0 - 1e-9, **options)[1]
+    after, before = ((report.flops_after, report.flops_before) if measure == "flops"
+                     else (report.params_after, report.params_before))
+    if after > fraction * before:
+        what, flag = MEASURES[measure]
+        least = math.ceil(after / before * 1000) / 1000
+        raise ValueError(f"{flag} {fraction:g} cannot be reached: {floors}, the network keeps "
+                         f"at least {after / before:.1%} of its {what}; use {flag} {least:g} or "
+                         f"more")
+
+
+def _floor_hint(cfg: Config) -> str:
+    """What holds channels in every layer, as flags: "each layer keeps --min-channels 1"."""
+    held = [f"--min-channels {cfg.min_channels}"]
+    if cfg.max_layer_ratio is not None:
+        held.append(f"--max-layer-ratio {cfg.max_layer_ratio:g}")
+    if cfg.round_to > 1:
+        held.append(f"--round-to {cfg.round_to}")
+    return "with each layer held by " + " and ".join(held)
+
+
 def vcp_rule_scores(model: nn.Module, cfg: Config) -> dict[str, torch.Tensor]:
     """Scores that ``threshold=1.0`` turns into VCP's pruning rule, from the model's sigmas."""
     sigmas = getattr(model, "vcp_sigma", None)
@@ -83,19 +127,44 @@ def prune_dry_run(model: SlimmableNet, cfg: Config, ratios: list[float] | None =
 
 def shortfall_warnings(gammas: torch.Tensor, cfg: Config, report: PruneReport,
                        sparse_acc: float, pruned_acc: float) -> list[str]:
-    """With ``--lam auto``: a warning when sparsity training ended short of what pruning then
-    removed, so that pruning cut channels still alive and cost accuracy (1 point or more).
-    ``gammas``: the trained model's |gamma|, all layers in one vector. Fine-tuning wins some of
-    it back; more epochs did not help (docs/lambda-controller.md)."""
-    if cfg.lam != "auto" or sparse_acc - pruned_acc < 0.01:
+    """With ``--lam auto``: a warning when pruning cut channels still alive (|gamma| above the
+    near-zero band) and that cost accuracy (half a point or more). ``gammas``: the trained
+    model's |gamma|, all BN layers in one vector (:func:`find_scales` order). It tells a
+    *shortfall* (fewer channels near zero than pruning removed) from a *mismatch* (enough near
+    zero, but the cut chose others: coupled channels scored otherwise than the controller's aim).
+    """
+    if cfg.lam != "auto" or sparse_acc - pruned_acc < 0.005:
         return []
-    kept = sum(layer.kept for layer in report.layers)
-    live = int((gammas > NEAR_ZERO).sum())
-    if live <= kept:
+    removed = report_removed(report, gammas.numel())
+    near = int((gammas <= NEAR_ZERO).sum())
+    gone = sum(layer.total - layer.kept for layer in report.layers)
+    if removed is not None:
+        live_cut = int((removed.to(gammas.device) & (gammas > NEAR_ZERO)).sum())
+    else:  # the report's groups are not the BN channels: count what cannot be near zero
+        live_cut = max(gone - near, 0)
+    if live_cut == 0:
         return []
-    return [f"{SHORTFALL} sparsity training ended with {1 - live / gammas.numel():.1%} of the "
-            f"channels near zero (|gamma| <= {NEAR_ZERO:g}), short of the "
-            f"{report.removed_fraction:.1%} pruning removed: it cut at least {live - kept} "
-            f"live channels, and the test accuracy fell from {sparse_acc:.2%} to "
-            f"{pruned_acc:.2%} before fine-tuning (MCP and SCAD by --mode proximal reached such "
-            f"targets exactly where l1, lp and TL1 fell short: docs/lambda-controller.md)"]
+    drop = f"the test accuracy fell from {sparse_acc:.2%} to {pruned_acc:.2%} before fine-tuning"
+    if near < gone:
+        return [f"{SHORTFALL} shortfall: sparsity training ended with "
+                f"{near / gammas.numel():.1%} of the channels near zero (|gamma| <= "
+                f"{NEAR_ZERO:g}), short of the {report.removed_fraction:.1%} pruning removed: it "
+                f"cut {live_cut} live channels, and {drop} (docs/lambda-controller.md, 'When it "
+                f"falls short')"]
+    return [f"{SHORTFALL} mismatch: sparsity training brought {near / gammas.numel():.1%} of "
+            f"the channels near zero (|gamma| <= {NEAR_ZERO:g}), enough for the "
+            f"{report.removed_fraction:.1%} pruning removed, but pruning ranked other channels "
+            f"lower: it cut {live_cut} live channels, and {drop} (docs/lambda-controller.md)"]
+
+
+def report_removed(report: PruneReport, channels: int) -> torch.Tensor | None:
+    """The channels a pruning removed, one bool per BN channel in the report's layer order, when
+    its layers are the BN layers (every ``--arch`` family); else None."""
+    if sum(layer.total for layer in report.layers) != channels:
+        return None
+    parts = []
+    for layer in report.layers:
+        gone = torch.ones(layer.total, dtype=torch.bool)
+        gone[torch.as_tensor(layer.indices, dtype=torch.long)] = False
+        parts.append(gone)
+    return torch.cat(parts)
