@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -18,6 +18,9 @@ from .regularizer import SparsityRegularizer, find_scales
 from .sparsity import SparsityMethod
 from .train import lr_at
 from .vcp import VariationalScales
+
+if TYPE_CHECKING:
+    from .pruning import PruneReport
 
 
 def make_method(cfg: Config, model: nn.Module, n_train: int, steps: int,
@@ -102,22 +105,15 @@ def removal_of(cfg: Config, weights: dict[str, float] | None = None,
         scores = None if weights is None else cost_weighted_scores(model, weights)
         report = prune_to_budget(model, fraction, measure=measure, scores=scores,
                                  **options)[1]
-        return removed_mask(model, {la.name: la.indices for la in report.layers})
+        return removed_mask(model, report)
 
     return removed
 
 
-def removed_mask(model: nn.Module, kept: dict[str, list[int]]) -> torch.Tensor | None:
-    """One bool per BN channel of ``model`` (in :func:`find_scales` order): True where a pruning
-    that keeps ``kept[bn]`` of each BN removes it; None where the pruning names no BN (coupled
-    groups, named by their convolutions: the controller then freezes its own aim)."""
-    if not set(kept) & set(find_scales(model)):
+def removed_mask(model: nn.Module, report: PruneReport) -> torch.Tensor | None:
+    """One bool per BN channel of ``model`` (in :func:`find_scales` order): True where the
+    pruning ``report`` describes removes it; None where its layers are not the model's BNs
+    (coupled groups, named by their convolutions: the controller then freezes its own aim)."""
+    if [layer.name for layer in report.layers] != list(find_scales(model)):
         return None
-    parts = []
-    for name, gamma in find_scales(model).items():
-        gone = torch.zeros(gamma.numel(), dtype=torch.bool, device=gamma.device)
-        if name in kept:
-            gone[:] = True
-            gone[torch.as_tensor(kept[name], dtype=torch.long, device=gamma.device)] = False
-        parts.append(gone)
-    return torch.cat(parts)
+    return report.removed().to(next(iter(find_scales(model).values())).device)

@@ -162,9 +162,4 @@ def report_removed(report: PruneReport, channels: int) -> torch.Tensor | None:
     its layers are the BN layers (every ``--arch`` family); else None."""
     if sum(layer.total for layer in report.layers) != channels:
         return None
-    parts = []
-    for layer in report.layers:
-        gone = torch.ones(layer.total, dtype=torch.bool)
-        gone[torch.as_tensor(layer.indices, dtype=torch.long)] = False
-        parts.append(gone)
-    return torch.cat(parts)
+    return report.removed()

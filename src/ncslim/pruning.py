@@ -57,6 +57,16 @@ class PruneReport:
     capped: list[str] = field(default_factory=list)  # layers held by the max_layer_ratio cap
     max_layer_ratio: float | None = None
 
+    def removed(self) -> torch.Tensor:
+        """One bool per channel of the pruned layers, in the report's layer order: True where
+        this pruning removed it."""
+        parts = []
+        for layer in self.layers:
+            gone = torch.ones(layer.total, dtype=torch.bool)
+            gone[torch.as_tensor(layer.indices, dtype=torch.long)] = False
+            parts.append(gone)
+        return torch.cat(parts)
+
     @property
     def params_removed(self) -> float:
         return 1.0 - self.params_after / self.params_before
