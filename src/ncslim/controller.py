@@ -137,14 +137,21 @@ class LambdaController(SparsityMethod):
         self.pending: torch.Tensor | None = None  # the last measurement, applied at the next update
         self.frozen = False  # the finish: the removed channels are fixed and shrink to zero
         self.left = 1.0  # the share of their size they keep now (finish: 1 -> 0 by the deadline)
-        # one call per step, as for the plain regularizer; the finish and the count come after
-        # the optimizer's step in both modes
-        if regularizer.mode == "proximal":
+        self._bind_hooks()
+        self._aim()
+
+    def _bind_hooks(self) -> None:
+        """One call per step, as for the plain regularizer, bound per phase (never chosen in the
+        step): while selecting, the penalty's own hook and the count; once frozen, only the
+        shrink and the count (the penalty acts on the frozen set alone, which the shrink sets)."""
+        if self.frozen:
+            self.after_backward = self.reg._nothing  # type: ignore[method-assign]
+            self.after_step = self._finish_and_count  # type: ignore[method-assign]
+        elif self.reg.mode == "proximal":
             self.after_step = self._prox_and_count  # type: ignore[method-assign]
         else:
             self.after_backward = self._gradient  # type: ignore[method-assign]
             self.after_step = self._finish_and_count  # type: ignore[method-assign]
-        self._aim()
 
     @property
     def lam(self) -> float:
@@ -274,6 +281,7 @@ class LambdaController(SparsityMethod):
         else:
             self._aim()
         self.frozen, self.pending = True, None
+        self._bind_hooks()
 
     def _shrink(self) -> None:
         """Scale the frozen channels' gammas and shifts to the share of their size the linear
@@ -329,6 +337,7 @@ class LambdaController(SparsityMethod):
         self.steps, self.target_share = int(state["steps"]), float(state["target_share"])
         self.mass, self.updated_at = float(state["mass"]), float(state["updated_at"])
         self.frozen, self.left = bool(state["frozen"]), float(state["left"])
+        self._bind_hooks()
         self.zero = float(state["zero"])
         self._set_floor()
         device = self.reg.gammas[0].device
