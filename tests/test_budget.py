@@ -162,3 +162,53 @@ def test_init_takes_a_plain_state_dict_for_your_own_network(tmp_path, monkeypatc
     torch.save({**own, "extra.weight": torch.zeros(1)}, path)
     with pytest.raises(ValueError, match="tensor (net.)?extra.weight is not in the network"):
         init_weights(model, str(path))
+
+
+RESIDUAL_NET = """
+from torch import nn
+
+class Block(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width),
+                                  nn.ReLU(), nn.Conv2d(width, width, 3, padding=1),
+                                  nn.BatchNorm2d(width))
+
+    def forward(self, x):
+        return (x + self.body(x)).relu()
+
+def residual(num_classes=10, in_channels=3):
+    return nn.Sequential(nn.Conv2d(in_channels, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         Block(8), Block(8), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(8, num_classes))
+"""
+
+
+@pytest.mark.parametrize("mode", ["proximal", "subgradient"])
+def test_on_coupled_channels_the_controller_zeroes_whole_groups_the_cut_removes(
+        tmp_path, monkeypatch, mode):
+    from ncslim.methods import make_method
+
+    (tmp_path / "budgetres.py").write_text(RESIDUAL_NET)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    torch.manual_seed(0)
+    model = ncslim.build_model("imported", 10, 3, channels={"builder": "budgetres:residual"},
+                               input_size=16)
+    cfg = load_config(None, {"lam": "auto", "penalty": "l1", "mode": mode, "ratio": 0.5,
+                             "epochs": 1, "model": "budgetres:residual"})
+    method = make_method(cfg, model, n_train=320, steps=20)
+    assert method._unit_of is not None  # the stream's three BNs share one group channel each
+    opt = torch.optim.SGD(method.param_groups(1e-4), lr=0.1, momentum=0.9)
+    x, y = torch.randn(16, 3, 16, 16), torch.randint(0, 10, (16,))
+    for _ in range(20):
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        method.after_backward()
+        opt.step()
+        method.after_step(0.1)
+    model.eval()
+    small, report = ncslim.prune_model(model, ratio=0.5, example_inputs=x[:1])
+    assert report.removed_fraction == pytest.approx(0.5, abs=0.05)
+    # every channel the cut removed was zero in all the BNs of its group: the pruned network
+    # computes what the trained one does
+    torch.testing.assert_close(small.eval()(x), model(x), rtol=1e-4, atol=1e-5)

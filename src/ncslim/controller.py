@@ -80,7 +80,9 @@ class LambdaController(SparsityMethod):
     ``weights`` (one per channel, flat in the regularizer's order) make the aim rank
     ``|gamma| / weight``: MorphNet's cost weighting (:mod:`ncslim.costs`). The channels each
     layer keeps whatever the target (``min_channels``, and the ``max_layer_ratio`` cap) are never
-    aimed at, and the target share is at most what is left outside them.
+    aimed at, and the target share is at most what is left outside them. ``units`` (from
+    :func:`ncslim.generic.channel_groups`: group sizes, and each BN channel's group channel)
+    make every share and aim count coupled group channels, the units the cut removes.
     """
 
     def __init__(self, regularizer: SparsityRegularizer, target: float | Callable[[Any], float],
@@ -90,7 +92,8 @@ class LambdaController(SparsityMethod):
                  schedule: Callable[[int], float] | None = None, momentum: float = 0.0,
                  removal: Callable[[Any], torch.Tensor | None] | None = None,
                  finish: tuple[float, float] | None = FINISH,
-                 start_lam: float | None = None) -> None:
+                 start_lam: float | None = None,
+                 units: tuple[list[int], torch.Tensor] | None = None) -> None:
         super().__init__(regularizer.model)
         if callable(target):
             self._share_of, share = target, None
@@ -108,9 +111,13 @@ class LambdaController(SparsityMethod):
         self.inverse_weights = None if weights is None else 1.0 / weights.clamp(min=1e-12)
         # pruning keeps each layer's strongest min_channels (and what the cap keeps) whatever the
         # target: never aimed
-        sizes = torch.tensor(regularizer.sizes)
-        floors = torch.tensor([layer_floor(n, min_channels, max_layer_ratio)
-                               for n in regularizer.sizes])
+        layers = regularizer.sizes if units is None else units[0]
+        sizes = torch.tensor(layers)
+        floors = torch.tensor([layer_floor(n, min_channels, max_layer_ratio) for n in layers])
+        # coupled channels: each BN channel's group channel (the last index: in none), so that
+        # the aim ranks and freezes what the cut removes, scored as it scores them
+        self._unit_of = None if units is None else torch.where(
+            units[1] < 0, int(sizes.sum()), units[1])
         self.removable = 1.0 - float(floors.sum()) / max(int(sizes.sum()), 1)
         self._layer_of = torch.repeat_interleave(torch.arange(len(sizes)), sizes)
         self._floor_of = torch.repeat_interleave(floors, sizes)  # per channel: its layer's floor
@@ -204,17 +211,34 @@ class LambdaController(SparsityMethod):
         ``target_share`` smallest |gamma| (per unit of cost with ``weights``) outside each
         layer's floor of strongest (on the device, no sync)."""
         with torch.no_grad():
-            scales = self.reg._gather().abs()
+            scales = self._scores()
             if self.inverse_weights is not None:
                 if self.inverse_weights.device != scales.device:  # once, not at every aim
                     self.inverse_weights = self.inverse_weights.to(scales.device)
                 scales = scales * self.inverse_weights
             scales = self._floor_kept(scales)
             count = round(self.target_share * scales.numel())
-            if count == 0:
-                self.reg.mask = torch.zeros_like(scales, dtype=torch.bool)
-                return
-            self.reg.mask = scales <= torch.kthvalue(scales.float(), count).values
+            aimed = (torch.zeros_like(scales, dtype=torch.bool) if count == 0
+                     else scales <= torch.kthvalue(scales.float(), count).values)
+            self.reg.mask = self._channels(aimed)
+
+    def _scores(self) -> torch.Tensor:
+        """|gamma| per unit the cut removes: per channel, or per coupled group channel the
+        largest |gamma| of its members (as :mod:`ncslim.generic` scores it)."""
+        scales = self.reg._gather().abs()
+        if self._unit_of is None:
+            return scales
+        if self._unit_of.device != scales.device:
+            self._unit_of = self._unit_of.to(scales.device)
+        units = torch.zeros(self._layer_of.numel() + 1, device=scales.device, dtype=scales.dtype)
+        units.scatter_reduce_(0, self._unit_of, scales, "amax", include_self=False)
+        return units[:-1]
+
+    def _channels(self, units: torch.Tensor) -> torch.Tensor:
+        """The BN channels of the marked units (a channel in no group: never marked)."""
+        if self._unit_of is None:
+            return units
+        return torch.cat([units, units.new_zeros(1)])[self._unit_of]
 
     def _floor_kept(self, scores: torch.Tensor) -> torch.Tensor:
         """``scores`` with each layer's floor (``min_channels``, or what the cap keeps) of highest
@@ -301,7 +325,7 @@ class LambdaController(SparsityMethod):
 
     def _measure(self) -> torch.Tensor:
         with torch.no_grad():
-            return (self.reg._gather().abs() <= self.zero).float().mean()
+            return (self._scores() <= self.zero).float().mean()
 
     def _update(self, share: float) -> None:
         move = self.gain * (self.wanted() - share) * (self.mass - self.updated_at) / self.total_mass

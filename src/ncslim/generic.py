@@ -89,6 +89,36 @@ def _groups(graph: Any, model: nn.Module, ignored: list[nn.Module],
     return groups
 
 
+def channel_groups(model: nn.Module, example_inputs: Any, bn_names: Sequence[str],
+                   ) -> tuple[list[int], torch.Tensor]:
+    """How the cut sees ``model``'s channels: the size of each coupled group (in the cut's order)
+    and, per channel of the BNs ``bn_names`` (flat, in that order), the index of the group
+    channel it belongs to over all groups (-1: in no prunable group). A group channel is
+    scored by the largest |gamma| of its members, as :func:`prune_generic` scores it; the lambda
+    controller aims at group channels through this map."""
+    tp = _torch_pruning()
+    graph = _trace(tp, model, example_inputs)
+    modules = dict(model.named_modules())
+    offsets, start = {}, 0
+    for name in bn_names:
+        offsets[name] = start
+        start += modules[name].weight.numel()
+    unit_of = torch.full((start,), -1, dtype=torch.long)
+    names = {m: n for n, m in modules.items()}
+    sizes: list[int] = []
+    for group in _groups(graph, model, [], None):
+        first = sum(sizes)
+        for item in graph.get_pruning_group(group.root, group.handler,
+                                            list(range(group.scores.numel()))):
+            bn = item.dep.target.module
+            name = names.get(bn)
+            if name in offsets and graph.is_out_channel_pruning_fn(item.dep.handler):
+                unit_of[offsets[name] + torch.as_tensor(item.idxs)] = (
+                    first + torch.as_tensor(item.root_idxs))
+        sizes.append(group.scores.numel())
+    return sizes, unit_of
+
+
 def prune_generic(model: nn.Module, example_inputs: Any, ratio: float | None,
                   threshold: float | None, min_channels: int, round_to: int,
                   ignored_layers: Sequence[nn.Module | str] | None = None,

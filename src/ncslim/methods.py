@@ -13,6 +13,7 @@ from torch import nn
 
 from .config import AUTO, Config
 from .controller import LambdaController
+from .models import TracedNet
 from .penalties import make_penalty
 from .regularizer import SparsityRegularizer, find_scales
 from .sparsity import SparsityMethod
@@ -48,7 +49,22 @@ def make_method(cfg: Config, model: nn.Module, n_train: int, steps: int,
                             weights=flat, min_channels=cfg.min_channels,
                             max_layer_ratio=cfg.max_layer_ratio,
                             schedule=lambda step: lrs[min(step // per_epoch, len(lrs) - 1)],
-                            momentum=cfg.momentum, removal=removal_of(cfg, weights))
+                            momentum=cfg.momentum, removal=removal_of(cfg, weights),
+                            units=None if weights is not None else coupled_units(
+                                model, regularizer.names))
+
+
+def coupled_units(model: nn.Module, bn_names: list[str]) -> tuple[list[int], torch.Tensor] | None:
+    """For a network pruned through Torch-Pruning's graph (``--model``): its coupled groups, so
+    that the controller aims at what the cut removes (:func:`ncslim.generic.channel_groups`);
+    None for the families, whose pruning slots cut BN channel by BN channel."""
+    if not isinstance(model, TracedNet):
+        return None
+    from .generic import channel_groups
+
+    reference = next(model.parameters())
+    example = torch.zeros(1, *model.input_shape(), device=reference.device, dtype=reference.dtype)
+    return channel_groups(model, example, bn_names)
 
 
 def cost_weights(cfg: Config, model: nn.Module) -> dict[str, float] | None:
