@@ -12,11 +12,8 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import platform
-import subprocess
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -24,12 +21,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import __version__, distributed
-from .config import AUTO, DATA_RECORD, Config
+from . import distributed
+from .config import DATA_RECORD, Config
 from .data import DatasetInfo, ImageData, load_dataset
 from .device import resolve_device
 from .distill import distill_record, distillation
-from .io import atomic_write_text, run_lock, save_model
+from .io import atomic_write_text, save_model
 from .methods import make_method
 from .metrics import (
     latency_table,
@@ -40,6 +37,15 @@ from .progress import RunProgress
 from .prunerule import check_reachable, prune, shortfall_warnings
 from .pruning import PruneReport, prune_model
 from .regularizer import find_scales
+from .rundir import (  # noqa: F401  (callers reach these through pipeline too)
+    FREE_ON_RESUME,
+    RUN_MARKS,
+    _check_same_run,
+    claim,
+    code_version,
+    require_run,
+    write_config,
+)
 from .sparsity import SparsityMethod
 from .summary import SUMMARY_FILE, format_results
 from .tensorboard_log import LOGDIR, TensorBoardLog, summary_writer
@@ -56,24 +62,6 @@ from .warmstart import init_weights
 log = logging.getLogger("ncslim")
 
 
-def code_version() -> dict[str, Any]:
-    """The package version, when run from a git checkout its commit, and what decides whether a
-    CPU run repeats bit for bit: torch's thread count and CPU kernels (benchmarks/determinism.py).
-    """
-    version: dict[str, Any] = {"ncslim": __version__, "torch": torch.__version__,
-                               "python": platform.python_version(),
-                               # a CPU run repeats bit for bit only with the same two
-                               "threads": torch.get_num_threads(),
-                               "cpu_kernels": torch.backends.cpu.get_cpu_capability()}
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
-                                capture_output=True, text=True, timeout=5, check=True)
-        version["commit"] = commit.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        version["commit"] = None
-    return version
-
-
 def setup_device(cfg: Config) -> torch.device:
     """This process's device; under torchrun it first joins the process group. A package the
     configuration needs and lacks (``--tensorboard``) is named first, before any data is read."""
@@ -82,28 +70,6 @@ def setup_device(cfg: Config) -> torch.device:
     device = resolve_device(cfg.device)
     distributed.init(device)
     return device
-
-
-@contextmanager
-def claim(out: Path, fresh: bool, resume: bool = False) -> Iterator[None]:
-    """:func:`~ncslim.io.run_lock` in the process that writes (rank 0 under torchrun);
-    ``resume`` asks for a directory that holds a run (:func:`require_run`)."""
-    if resume:
-        require_run(out)  # before the lock creates the directory
-    with run_lock(out, fresh) if distributed.is_main() else nullcontext():
-        if resume:
-            require_run(out)
-        yield
-
-
-RUN_MARKS = ("config.json", "last.pt", "train/last.pt")  # a directory with one holds a run
-
-
-def require_run(out: Path) -> None:
-    """Refuse to resume in a directory that holds no run."""
-    if not any((out / name).is_file() for name in RUN_MARKS):
-        raise ValueError(f"{out} holds no run to resume (no config.json or last.pt there); "
-                         f"check --out, or start a new run without --resume")
 
 
 def load_data(cfg: Config, device: torch.device, training: bool = True) -> ImageData:
@@ -182,49 +148,6 @@ def check_fits(model: SlimmableNet, data: ImageData, source: str) -> None:
 
 
 # settings that say how to compute, not what: a resumed run may change them
-FREE_ON_RESUME = {"device", "data_dir", "download", "compile", "channels_last", "amp", "amp_dtype",
-                  "out", "latency_threads", "tensorboard"}
-
-
-def write_config(cfg: Config, out: Path, command: str) -> None:
-    """Record the run's settings in ``out/config.json``; a run already there must agree (and its
-    record stays as it was: a resume refused later leaves the run untouched)."""
-    if not distributed.is_main():
-        return
-    if (out / "config.json").exists():  # a resumed run: it must agree, and keeps its record
-        _check_same_run(cfg, out / "config.json", command)
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    record = {"command": command, "config": cfg.to_dict(), "version": code_version()}
-    atomic_write_text(out / "config.json", json.dumps(record, indent=2) + "\n")
-
-
-def _check_same_run(cfg: Config, path: Path, command: str) -> None:
-    if not path.exists():
-        return
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-        started, before = record["command"], record["config"]
-        if not isinstance(started, str) or not isinstance(before, dict):
-            raise TypeError("not a run record")
-    except (ValueError, KeyError, TypeError):  # UnicodeDecodeError is a ValueError
-        raise ValueError(f"{path} is damaged; the run there cannot be resumed safely; choose "
-                         f"another --out") from None
-    if started != command:
-        raise ValueError(f"{path.parent} holds a run of ncslim {started}; continue it with "
-                         f"ncslim {started} --resume, or choose another --out")
-    now = cfg.to_dict()
-    if before.get("compensate") is None:  # unset (or from before it could be): what applied
-        before = {**before, "compensate": before.get("lam") == AUTO}
-    now["compensate"] = cfg.compensates()
-    changed = [k for k in now if k not in FREE_ON_RESUME and before.get(k, now[k]) != now[k]]
-    if changed:
-        shown = ", ".join(f"--{k.replace('_', '-')} {now[k]} (the run has {before[k]})"
-                          for k in changed[:3])
-        raise ValueError(f"resuming {path.parent} with other settings: {shown}; resume with the "
-                         f"settings in {path} or choose another --out")
-
-
 def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
     """Sparsity training: ``out/`` gets metrics.jsonl, last.pt, best.pt, model.pt."""
     out = Path(cfg.out)
