@@ -206,7 +206,7 @@ def model_from_payload(payload: Any, source: str) -> SlimmableNet:
     try:
         config = dict(payload["config"])
         arch = config.pop("arch")
-        _check_shapes(build_skeleton(arch, config), payload["state_dict"])
+        check_shapes(build_skeleton(arch, config), payload["state_dict"])
         model = build_model(arch, **config)
         model.load_state_dict(payload["state_dict"])
         bad = nonfinite_entry(payload["state_dict"])
@@ -230,19 +230,22 @@ def build_skeleton(arch: str, config: dict[str, Any]) -> nn.Module:
         return build_model(arch, **config)
 
 
-def _check_shapes(skeleton: nn.Module, stored: Any) -> None:
-    """The stored tensors are exactly those of the spec, shape for shape: checked before the
-    real model is built, so a small file cannot make ncslim allocate a large network."""
+def check_shapes(skeleton: nn.Module, stored: Any, against: str = "the spec") -> None:
+    """The stored tensors are exactly those of ``skeleton``, shape for shape, else a ValueError
+    naming the first that differs (``against`` names what the skeleton is). Model files check
+    this before the real model is built, so a small file cannot make ncslim allocate a large
+    network; ``--init`` checks a file against the network it is to start."""
     if not isinstance(stored, dict) or not all(torch.is_tensor(t) for t in stored.values()):
         raise ValueError("the state_dict is not a mapping of names to tensors")
     wanted = {name: tuple(t.shape) for name, t in skeleton.state_dict().items()}
     missing, extra = sorted(set(wanted) - set(stored)), sorted(set(stored) - set(wanted))
     if missing or extra:
-        raise ValueError(f"missing {missing[:3]} and unexpected {extra[:3]} tensors")
+        raise ValueError(f"missing {missing[:3]} and unexpected {extra[:3]} tensors "
+                         f"(against {against})")
     wrong = [name for name in wanted if tuple(stored[name].shape) != wanted[name]]
     if wrong:
         name = wrong[0]
-        raise ValueError(f"{name} has shape {tuple(stored[name].shape)}, the spec says "
+        raise ValueError(f"{name} has shape {tuple(stored[name].shape)}, {against} says "
                          f"{wanted[name]}")
 
 

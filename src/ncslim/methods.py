@@ -84,22 +84,10 @@ def target_of(cfg: Config, weights: dict[str, float] | None = None,
     """The share of channels the config's pruning rule removes: its ratio, or for a FLOPs or
     parameter budget a function of the model (what pruning it now would remove, ranking
     ``|gamma| / weight`` with ``weights``)."""
-    budget = cfg.budget()
-    if budget is None:
+    search = budget_search(cfg, weights)
+    if search is None:
         return float(cfg.prune_rule().get("ratio") or 0.0)
-    measure, fraction = budget
-    options = {"min_channels": cfg.min_channels, "round_to": cfg.round_to,
-               "max_layer_ratio": cfg.max_layer_ratio}
-
-    def share(model: nn.Module) -> float:
-        from .costs import cost_weighted_scores
-        from .pruning import prune_to_budget
-
-        scores = None if weights is None else cost_weighted_scores(model, weights)
-        return prune_to_budget(model, fraction, measure=measure, scores=scores,
-                               **options)[1].removed_fraction
-
-    return share
+    return lambda model: search(model).removed_fraction
 
 
 def removal_of(cfg: Config, weights: dict[str, float] | None = None,
@@ -107,6 +95,16 @@ def removal_of(cfg: Config, weights: dict[str, float] | None = None,
     """For a FLOPs or parameter budget: a function of the model giving the channels pruning to
     the budget removes now, as one mask in the order of its BatchNorms (the set the controller
     drives to zero); None for a ratio (the controller's own aim is then the cut's)."""
+    search = budget_search(cfg, weights)
+    if search is None:
+        return None
+    return lambda model: removed_mask(model, search(model))
+
+
+def budget_search(cfg: Config, weights: dict[str, float] | None = None,
+                  ) -> Callable[[Any], PruneReport] | None:
+    """For a FLOPs or parameter budget: the report of pruning a model to it now (the config's
+    floors, ``weights`` for cost weighting); None for a ratio."""
     budget = cfg.budget()
     if budget is None:
         return None
@@ -114,16 +112,14 @@ def removal_of(cfg: Config, weights: dict[str, float] | None = None,
     options = {"min_channels": cfg.min_channels, "round_to": cfg.round_to,
                "max_layer_ratio": cfg.max_layer_ratio}
 
-    def removed(model: nn.Module) -> torch.Tensor | None:
+    def search(model: nn.Module) -> PruneReport:
         from .costs import cost_weighted_scores
         from .pruning import prune_to_budget
 
         scores = None if weights is None else cost_weighted_scores(model, weights)
-        report = prune_to_budget(model, fraction, measure=measure, scores=scores,
-                                 **options)[1]
-        return removed_mask(model, report)
+        return prune_to_budget(model, fraction, measure=measure, scores=scores, **options)[1]
 
-    return removed
+    return search
 
 
 def removed_mask(model: nn.Module, report: PruneReport) -> torch.Tensor | None:

@@ -19,7 +19,6 @@ from .methods import cost_weights
 from .models import SlimmableNet
 from .pruning import MEASURES, PruneReport, prune_model, prune_to_budget
 from .regularizer import find_scales
-from .selection import layer_floor
 from .vcp import vcp_scores
 
 log = logging.getLogger("ncslim")
@@ -63,19 +62,16 @@ def check_reachable(model: nn.Module, cfg: Config) -> None:
     options = {"min_channels": cfg.min_channels, "round_to": cfg.round_to,
                "max_layer_ratio": cfg.max_layer_ratio}
     floors = _floor_hint(cfg)
+    report = prune_model(model, ratio=1.0 - 1e-9, **options)[1]  # all but what the rule keeps
     budget = cfg.budget()
     if budget is None:
-        sizes = [g.numel() for g in find_scales(model).values()]
-        kept = sum(min(n, -(-layer_floor(n, cfg.min_channels, cfg.max_layer_ratio)
-                           // cfg.round_to) * cfg.round_to) for n in sizes)
-        most = 1.0 - kept / sum(sizes)
+        most, channels = report.removed_fraction, sum(la.total for la in report.layers)
         if cfg.ratio is not None and cfg.ratio > most + 1e-9:
             raise ValueError(f"--ratio {cfg.ratio:g} cannot be reached: {floors}, at most "
-                             f"{most:.1%} of the {sum(sizes):,} channels can go; use --ratio "
+                             f"{most:.1%} of the {channels:,} channels can go; use --ratio "
                              f"{math.floor(most * 1000) / 1000:g} or less")
         return
     measure, fraction = budget
-    report = prune_model(model, ratio=1.0 - 1e-9, **options)[1]
     after, before = ((report.flops_after, report.flops_before) if measure == "flops"
                      else (report.params_after, report.params_before))
     if after > fraction * before:

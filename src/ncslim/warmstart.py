@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .io import CHECKPOINT_FORMAT, FORMAT, nonfinite_entry, safe_load
+from .io import CHECKPOINT_FORMAT, FORMAT, check_shapes, nonfinite_entry, safe_load
 from .models import SlimmableNet
 
 PREFIX = "net."  # where an --model network's own state_dict sits inside ncslim's wrapper
@@ -31,14 +31,15 @@ def init_weights(model: SlimmableNet, path: str) -> None:
     if bad is not None:
         raise ValueError(f"--init {path}: holds NaN or infinite values ({bad}), the trace of a "
                          f"diverged training; train it again with a lower --lr")
-    own = model.state_dict()
+    own = model.state_dict()  # names only: the shapes are checked against it below
     if not any(name in own for name in state) and any(PREFIX + name in own for name in state):
         state = {PREFIX + name: tensor for name, tensor in state.items()}  # a plain state dict
-    problem = _first_misfit(own, state)
-    if problem:
-        raise ValueError(f"--init {path} does not fit this network: {problem}; train with the "
+    try:
+        check_shapes(model, state, against="the network")
+    except ValueError as err:
+        raise ValueError(f"--init {path} does not fit this network: {err}; train with the "
                          f"--arch, --depth and --width (or --model) and the dataset it was made "
-                         f"with")
+                         f"with") from None
     model.load_state_dict(state)
 
 
@@ -60,17 +61,4 @@ def _state_of(payload: Any, path: str, imported: bool) -> dict[str, torch.Tensor
             isinstance(k, str) and torch.is_tensor(v) for k, v in payload.items()):
         raise ValueError(f"--init {path}: holds no state_dict (a mapping of names to tensors)")
     return payload
-
-
-def _first_misfit(own: dict[str, torch.Tensor], given: dict[str, torch.Tensor]) -> str | None:
-    """The first tensor, in the network's order, that is missing or of another shape; then the
-    first the file holds that the network has not."""
-    for name, tensor in own.items():
-        if name not in given:
-            return f"the file has no tensor {name} (shape {tuple(tensor.shape)})"
-        if tuple(given[name].shape) != tuple(tensor.shape):
-            return (f"{name} has shape {tuple(given[name].shape)} in the file, "
-                    f"{tuple(tensor.shape)} in the network")
-    extra = next((name for name in given if name not in own), None)
-    return None if extra is None else f"the file's tensor {extra} is not in the network"
 
