@@ -64,7 +64,8 @@ def _method(result: dict[str, Any]) -> str | None:
         return NONE
     if cfg["lam"] != "auto" or cfg.get("cost_weighted"):
         return None  # a fixed lambda aims at no compression; cost weighting is issue 14's
-    return f"{cfg['penalty']} {cfg['mode']}"
+    ranking = result["prune"].get("ranking", "global")  # (records before it: global)
+    return f"{cfg['penalty']} {cfg['mode']}" + ("" if ranking == "global" else f" by {ranking}")
 
 
 def load(folders: list[str]) -> list[dict[str, Any]]:

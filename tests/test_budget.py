@@ -185,9 +185,10 @@ def residual(num_classes=10, in_channels=3):
 """
 
 
-@pytest.mark.parametrize("mode", ["proximal", "subgradient"])
+@pytest.mark.parametrize("mode, ranking", [("proximal", "global"), ("subgradient", "global"),
+                                           ("proximal", "layer")])
 def test_on_coupled_channels_the_controller_zeroes_whole_groups_the_cut_removes(
-        tmp_path, monkeypatch, mode):
+        tmp_path, monkeypatch, mode, ranking):
     from ncslim.methods import make_method
 
     (tmp_path / "budgetres.py").write_text(RESIDUAL_NET)
@@ -196,7 +197,7 @@ def test_on_coupled_channels_the_controller_zeroes_whole_groups_the_cut_removes(
     model = ncslim.build_model("imported", 10, 3, channels={"builder": "budgetres:residual"},
                                input_size=16)
     cfg = load_config(None, {"lam": "auto", "penalty": "l1", "mode": mode, "ratio": 0.5,
-                             "epochs": 1, "model": "budgetres:residual"})
+                             "epochs": 1, "model": "budgetres:residual", "ranking": ranking})
     method = make_method(cfg, model, n_train=320, steps=20)
     assert method._unit_of is not None  # the stream's three BNs share one group channel each
     opt = torch.optim.SGD(method.param_groups(1e-4), lr=0.1, momentum=0.9)
@@ -208,7 +209,7 @@ def test_on_coupled_channels_the_controller_zeroes_whole_groups_the_cut_removes(
         opt.step()
         method.after_step(0.1)
     model.eval()
-    small, report = ncslim.prune_model(model, ratio=0.5, example_inputs=x[:1])
+    small, report = ncslim.prune_model(model, ratio=0.5, example_inputs=x[:1], ranking=ranking)
     assert report.removed_fraction == pytest.approx(0.5, abs=0.05)
     # every channel the cut removed was zero in all the BNs of its group: the pruned network
     # computes what the trained one does

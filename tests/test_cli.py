@@ -127,6 +127,7 @@ def test_prune_to_target_flops(tmp_path):
     (["run", "--epochs", "-1"], "--epochs must be an integer >= 0"),
     (["run", "--penalty", "l3"], "invalid choice: 'l3'"),
     (["run", "--arch", "alexnet"], "invalid choice: 'alexnet'"),
+    (["prune", "--ranking", "mean"], "invalid choice: 'mean'"),
     (["run", "--config", "vgg19-cifar1000"], "unknown preset 'vgg19-cifar1000'"),
     (["train", "--dataset", "cifar10", "--data-dir", "/nonexistent", "--device", "cpu"],
      "cifar10: .*/nonexistent.*--download"),

@@ -184,6 +184,23 @@ def test_max_layer_ratio_caps_every_layer_in_the_controller_and_the_pruning():
     assert slim.report.max_layer_ratio == 0.5 and slim.method.removable == 0.5  # aimed within
 
 
+def test_the_layer_ranking_reaches_the_controller_and_the_cut():
+    torch.manual_seed(0)
+    module = Classifier()
+    slim = SlimmingCallback("l1", lam="auto", ratio=0.5, mode="proximal", ranking="layer")
+    trainer(2, [slim]).fit(module, loader(64))
+    assert slim.method.ranking == "layer" and slim.report.ranking == "layer"
+    # auto (the default): by layer for a FLOPs budget, else globally, as ncslim run ranks
+    assert SlimmingCallback("l1", lam="auto", target_flops=0.5).ranking == "layer"
+    assert SlimmingCallback("l1", lam="auto", ratio=0.5).ranking == "global"
+    assert slim.report.removed_fraction == pytest.approx(0.5)
+    module.eval()
+    small = slim.pruned.eval()
+    x = images(32)[0]
+    with torch.no_grad():  # aimed where this cut removes: exact zeros, the same network
+        torch.testing.assert_close(small(x), module.net(x), rtol=0, atol=1e-5)
+
+
 def test_budgets_prune_to_them_and_save(tmp_path):
     torch.manual_seed(0)
     module = Classifier()
@@ -259,6 +276,7 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     ({"ratio": 0.5, "max_layer_ratio": 0.0}, r"max_layer_ratio must be in \(0, 1\]"),
     ({"ratio": 0.5, "max_layer_ratio": True}, r"max_layer_ratio must be in \(0, 1\]"),
     ({"max_layer_ratio": 0.5}, "max_layer_ratio caps the pruning at the end of the fit"),
+    ({"ratio": 0.5, "ranking": "mean"}, r"ranking \(--ranking\) must be one of auto, global"),
 ])
 def test_bad_arguments_are_one_line_value_errors(kwargs, message):
     with pytest.raises(ValueError, match=message) as err:

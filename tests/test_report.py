@@ -220,6 +220,19 @@ def test_the_summary_names_how_each_run_was_pruned(tmp_path):
     assert "VCP rule" not in table
 
 
+def test_the_summary_keeps_the_two_rankings_apart(tmp_path):
+    from ncslim.report import collect, summary_table
+
+    make_run(tmp_path / "runs" / "global", ratio=0.7)  # a record from before the ranking
+    run = make_run(tmp_path / "runs" / "layer", ratio=0.7)
+    results = json.loads((run / "results.json").read_text())
+    results["prune"]["ranking"] = "layer"
+    (run / "results.json").write_text(json.dumps(results))
+    table = summary_table(collect(tmp_path / "runs"))
+    assert sorted(line.split(" | ")[2] for line in table.splitlines()[2:]) == [
+        "0.7", "0.7 by layer"]
+
+
 def test_a_report_killed_while_writing_leaves_the_previous_one_whole(tmp_path, monkeypatch):
     runs = tmp_path / "runs"
     for seed in (0, 1):

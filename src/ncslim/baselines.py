@@ -297,7 +297,8 @@ def prune_tp(model: SlimmableNet, cfg: Config,
     largest = torch.cat(gone)
     threshold = float(largest.max()) if largest.numel() else 0.0  # the largest |gamma| removed
     report = pruning_report(model, small, model.input_shape(), layers, threshold,
-                            cfg.ratio if measure == "channels" else None)
+                            cfg.ratio if measure == "channels" else None,
+                            ranking="layer")  # its importance is divided by the group's mean
     inherit_record(small, model, report)
     if record is not None:
         record.update(pruning_ratio=match.ratio, channels_asked=match.removed,

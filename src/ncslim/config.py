@@ -52,6 +52,12 @@ def _mode_choices() -> tuple[str, ...]:
     return MODES
 
 
+def _ranking_choices() -> tuple[str, ...]:
+    from .selection import RANKINGS
+
+    return ("auto", *RANKINGS)
+
+
 def _arch_choices() -> tuple[str, ...]:
     from .models import model_names
 
@@ -150,7 +156,8 @@ class Config:
                          ("run", "prune"))
     vcp_sigma: float = _opt(0.01, "vcp: the sigma threshold of that rule", ("run", "prune"))
     # pruning
-    ratio: float | None = _opt(0.5, "prune this fraction of channels (global |gamma| ranking)",
+    ratio: float | None = _opt(0.5, "prune this fraction of channels (lowest |gamma| first, "
+                                    "as --ranking compares layers)",
                                PRUNE_TARGET)
     threshold: float | None = _opt(None, "prune channels with |gamma| <= this instead of --ratio",
                                    ("run", "prune"), unset="off")
@@ -163,6 +170,12 @@ class Config:
                                       "(MorphNet's weighting) instead of by |gamma|; measured "
                                       "worse in 10 of 10 settings (docs/lambda-controller.md)",
                                PRUNE_TARGET)
+    ranking: str = _opt("auto", "how a ratio or budget ranks channels of different layers: "
+                                "global: raw |gamma| over the whole network; layer: each |gamma| "
+                                "over its layer's mean, as Torch-Pruning (spreads the cut over "
+                                "the layers); auto: layer for --target-flops, else global (the "
+                                "winner of each, docs/lambda-controller.md); the --lam auto aim "
+                                "ranks as the cut does", PRUNE_TARGET, _ranking_choices)
     min_channels: int = _opt(1, "never keep fewer channels in a layer", PRUNE_TARGET)
     round_to: int = _opt(1, "round kept channel counts up to a multiple of this", PRUNE_TARGET)
     max_layer_ratio: float | None = _opt(None, "never remove more than this fraction of one "
@@ -227,6 +240,16 @@ class Config:
         if self.target_params is not None:
             return {"target_params": self.target_params}
         return {"ratio": self.ratio}
+
+    def selection_options(self) -> dict[str, Any]:
+        """What every pruning of this config shares whatever its target: the layers' floor,
+        cap and rounding, and the ranking (:func:`ncslim.selection.select_channels`)."""
+        from .selection import resolve_ranking
+
+        budget = self.budget()
+        return {"min_channels": self.min_channels, "round_to": self.round_to,
+                "max_layer_ratio": self.max_layer_ratio,
+                "ranking": resolve_ranking(self.ranking, budget and budget[0])}
 
     def budget(self) -> tuple[str, float] | None:
         """The pruning budget as (measure, fraction kept): ("flops", 0.4); None for a ratio or

@@ -44,7 +44,7 @@ from typing import Any
 import torch
 
 from .regularizer import SparsityRegularizer
-from .selection import layer_floor
+from .selection import check_ranking, layer_floor, rank_scores
 from .sparsity import SparsityMethod
 
 START_LAM = 1e-4  # the paper's lambda for VGG: the penalty's lambda before the controller's own
@@ -93,7 +93,8 @@ class LambdaController(SparsityMethod):
                  removal: Callable[[Any], torch.Tensor | None] | None = None,
                  finish: tuple[float, float] | None = FINISH,
                  start_lam: float | None = None,
-                 units: tuple[list[int], torch.Tensor] | None = None) -> None:
+                 units: tuple[list[int], torch.Tensor] | None = None,
+                 ranking: str = "global") -> None:
         super().__init__(regularizer.model)
         if callable(target):
             self._share_of, share = target, None
@@ -105,7 +106,8 @@ class LambdaController(SparsityMethod):
                                        and 0.0 < ramp <= finish[0]):
             raise ValueError(f"the controller needs 0 < ramp <= finish[0] <= finish[1] <= 1, got "
                              f"ramp {ramp}, finish {finish}")
-        self.reg, self._removal = regularizer, removal
+        check_ranking(ranking, allow_auto=False)  # the cut's own, resolved
+        self.reg, self._removal, self.ranking = regularizer, removal, ranking
         # per channel, what removing it saves relative to the mean (ncslim.costs): the aim
         # ranks |gamma| / weight, as pruning to the budget then does
         self.inverse_weights = None if weights is None else 1.0 / weights.clamp(min=1e-12)
@@ -122,6 +124,7 @@ class LambdaController(SparsityMethod):
         self._layer_of = torch.repeat_interleave(torch.arange(len(sizes)), sizes)
         self._floor_of = torch.repeat_interleave(floors, sizes)  # per channel: its layer's floor
         self._layer_start = sizes.cumsum(0) - sizes
+        self._sizes = sizes
         self.total_steps = max(total_steps, 1)
         self.every = default_every(self.total_steps) if every is None else every
         self.gain, self.ramp, self.window = gain, ramp, finish
@@ -208,10 +211,14 @@ class LambdaController(SparsityMethod):
 
     def _aim(self) -> None:
         """Point the penalty at the channels pruning to the target would remove now: the
-        ``target_share`` smallest |gamma| (per unit of cost with ``weights``) outside each
-        layer's floor of strongest (on the device, no sync)."""
+        ``target_share`` smallest |gamma| (ranked as the cut ranks them; per unit of cost with
+        ``weights``) outside each layer's floor of strongest (on the device, no sync)."""
         with torch.no_grad():
             scales = self._scores()
+            if self._layer_of.device != scales.device:
+                for name in ("_layer_of", "_layer_start", "_floor_of", "_sizes"):
+                    setattr(self, name, getattr(self, name).to(scales.device))
+            scales = rank_scores(scales, self._sizes, self.ranking, self._layer_of)
             if self.inverse_weights is not None:
                 if self.inverse_weights.device != scales.device:  # once, not at every aim
                     self.inverse_weights = self.inverse_weights.to(scales.device)
@@ -243,10 +250,6 @@ class LambdaController(SparsityMethod):
     def _floor_kept(self, scores: torch.Tensor) -> torch.Tensor:
         """``scores`` with each layer's floor (``min_channels``, or what the cap keeps) of highest
         set to inf (sorts, no sync)."""
-        if self._layer_of.device != scores.device:
-            self._layer_of = self._layer_of.to(scores.device)
-            self._layer_start = self._layer_start.to(scores.device)
-            self._floor_of = self._floor_of.to(scores.device)
         falling = torch.argsort(scores, descending=True, stable=True)
         by_layer = falling[torch.argsort(self._layer_of[falling], stable=True)]
         rank = torch.empty_like(by_layer)

@@ -19,6 +19,7 @@ from torch import nn
 
 from .pruning import MEASURES, prune_model
 from .regularizer import find_scales
+from .selection import rank_scores
 
 
 def channel_costs(model: nn.Module, measure: str = "flops", **options: Any) -> dict[str, float]:
@@ -58,7 +59,11 @@ def budget_weights(model: nn.Module, measure: str, **options: Any) -> dict[str, 
     return relative_costs(channel_costs(model, measure, **options), sizes)
 
 
-def cost_weighted_scores(model: nn.Module, weights: dict[str, float]) -> dict[str, torch.Tensor]:
-    """``|gamma| / weight`` per channel, keyed by BN name (a layer of weight 0: never first)."""
-    return {name: gamma.detach().abs().float() / max(weights[name], 1e-12)
-            for name, gamma in find_scales(model).items()}
+def cost_weighted_scores(model: nn.Module, weights: dict[str, float],
+                         ranking: str = "global") -> dict[str, torch.Tensor]:
+    """``|gamma| / weight`` per channel, keyed by BN name (a layer of weight 0: never first);
+    with ``ranking = "layer"`` each |gamma| is first divided by its layer's mean. The scores are
+    then ranked as they are (``ranking="global"``): ranking them by layer again would divide
+    the weight out."""
+    return {name: rank_scores(gamma.detach().abs().float(), [gamma.numel()], ranking)
+            / max(weights[name], 1e-12) for name, gamma in find_scales(model).items()}

@@ -123,7 +123,7 @@ def prune_generic(model: nn.Module, example_inputs: Any, ratio: float | None,
                   threshold: float | None, min_channels: int, round_to: int,
                   ignored_layers: Sequence[nn.Module | str] | None = None,
                   scores: Mapping[str, torch.Tensor] | None = None,
-                  max_layer_ratio: float | None = None,
+                  max_layer_ratio: float | None = None, ranking: str = "global",
                   ) -> tuple[nn.Module, list[tuple[str, list[int], int]], float,
                              dict[str, list[str]]]:
     """Prune a copy of ``model``; returns it, (group, kept indices, total) per group, the
@@ -140,7 +140,7 @@ def prune_generic(model: nn.Module, example_inputs: Any, ratio: float | None,
         raise ValueError(f"{type(model).__name__} has no prunable channels: no convolution or "
                          f"linear layer feeds a BatchNorm that is not in ignored_layers")
     chosen = select_channels([g.scores for g in groups], ratio, threshold, min_channels,
-                             round_to, max_layer_ratio)
+                             round_to, max_layer_ratio, ranking)
     layers: list[tuple[str, list[int], int]] = []
     held: dict[str, list[str]] = {"floored": [], "capped": []}
     for group, keep, hit_floor, hit_cap in zip(groups, chosen.keep, chosen.floored,

@@ -42,6 +42,7 @@ from .models import SlimmableNet
 from .penalties import make_penalty
 from .pruning import PruneReport, prune_model, prune_to_budget
 from .regularizer import MODES, LayerFilter, SparsityRegularizer, find_scales
+from .selection import DEFAULT_RANKING, resolve_ranking
 from .sparsity import SparsityMethod, unwrap
 
 try:
@@ -71,9 +72,10 @@ class SlimmingCallback(Callback):  # type: ignore[misc,valid-type]
     needs a ``ratio``, ``target_flops`` or ``target_params`` and the Trainer's ``max_epochs`` or
     ``max_steps`` (its ramp spans the fit). One of ``ratio``, ``threshold``, ``target_flops``,
     ``target_params`` is the pruning rule applied in ``on_fit_end``; without one nothing is
-    pruned. ``min_channels``, ``max_layer_ratio``, ``round_to``, ``compensate`` and
+    pruned. ``min_channels``, ``max_layer_ratio``, ``round_to``, ``ranking``, ``compensate`` and
     ``ignored_layers`` go to :func:`ncslim.prune_model`; under ``lam="auto"`` the controller
-    aims within ``min_channels`` and ``max_layer_ratio`` too.
+    aims within ``min_channels`` and ``max_layer_ratio``, ranking as the cut does (``auto``:
+    ``layer`` for ``target_flops``, else ``global``).
 
     ``network`` names the submodule to slim (``"net"``, ``"backbone.body"``); by default the
     LightningModule itself. A model that is not an ncslim architecture is pruned through
@@ -100,6 +102,7 @@ class SlimmingCallback(Callback):  # type: ignore[misc,valid-type]
         min_channels: int = 1,
         max_layer_ratio: float | None = None,
         round_to: int = 1,
+        ranking: str = DEFAULT_RANKING,
         compensate: bool = False,
         network: str | None = None,
         layers: LayerFilter = None,
@@ -122,7 +125,9 @@ class SlimmingCallback(Callback):  # type: ignore[misc,valid-type]
         make_penalty(penalty, START_LAM if lam == "auto" else lam, **params)
         self.rule = next(iter(rules.items()), None)
         self.min_channels, self.round_to, self.compensate = min_channels, round_to, compensate
+        measure = self.rule[0].removeprefix("target_") if self.rule else None
         self.max_layer_ratio = max_layer_ratio
+        self.ranking = resolve_ranking(ranking, measure)  # checked
         self.network, self.layers, self.example_inputs = network, layers, example_inputs
         self.ignored_layers = ignored_layers
         self.save_to = None if save_to is None else Path(save_to)
@@ -289,7 +294,7 @@ class SlimmingCallback(Callback):  # type: ignore[misc,valid-type]
 
         return LambdaController(regularizer, target, total_steps=int(steps),
                                 min_channels=self.min_channels,
-                                max_layer_ratio=self.max_layer_ratio)
+                                max_layer_ratio=self.max_layer_ratio, ranking=self.ranking)
 
     def _prune(self, network: nn.Module, inputs: torch.Tensor | None,
                compensate: bool | None = None) -> tuple[nn.Module, PruneReport]:
@@ -297,8 +302,8 @@ class SlimmingCallback(Callback):  # type: ignore[misc,valid-type]
         compensate = self.compensate if compensate is None else compensate
         options: dict[str, Any] = {"min_channels": self.min_channels, "round_to": self.round_to,
                                    "max_layer_ratio": self.max_layer_ratio,
-                                   "compensate": compensate, "example_inputs": inputs,
-                                   "ignored_layers": self.ignored_layers}
+                                   "ranking": self.ranking, "compensate": compensate,
+                                   "example_inputs": inputs, "ignored_layers": self.ignored_layers}
         if rule.startswith("target_"):
             return prune_to_budget(network, value, measure=rule.removeprefix("target_"),
                                    **options)

@@ -48,6 +48,7 @@ def make_method(cfg: Config, model: nn.Module, n_train: int, steps: int,
     return LambdaController(regularizer, target_of(cfg, weights), total_steps=steps,
                             weights=flat, min_channels=cfg.min_channels,
                             max_layer_ratio=cfg.max_layer_ratio,
+                            ranking=cfg.selection_options()["ranking"],
                             schedule=lambda step: lrs[min(step // per_epoch, len(lrs) - 1)],
                             momentum=cfg.momentum, removal=removal_of(cfg, weights),
                             units=None if weights is not None else coupled_units(
@@ -109,14 +110,16 @@ def budget_search(cfg: Config, weights: dict[str, float] | None = None,
     if budget is None:
         return None
     measure, fraction = budget
-    options = {"min_channels": cfg.min_channels, "round_to": cfg.round_to,
-               "max_layer_ratio": cfg.max_layer_ratio}
+    options = cfg.selection_options()
+    ranking = options["ranking"]
+    if weights is not None:  # the scores are ranked already
+        options["ranking"] = "global"
 
     def search(model: nn.Module) -> PruneReport:
         from .costs import cost_weighted_scores
         from .pruning import prune_to_budget
 
-        scores = None if weights is None else cost_weighted_scores(model, weights)
+        scores = None if weights is None else cost_weighted_scores(model, weights, ranking)
         return prune_to_budget(model, fraction, measure=measure, scores=scores, **options)[1]
 
     return search

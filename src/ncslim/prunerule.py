@@ -34,8 +34,7 @@ def prune(model: nn.Module, cfg: Config) -> tuple[SlimmableNet, PruneReport]:
     ``target_params`` or ``ratio`` (:meth:`Config.prune_rule`), each with ``min_channels``,
     ``max_layer_ratio``, ``round_to`` and ``compensate``.
     """
-    options = {"min_channels": cfg.min_channels, "round_to": cfg.round_to,
-               "max_layer_ratio": cfg.max_layer_ratio, "compensate": cfg.compensates()}
+    options = {**cfg.selection_options(), "compensate": cfg.compensates()}
     if cfg.penalty == "vcp":  # VCP's own rule: |mu| <= vcp_mu and sigma <= vcp_sigma
         return prune_model(model, threshold=1.0, scores=vcp_rule_scores(model, cfg), **options)
     rule = cfg.prune_rule()
@@ -45,8 +44,9 @@ def prune(model: nn.Module, cfg: Config) -> tuple[SlimmableNet, PruneReport]:
         log.info("searching the prune ratio that keeps %g of the %s (counts them at each step)",
                  fraction, MEASURES[measure][0])
         weights = cost_weights(cfg, model)
-        if weights is not None:
-            options["scores"] = cost_weighted_scores(model, weights)
+        if weights is not None:  # ranked already
+            options.update(scores=cost_weighted_scores(model, weights, options["ranking"]),
+                           ranking="global")
         return prune_to_budget(model, fraction, measure, **options)
     log.info("pruning by %s (and counting parameters and FLOPs)",
              ", ".join(f"{k} {v:g}" for k, v in rule.items() if v is not None))
@@ -59,8 +59,7 @@ def check_reachable(model: nn.Module, cfg: Config) -> None:
     target it can reach. VCP and ``--threshold`` name no target."""
     if cfg.penalty == "vcp" or cfg.threshold is not None:
         return
-    options = {"min_channels": cfg.min_channels, "round_to": cfg.round_to,
-               "max_layer_ratio": cfg.max_layer_ratio}
+    options = cfg.selection_options()
     floors = _floor_hint(cfg)
     report = prune_model(model, ratio=1.0 - 1e-9, **options)[1]  # all but what the rule keeps
     budget = cfg.budget()

@@ -27,7 +27,13 @@ from .generic import prune_generic
 from .metrics import count_flops, count_params
 from .models import PruneSlot, SlimmableNet, TracedNet, build_model
 from .regularizer import unwrap
-from .selection import channel_scores, check_rule, select_channels
+from .selection import (
+    DEFAULT_RANKING,
+    channel_scores,
+    check_rule,
+    resolve_ranking,
+    select_channels,
+)
 
 Keep = dict[str, torch.Tensor]  # BN name -> sorted indices of the channels that stay
 
@@ -56,6 +62,7 @@ class PruneReport:
     compensated: bool
     capped: list[str] = field(default_factory=list)  # layers held by the max_layer_ratio cap
     max_layer_ratio: float | None = None
+    ranking: str = "global"  # how a ratio ranked layers against each other
 
     def removed(self) -> torch.Tensor:
         """One bool per channel of the pruned layers, in the report's layer order: True where
@@ -79,6 +86,8 @@ class PruneReport:
         out = asdict(self)
         if self.max_layer_ratio is None:  # no cap: the record of a pruning without one
             del out["capped"], out["max_layer_ratio"]
+        if self.ratio is None:  # a threshold compares raw scores: no ranking
+            del out["ranking"]
         out.update(params_removed=self.params_removed, flops_removed=self.flops_removed,
                    macs_before=self.flops_before // 2, macs_after=self.flops_after // 2)
         return out
@@ -86,7 +95,8 @@ class PruneReport:
     def __str__(self) -> str:
         lines = [f"{'layer':<28} {'kept':>6} / total"]
         lines += [f"{layer.name:<28} {layer.kept:>6} / {layer.total}" for layer in self.layers]
-        lines.append(f"threshold {self.threshold:.4g}; "
+        ranked = f" ({self.ranking} ranking)" if self.ratio is not None else ""
+        lines.append(f"threshold {self.threshold:.4g}{ranked}; "
                      f"channels removed {self.removed_fraction:.1%}")
         lines.append(f"params {self.params_before:,} -> {self.params_after:,} "
                      f"({self.params_removed:.1%} removed)")
@@ -227,16 +237,19 @@ def prune_model(
     ignored_layers: Sequence[nn.Module | str] | None = None,
     scores: Mapping[str, torch.Tensor] | None = None,
     max_layer_ratio: float | None = None,
+    ranking: str = DEFAULT_RANKING,
 ) -> tuple[nn.Module, PruneReport]:
     """A new, smaller, dense model without the weak channels of ``model``, and a report.
 
     ``ratio`` removes that fraction of all prunable channels, lowest |gamma| first; ``threshold``
     removes every channel with |gamma| <= threshold. No layer keeps fewer than ``min_channels``
     channels, none loses more than ``max_layer_ratio`` of them (fewer than ``ratio`` go then),
-    and kept counts are rounded up to multiples of ``round_to``. ``compensate`` folds the average
-    output of each removed channel into the layer that read it (a bias or the next BN's running
-    mean), so the pruned network is closer to the original before fine-tuning; ``model`` is
-    left untouched.
+    and kept counts are rounded up to multiples of ``round_to``. ``ranking`` says how a ratio
+    ranks layers against each other (:data:`ncslim.selection.RANKINGS`: ``global``, raw scores,
+    or ``layer``, each divided by its layer's mean; ``auto`` is ``global`` here).
+    ``compensate`` folds the average output of each removed channel into the layer that read it
+    (a bias or the next BN's running mean), so the pruned network is closer to the original
+    before fine-tuning; ``model`` is left untouched.
 
     Any other CNN is pruned through Torch-Pruning's dependency graph (:mod:`ncslim.generic`),
     traced from ``example_inputs`` (required then, e.g. ``torch.randn(1, 3, 224, 224)``);
@@ -247,7 +260,8 @@ def prune_model(
     ``VariationalScales.scores()`` with ``threshold=1.0``.
     """
     model = unwrap(model)
-    rule = _Rule(ratio, threshold, min_channels, round_to, max_layer_ratio)  # checked
+    rule = _Rule(ratio, threshold, min_channels, round_to, max_layer_ratio,
+                 resolve_ranking(ranking))  # checked
     if not isinstance(model, SlimmableNet) or isinstance(model, TracedNet):
         return _prune_other(model, rule, compensate, example_inputs, ignored_layers, scores)
     if ignored_layers:
@@ -274,7 +288,7 @@ def prune_model(
               for s, sc in zip(slots, layer_scores)]
     report = pruning_report(model, small, model.input_shape(), layers, chosen.threshold,
                             rule.ratio, held=held, max_layer_ratio=rule.max_layer_ratio,
-                            compensated=compensate)
+                            compensated=compensate, ranking=rule.ranking)
     inherit_record(small, model, report)
     return small, report
 
@@ -296,23 +310,25 @@ class _Rule:
     min_channels: int
     round_to: int
     max_layer_ratio: float | None
+    ranking: str
 
     def __post_init__(self) -> None:
         check_rule(self.ratio, self.threshold, self.min_channels, self.round_to,
-                   self.max_layer_ratio)
+                   self.max_layer_ratio, self.ranking)
 
 
 def pruning_report(model: nn.Module, small: nn.Module, shape: Sequence[int],
                    layers: list[LayerReport], cut: float, ratio: float | None, *,
                    held: dict[str, list[str]] | None = None,
                    max_layer_ratio: float | None = None,
-                   compensated: bool = False) -> PruneReport:
+                   compensated: bool = False, ranking: str = "global") -> PruneReport:
     """The report of one pruning: sizes counted on both models, channels from ``layers``;
     ``held``: the layers kept at the floor ("floored") and at the cap ("capped")."""
     held = held or {"floored": [], "capped": []}
     return PruneReport(
         threshold=cut, ratio=ratio, layers=layers, floored=held["floored"],
         capped=held["capped"], max_layer_ratio=max_layer_ratio, compensated=compensated,
+        ranking=ranking,
         removed_fraction=1.0 - sum(la.kept for la in layers) / sum(la.total for la in layers),
         params_before=count_params(model), params_after=count_params(small),
         flops_before=count_flops(model, shape), flops_after=count_flops(small, shape),
@@ -338,11 +354,11 @@ def _prune_other(model: nn.Module, rule: _Rule, compensate: bool,
                          "for other or imported (--model) networks")
     small, groups, cut, held = prune_generic(
         model, example_inputs, rule.ratio, rule.threshold, rule.min_channels, rule.round_to,
-        ignored_layers, scores, rule.max_layer_ratio)
+        ignored_layers, scores, rule.max_layer_ratio, rule.ranking)
     layers = [LayerReport(name, len(kept), total, kept) for name, kept, total in groups]
     shape = tuple(example_inputs[:1].shape)
     report = pruning_report(model, small, shape, layers, cut, rule.ratio, held=held,
-                            max_layer_ratio=rule.max_layer_ratio)
+                            max_layer_ratio=rule.max_layer_ratio, ranking=rule.ranking)
     if isinstance(small, TracedNet):
         small.record_pruning([(la.name, la.kept) for la in layers if la.kept < la.total])
         inherit_record(small, model, report)
@@ -370,11 +386,12 @@ def prune_to_budget(model: nn.Module, fraction: float, measure: str = "flops",
 
     ``measure`` is ``"flops"`` or ``"params"``; both fall as the ratio grows, so the ratio is
     found by bisection. ``options`` go to :func:`prune_model` (``min_channels``, ``round_to``,
-    ``max_layer_ratio``, ``compensate``, ``scores``, and for other models ``example_inputs`` and
-    ``ignored_layers``).
+    ``max_layer_ratio``, ``ranking`` (``auto``: the one for ``measure``), ``compensate``,
+    ``scores``, and for other models ``example_inputs`` and ``ignored_layers``).
     """
     if measure not in MEASURES:
         raise ValueError(f"measure must be one of {', '.join(MEASURES)}, got {measure!r}")
+    options["ranking"] = resolve_ranking(options.get("ranking", DEFAULT_RANKING), measure)
     what, flag = MEASURES[measure]
     if not (isinstance(fraction, (int, float)) and 0.0 < fraction <= 1.0):
         raise ValueError(f"{flag} (the fraction of {what} kept) must be in (0, 1], "

@@ -111,6 +111,8 @@ def _rule(prune: dict[str, Any], config: dict[str, Any]) -> str:
     """How a run was pruned, as the summary's "ratio" column shows it; "per pass" where a run of
     several passes applied it to each (``pass_target = "each"``)."""
     rule = _one_rule(prune, config)
+    if prune.get("ratio") is not None and prune.get("ranking", "global") != "global":
+        rule = f"{rule} by {prune['ranking']}"  # (records before the ranking: global)
     if config.get("passes", 1) > 1 and config.get("pass_target") == "each":
         return f"{rule} per pass"
     return rule

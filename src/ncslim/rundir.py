@@ -9,6 +9,7 @@ import platform
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,15 @@ def write_config(cfg: Config, out: Path, command: str) -> None:
     atomic_write_text(out / "config.json", json.dumps(record, indent=2) + "\n")
 
 
+def _ranking_applied(config: dict[str, Any]) -> Any:
+    known = {f.name for f in fields(Config)}
+    try:
+        return Config(**{k: v for k, v in config.items() if k in known}).selection_options()[
+            "ranking"]
+    except (TypeError, ValueError):  # an unreadable record: compared as it stands
+        return config.get("ranking")
+
+
 def _check_same_run(cfg: Config, path: Path, command: str) -> None:
     if not path.exists():
         return
@@ -94,6 +104,9 @@ def _check_same_run(cfg: Config, path: Path, command: str) -> None:
     if before.get("compensate") is None:  # unset (or from before it could be): what applied
         before = {**before, "compensate": before.get("lam") == AUTO}
     now["compensate"] = cfg.compensates()
+    # the ranking that applied (``auto`` resolved; runs from before the choice: global)
+    before = {**before, "ranking": _ranking_applied({"ranking": "global", **before})}
+    now["ranking"] = cfg.selection_options()["ranking"]
     changed = [k for k in now if k not in FREE_ON_RESUME and before.get(k, now[k]) != now[k]]
     if changed:
         shown = ", ".join(f"--{k.replace('_', '-')} {now[k]} (the run has {before[k]})"

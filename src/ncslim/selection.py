@@ -6,6 +6,14 @@ them, or remove every channel scoring <= ``threshold``; then no layer keeps fewe
 ``min_channels`` channels, none loses more than ``max_layer_ratio`` of its channels (network
 slimming's per-pass cap), and kept counts are rounded up to multiples of ``round_to``.
 
+How a ratio ranks the channels of different layers against each other is the ``ranking``
+(:data:`RANKINGS`): ``global`` compares the raw scores, as network slimming does; ``layer``
+divides each layer's scores by their mean first, as Torch-Pruning's BN-scale pruner does, so a
+layer of small gammas is not emptied before others are touched. ``auto`` (the default) is
+``layer`` for a FLOPs budget and ``global`` otherwise, the winner of each where both were
+measured (docs/lambda-controller.md, "Where the channels go"). A threshold compares raw scores
+whatever the ranking.
+
 :mod:`ncslim.pruning` (our own families) and :mod:`ncslim.generic` (any CNN, through
 Torch-Pruning) both apply it; this module depends on neither, nor on anything above them.
 """
@@ -20,6 +28,43 @@ import torch
 from torch import nn
 
 
+def _raw(scores: torch.Tensor, layer_of: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+    return scores
+
+
+def _layer_mean(scores: torch.Tensor, layer_of: torch.Tensor,
+                sizes: torch.Tensor) -> torch.Tensor:
+    sums = torch.zeros(sizes.numel(), device=scores.device, dtype=scores.dtype)
+    means = sums.index_add_(0, layer_of, scores) / sizes.clamp(min=1).to(scores)
+    return scores / means.clamp(min=1e-12)[layer_of]
+
+
+# how layers' scores are made comparable before the global ranking: each takes the scores of
+# all layers as one vector, the layer of each score, and the layers' sizes (one vectorised
+# pass, shared by the cut and the lambda controller's aim)
+RANKINGS = {"global": _raw, "layer": _layer_mean}
+AUTO_RANKING = {"flops": "layer"}  # per budget measure; any other target: global
+DEFAULT_RANKING = "auto"
+
+
+def resolve_ranking(ranking: str, measure: str | None = None) -> str:
+    """The ranking that applies: ``ranking``, or for ``auto`` the one measured best for a
+    budget of ``measure`` ("flops", "params"; None: a ratio)."""
+    check_ranking(ranking)
+    return AUTO_RANKING.get(measure or "", "global") if ranking == "auto" else ranking
+
+
+def rank_scores(scores: torch.Tensor, sizes: Sequence[int] | torch.Tensor, ranking: str,
+                layer_of: torch.Tensor | None = None) -> torch.Tensor:
+    """``scores`` (the layers' of ``sizes``, one after the other) as ``ranking`` compares them;
+    ``layer_of`` (each score's layer) may be given to save building it."""
+    sizes = torch.as_tensor(sizes, device=scores.device)
+    if layer_of is None:
+        layer_of = torch.repeat_interleave(torch.arange(sizes.numel(), device=scores.device),
+                                           sizes)
+    return RANKINGS[ranking](scores, layer_of, sizes)
+
+
 @dataclass
 class Selection:
     """The outcome of the rule over several layers (or coupled groups of channels)."""
@@ -30,9 +75,19 @@ class Selection:
     capped: list[bool]  # per layer: whether the max_layer_ratio cap applied
 
 
+def check_ranking(ranking: str, allow_auto: bool = True) -> None:
+    names = ("auto", *RANKINGS) if allow_auto else tuple(RANKINGS)
+    if ranking not in names:
+        raise ValueError(f"ranking (--ranking) must be one of {', '.join(names)}, got "
+                         f"{ranking!r}")
+
+
 def check_rule(ratio: float | None, threshold: float | None, min_channels: int,
-               round_to: int, max_layer_ratio: float | None = None) -> None:
-    """Raise ValueError unless exactly one of ratio / threshold is given and all are in range."""
+               round_to: int, max_layer_ratio: float | None = None,
+               ranking: str = "global") -> None:
+    """Raise ValueError unless exactly one of ratio / threshold is given and all are in range
+    (``ranking``: one of :data:`RANKINGS`, resolved)."""
+    check_ranking(ranking, allow_auto=False)
     if (ratio is None) == (threshold is None):
         raise ValueError("prune_model: give exactly one of ratio or threshold")
     if ratio is not None and not 0.0 <= ratio < 1.0:
@@ -61,18 +116,19 @@ def channel_scores(modules: Mapping[str, nn.Module], bn: str,
     return scores[bn].detach().to(weight.device).float().flatten()
 
 
-def global_keep(scores: torch.Tensor, ratio: float | None,
-                threshold: float | None) -> tuple[torch.Tensor, float]:
-    """Mask over all prunable channels, and the score threshold it amounts to."""
+def global_keep(scores: torch.Tensor, ratio: float | None, threshold: float | None,
+                ranked: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
+    """Mask over all prunable channels, and the score threshold it amounts to (the highest
+    score removed); a ratio removes the lowest of ``ranked`` (default: ``scores``)."""
     if threshold is not None:
         return scores > threshold, threshold
     removed = int(ratio * scores.numel())
     keep = torch.ones_like(scores, dtype=torch.bool)
     if removed == 0:
         return keep, 0.0
-    order = torch.argsort(scores, stable=True)
+    order = torch.argsort(scores if ranked is None else ranked, stable=True)
     keep[order[:removed]] = False
-    return keep, float(scores[order[removed - 1]])
+    return keep, float(scores[order[:removed]].max())
 
 
 def capped_keep(total: int, max_layer_ratio: float | None) -> int:
@@ -109,12 +165,16 @@ def layer_keep(scores: torch.Tensor, mask: torch.Tensor, min_channels: int,
 
 def select_channels(layer_scores: Sequence[torch.Tensor], ratio: float | None,
                     threshold: float | None, min_channels: int, round_to: int,
-                    max_layer_ratio: float | None = None) -> Selection:
-    """The rule over all layers: one global ranking, then each layer's floor, cap and
-    rounding. A capped layer keeps its strongest channels; the channels it keeps are not
-    taken from other layers instead (as with the floor), so fewer than ``ratio`` may go."""
-    check_rule(ratio, threshold, min_channels, round_to, max_layer_ratio)
-    mask, cut = global_keep(torch.cat(list(layer_scores)), ratio, threshold)
+                    max_layer_ratio: float | None = None,
+                    ranking: str = "global") -> Selection:
+    """The rule over all layers: one global ranking (of the scores made comparable by
+    ``ranking``), then each layer's floor, cap and rounding. A capped layer keeps its strongest
+    channels; the channels it keeps are not taken from other layers instead (as with the
+    floor), so fewer than ``ratio`` may go."""
+    check_rule(ratio, threshold, min_channels, round_to, max_layer_ratio, ranking)
+    flat = torch.cat(list(layer_scores))
+    ranked = rank_scores(flat, [s.numel() for s in layer_scores], ranking)
+    mask, cut = global_keep(flat, ratio, threshold, ranked)
     keep, floored, capped = [], [], []
     for scores, layer_mask in zip(layer_scores, mask.split([s.numel() for s in layer_scores])):
         kept, hit_floor, hit_cap = layer_keep(scores, layer_mask, min_channels, round_to,
