@@ -71,7 +71,8 @@ def run_cell(out: Path, name: str, seed: int) -> None:
 
 
 def _ncslim(args: list[str], out: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "benchmarks" / "nets")}
+    nets = [str(ROOT / "benchmarks" / "nets"), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, nets))}
     resume = ["--resume"] if (out / "config.json").is_file() else []
     log = out.with_suffix(".log")
     out.parent.mkdir(parents=True, exist_ok=True)

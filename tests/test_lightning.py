@@ -201,6 +201,43 @@ def test_the_layer_ranking_reaches_the_controller_and_the_cut():
         torch.testing.assert_close(small(x), module.net(x), rtol=0, atol=1e-5)
 
 
+class ResidualCNN(nn.Module):
+    """A stem and two residual blocks adding into one stream: the stream's channel is shared
+    by three BatchNorms, and the cut removes it only where all three let it go."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)) for _ in range(2))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+        for module in self.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                nn.init.uniform_(module.weight, 0.01, 0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for block in self.blocks:
+            x = (x + block(x)).relu()
+        return self.head(x)
+
+
+@pytest.mark.parametrize("ranking", ["global", "layer"])
+def test_on_coupled_channels_the_callback_aims_at_the_groups_the_cut_removes(ranking):
+    torch.manual_seed(0)
+    module = Classifier()
+    module.net = ResidualCNN()
+    slim = SlimmingCallback("l1", lam="auto", ratio=0.5, mode="proximal", ranking=ranking)
+    trainer(2, [slim]).fit(module, loader(64))
+    assert slim.method._unit_of is not None  # the stream's BNs share one unit each
+    module.eval()
+    small = slim.pruned.eval()
+    x = images(32)[0]
+    with torch.no_grad():  # every group the cut removed was zero in all its BNs
+        torch.testing.assert_close(small(x), module.net(x), rtol=1e-4, atol=1e-5)
+
+
 def test_budgets_prune_to_them_and_save(tmp_path):
     torch.manual_seed(0)
     module = Classifier()

@@ -38,7 +38,7 @@ from torch import nn
 
 from .controller import START_LAM, LambdaController
 from .io import atomic_write_text
-from .models import SlimmableNet
+from .models import SlimmableNet, TracedNet
 from .penalties import make_penalty
 from .pruning import PruneReport, prune_model, prune_to_budget
 from .regularizer import MODES, LayerFilter, SparsityRegularizer, find_scales
@@ -286,14 +286,20 @@ class SlimmingCallback(Callback):  # type: ignore[misc,valid-type]
                              "max_epochs or max_steps")
         rule, value = self.rule  # type: ignore[misc]
         target: Any = value
+        inputs = self._inputs(pl_module, network)
         if rule != "ratio":  # a budget: the share of channels pruning to it removes now
-            inputs = self._inputs(pl_module, network)
 
             def target(model: nn.Module) -> float:
                 return self._prune(model, inputs, compensate=False)[1].removed_fraction
 
+        units = None  # coupled channels, cut through Torch-Pruning's graph: aim at its groups
+        traced = not isinstance(network, SlimmableNet) or isinstance(network, TracedNet)
+        if traced and inputs is not None and not self.ignored_layers and self.layers is None:
+            from .generic import channel_groups
+
+            units = channel_groups(network, inputs[:1], regularizer.names)
         return LambdaController(regularizer, target, total_steps=int(steps),
-                                min_channels=self.min_channels,
+                                min_channels=self.min_channels, units=units,
                                 max_layer_ratio=self.max_layer_ratio, ranking=self.ranking)
 
     def _prune(self, network: nn.Module, inputs: torch.Tensor | None,
