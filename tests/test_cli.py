@@ -521,9 +521,10 @@ def test_a_toml_file_that_is_not_utf8_and_a_damaged_results_json_are_named(tmp_p
         assert f"config file {toml}: not UTF-8 text (byte 11); TOML files are UTF-8" in err
     runs = tmp_path / "runs" / "a"
     runs.mkdir(parents=True)
-    (runs / "results.json").write_text('{"accuracy": }')
+    (runs / "results.json").write_text('{\n  "accuracy": }')
     err = _one_line_error(["report", str(tmp_path / "runs")], capsys)
-    assert f"{runs / 'results.json'}: not valid JSON; remove it or rerun that run" in err
+    assert f"{runs / 'results.json'}, line 2: not valid JSON (" in err
+    assert err.endswith("; remove it or rerun that run")
     (runs / "results.json").write_text('{"config": []}')
     err = _one_line_error(["report", str(tmp_path / "runs")], capsys)
     assert f"{runs / 'results.json'}: not what ncslim writes (" in err

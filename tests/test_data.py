@@ -327,9 +327,10 @@ def test_real_fashion_mnist(monkeypatch):
 
 def test_candidate_dirs_order(tmp_path, monkeypatch):
     monkeypatch.setenv("NCSLIM_DATA", str(tmp_path / "env"))
-    assert candidate_dirs("svhn", tmp_path / "given") == [
-        tmp_path / "given", tmp_path / "given" / "svhn", tmp_path / "env" / "svhn",
-        tmp_path / "debian" / "svhn", tmp_path / "xdg" / "ncslim" / "svhn"]
+    assert candidate_dirs("svhn", tmp_path / "given") == [  # the only place searched
+        tmp_path / "given", tmp_path / "given" / "svhn"]
+    assert candidate_dirs("svhn") == [tmp_path / "env" / "svhn", tmp_path / "debian" / "svhn",
+                                      tmp_path / "xdg" / "ncslim" / "svhn"]
     monkeypatch.delenv("NCSLIM_DATA")
     assert candidate_dirs("svhn") == [tmp_path / "debian" / "svhn",
                                       tmp_path / "xdg" / "ncslim" / "svhn"]
@@ -342,13 +343,18 @@ def test_search_order_is_followed(tmp_path, monkeypatch):
     for label, folder in enumerate(places.values()):
         make_fashion(folder, label=label, monkeypatch=monkeypatch)  # same images, own label
     monkeypatch.setenv("NCSLIM_DATA", str(tmp_path / "env"))
-    for expected, removed in enumerate(places):
-        found = load_dataset("fashion-mnist", places["given"], verify=False)  # labels differ
+    assert load_dataset("fashion-mnist", places["given"], verify=False).train_labels[0] == 0
+    for f in places["given"].iterdir():
+        f.unlink()
+    with pytest.raises(DataError, match="data not found"):  # a --data-dir given: no other copy
+        load_dataset("fashion-mnist", places["given"], verify=False)
+    for expected, removed in enumerate(list(places)[1:], 1):
+        found = load_dataset("fashion-mnist", verify=False)  # labels differ
         assert found.train_labels[0] == expected
         for f in places[removed].iterdir():
             f.unlink()
     with pytest.raises(DataError, match="data not found"):
-        load_dataset("fashion-mnist", places["given"], verify=False)
+        load_dataset("fashion-mnist", verify=False)
 
 
 def test_data_dir_subfolder_is_accepted(tmp_path, monkeypatch):

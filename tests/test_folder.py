@@ -406,10 +406,12 @@ def test_run_at_another_size_builds_the_model_for_it(tmp_path, capsys, monkeypat
     assert main(["run", "--dataset", "folder", "--data-dir", str(root), "--input-size", "24",
                  *model, *tiny, "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
-    final = ncslim.load_model(out / "final.pt")
+    trust = "foldermodels" if "--model" in model else None  # a file naming a module: consent
+    final = ncslim.load_model(out / "final.pt", trust_code=trust)
     assert final.input_size == 24 and final.input_shape() == (3, 24, 24)
     assert results["flops"]["pruned"] == ncslim.count_flops(final, (3, 24, 24))
-    assert main(["finetune", "--checkpoint", str(out / "final.pt"), "--data-dir", str(root),
-                 "--input-size", "32", "--epochs", "1", "--batch-size", "8", "--device", "cpu",
-                 "--out", str(tmp_path / "ft")]) == 2
+    consent = ["--trust-model-code", trust] if trust else []
+    assert main(["finetune", "--checkpoint", str(out / "final.pt"), *consent, "--data-dir",
+                 str(root), "--input-size", "32", "--epochs", "1", "--batch-size", "8",
+                 "--device", "cpu", "--out", str(tmp_path / "ft")]) == 2
     assert "a model for 24x24 images, but folder has 32x32" in capsys.readouterr().err

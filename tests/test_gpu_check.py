@@ -62,12 +62,27 @@ def test_without_a_gpu_it_says_so_in_one_line_and_exits_0_at_once():
     (["--device", "cuda:99"], "no CUDA device is usable" if not torch.cuda.is_available()
      else "--device cuda:99: this host has"),
     (["--device", "cpu", "--only", "nothing"], "--only 'nothing' names no check"),
+    (["--bogus"], "unknown argument '--bogus' (flags: --device, --only, --work, --help)"),
+    (["--device", "cpu", "extra"], "unknown argument 'extra'"),
+    (["--device"], "--device needs a value"),
+    (["--work", "--device", "cpu"], "--work needs a value, got '--device'"),
+    (["--only=", "--device", "cpu"], "--only needs a value, got ''"),
 ])
 def test_bad_arguments_are_one_line_and_exit_2(args, message):
     done = run_script(*args, timeout=120)
     assert done.returncode == 2 and done.stdout == ""
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith("gpu_check: error:") and message in line
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_prints_the_usage_and_exits_0_without_setting_up_anything(flag):
+    done = subprocess.run(["bash", str(SCRIPT), "--device", "tpu", flag], cwd=ROOT, text=True,
+                          capture_output=True, timeout=30,
+                          env={**os.environ, "PYTHON": "/nonexistent/python"})
+    assert done.returncode == 0 and done.stderr == ""
+    assert done.stdout.startswith("Usage: bash scripts/gpu_check.sh [--device")
+    assert "--only" in done.stdout and "exit 2" in done.stdout
 
 
 def test_a_failing_check_is_a_row_and_the_others_still_run(tmp_path):

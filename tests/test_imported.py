@@ -128,7 +128,7 @@ def test_a_pruned_imported_model_rebuilds_exactly_from_its_spec(user_models, tmp
                for name, _ in step)
     assert twice.pruned_from["params"] == first.params_before
     ncslim.save_model(twice, tmp_path / "m.pt")
-    back = ncslim.load_model(tmp_path / "m.pt")
+    back = ncslim.load_model(tmp_path / "m.pt", trust_code="usermodels")
     x = torch.randn(4, 3, 20, 20)
     assert torch.equal(back(x), twice.eval()(x))
     assert back.config() == twice.config() and back.input_size == 20
@@ -146,11 +146,11 @@ def test_a_model_file_never_makes_ncslim_call_what_it_names(tmp_path, user_model
         "nosuchmodule:f": "cannot import nosuchmodule",
         "x; import os": "must be package.module:function",
     }
-    for builder, message in cases.items():
+    for builder, message in cases.items():  # with consent for the modules it names
         payload["config"]["channels"] = {"builder": builder, "pruned": []}
         torch.save(payload, tmp_path / "bad.pt")
         with pytest.raises(ncslim.ModelFileError, match=message):
-            ncslim.load_model(tmp_path / "bad.pt")
+            ncslim.load_model(tmp_path / "bad.pt", trust_code=["usermodels", "nosuchmodule"])
     for pruned, message in (([[["b1.conv1", 99]]], "keeps 99 channels of b1.conv1, which has 16"),
                             ([[["b1.bn1", 4]]], "not a convolution or linear layer"),
                             ([[["nowhere", 4]]], "not a convolution or linear layer"),
@@ -159,7 +159,7 @@ def test_a_model_file_never_makes_ncslim_call_what_it_names(tmp_path, user_model
         payload["config"]["channels"] = {"builder": "usermodels:small_net", "pruned": pruned}
         torch.save(payload, tmp_path / "bad.pt")
         with pytest.raises(ncslim.ModelFileError, match=message):
-            ncslim.load_model(tmp_path / "bad.pt")
+            ncslim.load_model(tmp_path / "bad.pt", trust_code="usermodels")
 
 
 @pytest.mark.parametrize(("builder", "message"), [
@@ -212,20 +212,22 @@ def test_every_command_works_on_an_imported_model(user_models, tmp_path, monkeyp
     results = json.loads((run / "results.json").read_text())
     assert results["config"]["model"] == "usermodels:small_net"
     assert results["params"]["pruned"] < results["params"]["original"]
-    final = ncslim.load_model(run / "final.pt")
+    trust = ["--trust-model-code", "usermodels"]  # a file's builder is imported with consent
+    final = ncslim.load_model(run / "final.pt", trust_code="usermodels")
     assert final.title() == "usermodels:small_net (--model)"
     assert ncslim.count_params(final) == results["params"]["pruned"]
-    assert main(["prune", "--checkpoint", str(run / "train" / "model.pt"), "--ratio", "0.3",
+    assert main(["prune", *trust, "--checkpoint", str(run / "train" / "model.pt"), "--ratio", "0.3",
                  "--evaluate", "--limit-test", "64", "--out", str(tmp_path / "pruned")]) == 0
-    pruned = ncslim.load_model(tmp_path / "pruned" / "pruned.pt")
+    pruned = ncslim.load_model(tmp_path / "pruned" / "pruned.pt", trust_code="usermodels")
     assert len(pruned.channels["pruned"]) == 1
-    assert main(["finetune", "--checkpoint", str(tmp_path / "pruned" / "pruned.pt"), *tiny,
+    assert main(["finetune", *trust, "--checkpoint", str(tmp_path / "pruned" / "pruned.pt"), *tiny,
                  "--epochs", "1", "--out", str(tmp_path / "ft")]) == 0
-    assert ncslim.load_model(tmp_path / "ft" / "model.pt").config() == pruned.config()
-    assert main(["export", str(run / "final.pt"), "--format", "torchscript",
+    assert ncslim.load_model(tmp_path / "ft" / "model.pt", trust_code="usermodels").config() == (
+        pruned.config())
+    assert main(["export", *trust, str(run / "final.pt"), "--format", "torchscript",
                  "-o", str(tmp_path / "m.ts")]) == 0
     capsys.readouterr()
-    assert main(["info", "--checkpoint", str(run / "final.pt"), "--batch-size", "2"]) == 0
+    assert main(["info", *trust, "--checkpoint", str(run / "final.pt"), "--batch-size", "2"]) == 0
     assert "usermodels:small_net (--model): 10 classes, 1 input channels, 32x32 images" in (
         capsys.readouterr().out)
     sweep = tmp_path / "sweep.toml"

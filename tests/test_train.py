@@ -389,7 +389,8 @@ def test_inf_gammas_stop_the_run_with_exit_status_3(tmp_path, monkeypatch, capsy
     assert code == 3
     assert re.fullmatch(r"ncslim train: the BN scaling factors became NaN/inf in epoch 2 of "
                         r".*; the checkpoint of epoch 1 is kept; lower --lr or --lam and run "
-                        r"again", err)
+                        r"again \(with the same --out, the new run first moves this one to "
+                        r".*/diverged-N/\)", err)
     assert ncslim.train.load_checkpoint(out / "last.pt")["epoch"] == 1
 
 

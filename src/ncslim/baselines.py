@@ -348,7 +348,7 @@ def run_tp_baseline(cfg: Config, reg: float = DEFAULT_REG, resume: bool = False,
         require_run(out)
     data = load_data(cfg, setup_device(cfg))
     with claim(out, fresh=not resume, resume=resume):
-        write_config(cfg, out, COMMAND)
+        write_config(cfg, out, COMMAND, data.info.fingerprint)
         progress = RunProgress((cfg.epochs + finetune_epochs(cfg)) * steps_per_epoch(data, cfg),
                                enabled=distributed.is_main())
         model, sparse_acc = train_baseline(cfg, data, out / "train", reg, resume, progress)

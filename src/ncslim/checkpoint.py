@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from .io import CHECKPOINT_FORMAT, atomic_write_text, safe_load
+from .regular import read_text
 
 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
@@ -47,10 +48,10 @@ def read_metrics(path: Path, keep: int, rewrite: bool = True) -> list[dict[str, 
 
     A last line cut short by a crash mid-append is one of those later lines and goes too.
     """
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         return []
     try:
-        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        lines = [line for line in read_text(path).splitlines() if line.strip()]
     except UnicodeDecodeError:
         raise damaged(path, "it is not UTF-8 text") from None
     records = []

@@ -26,7 +26,8 @@ from . import distributed, passes, pipeline, prunerule, summary
 from .commandline import build_parser, unknown_flags
 from .config import Config, command_config, config_fields
 from .device import resolve_device
-from .export import SUFFIX, check_export, export_model
+from .escape import shown as escaped
+from .export import SUFFIX, check_export, check_output, export_model
 from .io import atomic_write_text, load_model, run_lock, save_model
 from .metrics import count_params, threads_text
 from .models import build_model, check_arch
@@ -74,7 +75,7 @@ def _full_model_hint(path: Path) -> str:
 
 def cmd_prune(args: argparse.Namespace) -> None:
     device = resolve_device(_config(args).device)  # the flags are checked before the file
-    model = load_model(args.checkpoint, device)
+    model = load_model(args.checkpoint, device, args.trust_model_code)
     cfg = _config(args, model.trained_on)
     if model.pruned_from is not None and not args.again:
         kept = count_params(model) / model.pruned_from["params"]
@@ -99,8 +100,9 @@ def cmd_prune(args: argparse.Namespace) -> None:
         record["accuracy_before"] = pipeline.evaluate(model, data)[0]
         record["accuracy_after"] = pipeline.evaluate(small, data)[0]
     with run_lock(out, fresh=False):  # rewrites its own outputs, never a live run's
-        save_model(small, out / "pruned.pt")
+        # the record first: a pruned.pt is never left without it (which a rerun would refuse)
         atomic_write_text(out / "prune.json", json.dumps(record, indent=2) + "\n")
+        save_model(small, out / "pruned.pt")
     print(report)
     if data is not None:
         print(f"test accuracy on {cfg.dataset} {record['accuracy_before']:.2%} -> "
@@ -150,23 +152,23 @@ def _ratios(text: str) -> list[float]:
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
-    model = load_model(args.checkpoint, resolve_device(_config(args).device))
+    model = load_model(args.checkpoint, resolve_device(_config(args).device),
+                       args.trust_model_code)
     cfg = _config(args, model.trained_on)
     if cfg.distill and cfg.teacher is None:
         raise ValueError(f"--distill needs --teacher MODEL, the model to distil from, e.g. "
                          f"{_full_model_hint(Path(args.checkpoint))}")
-    if args.resume:
-        pipeline.require_run(Path(cfg.out))
+    pipeline.check_out(Path(cfg.out), args.resume)
     device = pipeline.setup_device(cfg)
     model = model.to(device)
-    teacher = load_model(cfg.teacher, device) if cfg.distill else None
+    teacher = load_model(cfg.teacher, device, args.trust_model_code) if cfg.distill else None
     data = pipeline.load_data(cfg, device)
     pipeline.check_fits(model, data, args.checkpoint)
     if teacher is not None:
         pipeline.check_fits(teacher, data, f"--teacher {cfg.teacher}")
     out = Path(cfg.out)
     with pipeline.claim(out, fresh=not args.resume, resume=args.resume):
-        pipeline.write_config(cfg, out, "finetune")
+        pipeline.write_config(cfg, out, "finetune", data.info.fingerprint)
         model, acc = pipeline.finetune(model, data, cfg, out, resume=args.resume,
                                        from_scratch=args.from_scratch, teacher=teacher)
         if distributed.is_main():
@@ -176,12 +178,19 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 
 def cmd_info(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
+    summary.check_timing_flags(args.batch_size, args.latency_threads)
     if args.checkpoint:
-        model = load_model(args.checkpoint, device)
+        model = load_model(args.checkpoint, device, args.trust_model_code)
     else:
+        if args.trust_model_code:
+            raise ValueError("--trust-model-code acts on the model file of --checkpoint; give "
+                             "one, or leave it out")
         check_arch(args.arch, args.depth, args.width)
-        model = build_model(args.arch, args.num_classes, args.in_channels, args.width,
-                            args.depth)
+        spec = (args.arch, args.num_classes, args.in_channels, args.width, args.depth)
+        with torch.device("meta"):  # its timing fits, before it is built
+            skeleton = build_model(*spec)
+        summary.check_timing(skeleton, args.batch_size, device, args.latency_threads)
+        model = build_model(*spec)
     info = summary.describe(model, device, args.batch_size, args.latency_threads)
     if args.json:
         print(json.dumps(info, indent=2))
@@ -208,13 +217,14 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def _trained_text(record: dict[str, Any] | None, shown: int = 10) -> str:
-    """'; trained on DATASET', with an image folder's size and first ``shown`` class names."""
+    """'; trained on DATASET', with an image folder's size and first ``shown`` class names
+    (text from the file, so its control characters are shown escaped)."""
     if not record:
         return ""
-    text = f"; trained on {record['dataset']}"
+    text = f"; trained on {escaped(record['dataset'])}"
     classes = record.get("classes")
     if classes:
-        names = ", ".join(classes[:shown])
+        names = ", ".join(escaped(name, 60) for name in classes[:shown])
         more = f", ... ({len(classes)} in all)" if len(classes) > shown else ""
         size = record.get("input_size")
         text += f" ({f'{size}x{size}; ' if size else ''}classes: {names}{more})"
@@ -240,17 +250,11 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    model = load_model(args.model)
+    model = load_model(args.model, trust_code=args.trust_model_code)
     shape = _shape(args.input_shape) if args.input_shape else None
     output = Path(args.output) if args.output else Path(args.model).with_suffix(
         SUFFIX[args.format])
-    if output.resolve() == Path(args.model).resolve():
-        raise ValueError(f"--output {output} would overwrite the model itself; choose another")
-    if output.is_dir():
-        raise ValueError(f"--output {output} is a directory; name a file in it")
-    if output.exists() and output.suffix != SUFFIX[args.format] and not args.overwrite:
-        raise ValueError(f"--output {output} exists and is not an earlier {args.format} export "
-                         f"(not {SUFFIX[args.format]}); choose another, or pass --overwrite")
+    check_output(output, Path(args.model), args.format, args.overwrite)
     export_model(model, output, args.format, shape, fixed_batch=args.fixed_batch,
                  opset=args.opset, verbose=args.verbose)
     print(f"{args.format}: {output} ({output.stat().st_size / 2**20:.2f} MiB)")
@@ -319,8 +323,8 @@ def _continue_with(args: argparse.Namespace, argv: list[str] | None) -> str:
     """'; continue with: <the exact command>' for a command that resumes, else ''."""
     if args.command == "sweep":  # it has no --resume: the same command skips what is done
         return "; continue with the same command (finished runs are skipped)"
-    if args.command not in ("run", "train", "finetune"):
-        return ""
+    if args.command not in ("run", "train", "finetune") or not _holds_run(args):
+        return ""  # nothing to resume: the same command again is the way on
     words = list(sys.argv[1:] if argv is None else argv)
     if "--resume" not in words:
         words.append("--resume")
@@ -333,6 +337,15 @@ def _continue_with(args: argparse.Namespace, argv: list[str] | None) -> str:
     if distributed.launched():
         prefix = ["torchrun", "<the same torchrun flags>", "-m", "ncslim"]
     return f"; continue with: {shlex.join(prefix + words)}"
+
+
+def _holds_run(args: argparse.Namespace) -> bool:
+    """Whether the command's --out holds a run that --resume can continue."""
+    try:
+        out = Path(_config(args).out)
+    except (ValueError, TypeError, OSError):  # the advice stays as it was
+        return True
+    return any((out / mark).is_file() for mark in pipeline.RUN_MARKS)
 
 
 def _first_line(err: BaseException) -> str:

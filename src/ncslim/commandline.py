@@ -116,6 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("prune", "finetune", "info"):
         commands[name].add_argument("--checkpoint", required=name != "info",
                                     help="model file (model.pt, pruned.pt, best.pt or last.pt)")
+    for name in ("prune", "finetune", "info", "export"):
+        commands[name].add_argument(
+            "--trust-model-code", action="append", metavar="MODULE",
+            help="import MODULE (or a module of package MODULE) to rebuild a --model network a "
+                 "model file names; without it such a file is refused (importing runs code)")
     commands["finetune"].add_argument("--from-scratch", action="store_true",
                                       help="re-initialise the pruned architecture first")
     _add_prune_flags(commands["prune"])

@@ -19,7 +19,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .config_checks import AUTO, check_config, check_value_types
+from .config_checks import AUTO, check_config, check_value_types, layer_targets, one_target
 from .penalty_registry import param_default, param_help, param_names, param_unset, resolve_params
 
 if sys.version_info >= (3, 11):
@@ -288,7 +288,7 @@ def preset_names() -> list[str]:
 
 def read_preset(name_or_path: str) -> dict[str, Any]:
     """The keys of a preset (by name) or of a TOML file (by path)."""
-    from .io import not_a_file
+    from .regular import check_regular, read_bytes
 
     path = Path(name_or_path)
     is_name = not path.suffix and "/" not in name_or_path and not path.exists()
@@ -299,14 +299,13 @@ def read_preset(name_or_path: str) -> dict[str, Any]:
             hint = f" (did you mean {' or '.join(close)}?)" if close else ""
             raise ValueError(f"unknown preset {name_or_path!r}{hint}; presets: "
                              f"{', '.join(preset_names())}; or pass a .toml path")
-    problem = not_a_file(path)
-    if problem:
-        raise FileNotFoundError(f"config file {path}: {problem}")
+    check_regular(path, "config file")
     if path.stat().st_size > MAX_TOML_BYTES:
         raise ValueError(f"config file {path}: {path.stat().st_size:,} bytes, more than a "
                          f"configuration needs ({MAX_TOML_BYTES:,}); is it the right file?")
     try:
-        return tomllib.loads(path.read_bytes().decode("utf-8"))
+        return tomllib.loads(read_bytes(path, what="config file",
+                                        limit=MAX_TOML_BYTES).decode("utf-8"))
     except UnicodeDecodeError as err:
         raise ValueError(f"config file {path}: not UTF-8 text (byte {err.start}); TOML files "
                          f"are UTF-8") from None
@@ -328,15 +327,17 @@ def load_config(preset: str | None = None, overrides: dict[str, Any] | None = No
             values[name] = value
         try:  # the preset itself, also where a flag overrides one of its values
             check_value_types(values, {f.name: f.type for f in fields(Config)})
+            one_target(values)
         except ValueError as err:
             raise ValueError(f"config {preset}: {err}") from None
     overrides = overrides or {}
+    one_target(overrides)
     if overrides.get("penalty", values.get("penalty")) != values.get("penalty", Config.penalty):
         # a preset's penalty parameters belong to the penalty it names (the demo's TL1 a = 1 is
         # no SCAD a): another penalty takes its own defaults, or the flags given
         for name in param_names():
             values.pop(name, None)
-    values.update(overrides)
+    values = layer_targets(values, overrides)
     unknown = set(values) - known
     if unknown:
         raise ValueError(f"unknown configuration keys: {', '.join(sorted(unknown))}")

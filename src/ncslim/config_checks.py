@@ -4,6 +4,7 @@ combinations of flags; each failure is a ValueError naming the flag and what it 
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Callable
 from dataclasses import fields
@@ -11,6 +12,26 @@ from typing import Any
 
 AUTO = "auto"  # lam = "auto": the lambda controller (ncslim.controller) chooses it
 MAX_PASSES = 20  # the paper stops at three; more is a typo more likely than a plan
+TARGETS = ("ratio", "threshold", "target_flops", "target_params")  # one pruning target each
+
+
+def one_target(values: dict[str, Any], where: str = "") -> None:
+    """Refuse two pruning targets set in one place (the flags, a preset, a sweep table): the
+    pruning would follow one and drop the other. ``None`` (``off``) sets none."""
+    given = [key for key in TARGETS if values.get(key) is not None]
+    if len(given) > 1:
+        flags = " and ".join(f"--{_flag(key)}" for key in given)
+        raise ValueError(f"{where}{flags} are two pruning targets at once; the pruning follows "
+                         f"one: give only one of --{', --'.join(map(_flag, TARGETS))}")
+
+
+def layer_targets(lower: dict[str, Any], upper: dict[str, Any]) -> dict[str, Any]:
+    """``lower`` with ``upper`` on top, where a pruning target set in ``upper`` replaces every
+    target of ``lower`` (a flag's --ratio replaces the preset's threshold). A ratio is kept as
+    it was: it has a default, and any other target is followed before it."""
+    if any(upper.get(key) is not None for key in TARGETS):
+        lower = {key: value for key, value in lower.items() if key not in TARGETS[1:]}
+    return {**lower, **upper}
 
 
 def check_config(cfg: Any) -> None:
@@ -23,6 +44,7 @@ def check_config(cfg: Any) -> None:
 
 
 def _check_combinations(cfg: Any) -> None:
+    one_target({key: getattr(cfg, key) for key in TARGETS[1:]})  # ratio has a default
     if cfg.penalty == "vcp" and cfg.sync_bn:
         raise ValueError("--penalty vcp samples each BN scale itself and does not work with "
                          "--sync-bn; leave --sync-bn out")
@@ -142,8 +164,9 @@ def _check_ranges(cfg: Any) -> None:
         ("seed", isinstance(cfg.seed, int) and 0 <= cfg.seed < 2**32, "an integer in [0, 2^32)"),
         ("device", re.fullmatch(r"auto|cpu|cuda(:\d{1,3})?", cfg.device) is not None,
          "cpu, cuda, cuda:N or auto (ncslim runs on CPUs and CUDA GPUs)"),
-        ("latency_threads", isinstance(cfg.latency_threads, int) and cfg.latency_threads >= 0,
-         "an integer >= 0"),
+        ("latency_threads", isinstance(cfg.latency_threads, int)
+         and 0 <= cfg.latency_threads <= (os.cpu_count() or 1),
+         f"an integer in [0, {os.cpu_count() or 1}] (the CPUs this machine has)"),
         ("limit_train", cfg.limit_train is None or (
             isinstance(cfg.limit_train, int) and cfg.limit_train >= 1), "an integer >= 1"),
         ("limit_test", cfg.limit_test is None or (

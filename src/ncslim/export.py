@@ -23,10 +23,12 @@ from __future__ import annotations
 import copy
 import importlib.util
 import io
+import json
 import logging
 import os
 import sys
 import warnings
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
@@ -36,11 +38,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from .io import atomic_path
+from .io import atomic_path, not_a_file
+from .liverun import refuse_near_live_run
 from .regularizer import unwrap
 
 FORMATS = ("onnx", "torchscript")
 SUFFIX = {"onnx": ".onnx", "torchscript": ".ts"}
+SUFFIXES = {"onnx": (".onnx",), "torchscript": (".ts", ".torchscript")}  # a format's file names
+# ncslim's signature in each file it exports (ONNX metadata_props, a TorchScript extra file):
+# how export knows a file at its output is an earlier export of its own, safe to replace
+SIGNATURE = "ncslim.export"
 # whose log the exporters write (onnxscript's optimiser and onnx_ir's passes log at INFO)
 EXPORTER_LOGGERS = ("torch", "onnxscript", "onnx_ir", "onnx")
 
@@ -108,9 +115,61 @@ def export_model(model: nn.Module, path: str | os.PathLike, format: str = "onnx"
                 _export_onnx(model, tmp, shape, fixed_batch, opset, verbose)
             else:
                 _export_torchscript(model, tmp, shape)
-        if format == "onnx" and opset is not None:  # outside: the exporter's chatter is moot
-            _check_opset(tmp, opset)
+        if format == "onnx":  # outside: the exporter's chatter is moot
+            _check_opset_and_sign(tmp, opset)
     return Path(path)
+
+
+def check_output(output: Path, model: Path, format: str, overwrite: bool = False) -> None:
+    """Refuse, before anything is written, an ``output`` that is the model itself, a folder, a
+    file ncslim did not export as ``format`` (unless ``overwrite``), a name whose suffix is
+    another format's, or a place inside a run in progress."""
+    flag = "--output"
+    if output.resolve() == model.resolve():
+        raise ValueError(f"{flag} {output} would overwrite the model itself; choose another")
+    if output.is_dir():
+        raise ValueError(f"{flag} {output} is a directory; name a file in it")
+    if (output.exists() or output.is_symlink()) and not overwrite:
+        why = not_a_file(output) if output.exists() else "a dangling link"
+        why = why or own_export(output, format)
+        if why:
+            raise ValueError(f"{flag} {output} exists and is not an earlier {format} export "
+                             f"({why}); choose another, or pass --overwrite to replace it")
+    if output.suffix.lower() not in SUFFIXES[format]:
+        other = next((f for f, names in SUFFIXES.items() if output.suffix.lower() in names), None)
+        hint = f", or pass --format {other} for a {output.suffix} file" if other else ""
+        raise ValueError(f"{flag} {output}: a {format} file is named *{SUFFIX[format]}; name it "
+                         f"{output.with_suffix(SUFFIX[format]).name}{hint}")
+    refuse_near_live_run(output, flag)
+
+
+def _signature(format: str) -> str:
+    import ncslim  # the package imports this module: read its version when the export runs
+
+    return json.dumps({"writer": "ncslim", "version": ncslim.__version__, "format": format})
+
+
+def own_export(path: Path, format: str) -> str | None:
+    """None if ``path`` is an earlier ``format`` export by ncslim (its signature is inside),
+    else why not, in words. Reads no more of a file than its signature needs; runs nothing."""
+    if path.suffix.lower() not in SUFFIXES[format]:
+        return f"not {SUFFIX[format]}"
+    try:
+        if format == "torchscript":
+            with zipfile.ZipFile(path) as archive:
+                entry = next((i for i in archive.infolist()
+                              if i.filename.endswith(f"/extra/{SIGNATURE}")), None)
+                signed = entry is not None and entry.file_size < 4096 and \
+                    json.loads(archive.read(entry)).get("writer") == "ncslim"
+        else:
+            import onnx
+
+            props = onnx.load(str(path), load_external_data=False).metadata_props
+            signed = any(p.key == SIGNATURE and json.loads(p.value).get("writer") == "ncslim"
+                         for p in props)
+    except Exception:  # noqa: BLE001  unreadable, another format, onnx missing: not known ours
+        signed = False
+    return None if signed else f"it holds no ncslim {format} signature"
 
 
 @contextmanager
@@ -186,23 +245,28 @@ def _export_onnx(model: nn.Module, path: Path, shape: tuple[int, ...], fixed_bat
         registry_log.setLevel(level)
 
 
-def _check_opset(path: Path, opset: int) -> None:
-    """The exporter may write another opset than asked, silently: refuse the file then."""
+def _check_opset_and_sign(path: Path, opset: int | None) -> None:
+    """The exporter may write another opset than asked, silently: refuse the file then. Else
+    sign it as ncslim's (:func:`own_export`)."""
     import onnx
 
-    written = next((entry.version for entry in onnx.load(str(path)).opset_import
+    graph = onnx.load(str(path))
+    written = next((entry.version for entry in graph.opset_import
                     if entry.domain in ("", "ai.onnx")), None)
-    if written != opset:
+    if opset is not None and written != opset:
         raise ValueError(f"--opset {opset}: this torch's ONNX exporter wrote opset {written} "
                          f"instead, so nothing was written; ask for an opset it supports "
                          f"(onnx knows up to {onnx.defs.onnx_opset_version()}), or leave "
                          f"--opset out for the exporter's default")
+    entry = graph.metadata_props.add()
+    entry.key, entry.value = SIGNATURE, _signature("onnx")
+    onnx.save(graph, str(path))
 
 
 def _export_torchscript(model: nn.Module, path: Path, shape: tuple[int, ...]) -> None:
     # TorchScript's deprecation notice, a warning, is held back with the rest (see the module doc)
     traced = torch.jit.trace(model, example_input(shape), check_trace=False)
-    traced.save(str(path))
+    traced.save(str(path), _extra_files={SIGNATURE: _signature("torchscript")})
 
 
 def check_export(model: nn.Module, path: str | os.PathLike, format: str,

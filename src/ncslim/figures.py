@@ -7,7 +7,6 @@ figures of that run (:func:`draw_run`).
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from .rundata import (  # noqa: E402
     channel_bars,
     gamma_histogram,
     pruned_share,
+    read_metrics,
     run_curves,
     stage_folder,
 )
@@ -163,7 +163,8 @@ def training_curves(rows: Rows, path: Path) -> Path:
             metrics = first["_dir"].parent / "train" / "metrics.jsonl"
         if not metrics.exists():
             continue
-        records = [json.loads(line) for line in metrics.read_text().splitlines() if line]
+        records = [r for r in read_metrics(metrics)
+                   if r.get("test_acc") is not None and r.get("gamma_below_1e-2") is not None]
         epochs = [r["epoch"] for r in records]
         left.plot(epochs, [100 * r["test_acc"] for r in records], label=setting,
                   **styles[setting])

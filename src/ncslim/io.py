@@ -12,26 +12,30 @@ A file holds plain data only (dicts, lists, strings, numbers, tensors) and is re
 
 from __future__ import annotations
 
-import logging
+import errno
 import os
 import secrets
-import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 from torch import nn
 
-from .data import MAX_CLASS_NAME, MAX_CLASSES
+from .liverun import PARTIAL as _PARTIAL
+from .liverun import _claim as _claim  # re-exported: tests import it here
+from .liverun import run_lock as run_lock  # re-exported: its documented home
+from .modelrecord import check_pruned_from, check_trained_on
 from .models import SlimmableNet, build_model
+from .models.imported import require_consent
+from .regular import NotAFileError, check_regular, open_regular
+from .regular import not_a_file as not_a_file  # re-exported: older callers import it here
 from .regularizer import unwrap
 
 FORMAT = "ncslim.model"
 CHECKPOINT_FORMAT = "ncslim.checkpoint"
 FORMAT_VERSION = 1
-_PARTIAL = ".tmp"  # atomic_save's temporary files: ".<name>.<random>.tmp" beside the target
 
 
 class ModelFileError(ValueError):
@@ -54,8 +58,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with tmp.open("rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno and err.filename in (None, str(tmp)):
+            # a full disk, found when the file is flushed: name the file meant, not the temporary
+            raise OSError(err.errno, err.strerror or os.strerror(err.errno), str(path)) from err
         raise
     _sync_directory(path.parent)
 
@@ -108,9 +115,29 @@ def _sync_directory(folder: Path) -> None:
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename it: never half-written."""
+    """``torch.save`` to a temporary file beside ``path``, then rename it: never half-written.
+    A write that fails (a full disk: torch reports it as a RuntimeError) is an :class:`OSError`
+    naming ``path``."""
     with _atomic(Path(path)) as f:
-        torch.save(obj, f)
+        try:
+            torch.save(obj, f)
+        except RuntimeError as err:
+            raise _write_error(err, Path(path)) from err
+
+
+def _write_error(err: RuntimeError, path: Path) -> BaseException:
+    """The OSError behind a failed ``torch.save`` (torch wraps it in a RuntimeError), with
+    ``path`` as its file; ENOSPC when the disk is full and nothing more is known; else ``err``."""
+    cause: BaseException | None = err
+    while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(cause, OSError) and cause.errno is not None:
+        return OSError(cause.errno, cause.strerror or os.strerror(cause.errno), str(path))
+    try:
+        full = os.statvfs(path.parent).f_bavail == 0
+    except OSError:
+        full = False
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) if full else err
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -119,40 +146,20 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         f.write(text.encode())
 
 
-def not_a_file(path: Path) -> str | None:
-    """What keeps ``path`` from being read as a regular file, in words; None if nothing does.
-    Checked before opening it: reading a FIFO or a device could block or never end."""
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        return "no such file"
-    except OSError as err:
-        return f"cannot be read ({err.strerror or err})"
-    if stat.S_ISDIR(mode):
-        return "is a directory, not a file"
-    if not stat.S_ISREG(mode):
-        kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
-                else "a device file" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
-                else "not a regular file")
-        return f"is {kind}, not a regular file"
-    if not os.access(path, os.R_OK):
-        return "cannot be read (permission denied)"
-    return None
-
-
 def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     """``torch.load`` with ``weights_only=True``; unreadable files raise :class:`ModelFileError`."""
     path = Path(path)
-    problem = not_a_file(path)
-    if problem:
-        raise FileNotFoundError(f"{path}: {problem}")
+    check_regular(path)
     if isinstance(map_location, (str, torch.device)):
         target = torch.device(map_location)
         if target.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"{path}: cannot be loaded onto {target}: no CUDA GPU is available "
                              f"here; load it onto the cpu")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with open_regular(path) as f:  # never a FIFO or device swapped in since the check
+            return torch.load(f, map_location=map_location, weights_only=True)
+    except (FileNotFoundError, NotAFileError):
+        raise
     except Exception as err:  # noqa: BLE001  anything a damaged pickle makes the unpickler raise
         # (KeyError, IndexError, AttributeError, ... besides UnpicklingError): an unreadable file
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -190,10 +197,12 @@ def model_payload(model: nn.Module) -> dict[str, Any]:
     return payload
 
 
-def model_from_payload(payload: Any, source: str) -> SlimmableNet:
+def model_from_payload(payload: Any, source: str, trust_code: Any = None) -> SlimmableNet:
     """Rebuild a model from the dict that :func:`model_payload` made (``source`` names it).
 
     A training checkpoint (``last.pt``) holds such a dict under ``"model"``; it is accepted too.
+    A ``--model`` network's spec names a builder: its module is imported only if ``trust_code``
+    names it (see :mod:`ncslim.models.imported`), else a :class:`ModelFileError` says so.
     """
     if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
         payload = payload.get("model")
@@ -203,6 +212,7 @@ def model_from_payload(payload: Any, source: str) -> SlimmableNet:
     if payload.get("version") != FORMAT_VERSION:
         raise ModelFileError(f"{source}: model format version {payload.get('version')} is not "
                              f"supported (this ncslim reads version {FORMAT_VERSION})")
+    _consent(payload.get("config"), source, trust_code)
     try:
         config = dict(payload["config"])
         arch = config.pop("arch")
@@ -214,14 +224,27 @@ def model_from_payload(payload: Any, source: str) -> SlimmableNet:
             raise ModelFileError(f"{source}: holds NaN or infinite values ({bad}), the trace of a "
                                  f"diverged training; it cannot be used: train it again with a "
                                  f"lower --lr (or --lam)")
-        model.pruned_from = _pruned_from(payload.get("pruned_from"))
+        model.pruned_from = check_pruned_from(_pruned_from(payload.get("pruned_from")), model)
         model.vcp_sigma = _vcp_sigma(model, payload.get("vcp_sigma"))
-        model.trained_on = _trained_on(payload.get("trained_on"))
+        model.trained_on = check_trained_on(payload.get("trained_on"), model.num_classes,
+                                            model.input_size)
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelFileError(f"{source}: the stored architecture and weights do not fit "
                              f"together: {first}") from err
     return model
+
+
+def _consent(config: Any, source: str, trust_code: Any) -> None:
+    """Refuse a spec naming a builder module that ``trust_code`` does not name, before anything
+    is imported."""
+    if isinstance(config, dict) and config.get("arch") == "imported":
+        channels = config.get("channels")
+        try:
+            require_consent(channels.get("builder") if isinstance(channels, dict) else None,
+                            trust_code, source)
+        except ValueError as err:
+            raise ModelFileError(str(err)) from None
 
 
 def build_skeleton(arch: str, config: dict[str, Any]) -> nn.Module:
@@ -247,6 +270,14 @@ def check_shapes(skeleton: nn.Module, stored: Any, against: str = "the spec") ->
         name = wrong[0]
         raise ValueError(f"{name} has shape {tuple(stored[name].shape)}, {against} says "
                          f"{wanted[name]}")
+    # a view (expand, stride 0) promises more elements than a file holds: a tiny file must not
+    # make ncslim build, and fill, a network of gigabytes
+    claimed = sum(t.numel() * t.element_size() for t in stored.values())
+    held = sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                for t in stored.values() if t.numel()}.values())
+    if claimed > held:
+        raise ValueError(f"its tensors claim {claimed:,} bytes but hold {held:,}: they are "
+                         f"expanded views, not weights")
 
 
 def _pruned_from(record: Any) -> dict[str, int] | None:
@@ -257,25 +288,6 @@ def _pruned_from(record: Any) -> dict[str, int] | None:
         raise ValueError(f"'pruned_from' must hold positive params, flops and channels counts, "
                          f"got {record!r}")
     return {k: int(v) for k, v in record.items()}
-
-
-def _trained_on(record: Any) -> dict[str, Any] | None:
-    """The record of the data a model was trained on: plain values, and for an image folder
-    the list of its class names (bounded: at most MAX_CLASSES names, each a short string)."""
-    if record is None:
-        return None
-    if not isinstance(record, dict) or not isinstance(record.get("dataset"), str) or not all(
-            _class_names(v) if k == "classes" else isinstance(v, (str, int, bool, type(None)))
-            for k, v in record.items()):
-        shown = repr(record)
-        raise ValueError(f"'trained_on' must name the dataset (and an image folder's classes), "
-                         f"got {shown[:200]}{'...' if len(shown) > 200 else ''}")
-    return dict(record)
-
-
-def _class_names(value: Any) -> bool:
-    return isinstance(value, list) and 0 < len(value) <= MAX_CLASSES and all(
-        isinstance(name, str) and 0 < len(name) <= MAX_CLASS_NAME for name in value)
 
 
 def _vcp_sigma(model: SlimmableNet, record: Any) -> dict[str, torch.Tensor] | None:
@@ -295,89 +307,14 @@ def save_model(model: nn.Module, path: str | os.PathLike) -> None:
     atomic_save(model_payload(model), path)
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> SlimmableNet:
-    """Rebuild a model saved by :func:`save_model`, full or pruned, in evaluation mode."""
-    return model_from_payload(safe_load(path, device), str(path)).to(device).eval()
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
+               trust_code: str | Iterable[str] | None = None) -> SlimmableNet:
+    """Rebuild a model saved by :func:`save_model`, full or pruned, in evaluation mode.
 
-
-@contextmanager
-def run_lock(out: str | os.PathLike, fresh: bool) -> Iterator[None]:
-    """Claim the run directory ``out`` for this process.
-
-    A second live process is refused: an advisory ``flock`` on ``out/.lock``, which the kernel
-    releases when the process ends, however it ends (even SIGKILL). A run that ends removes the
-    file while it still holds the lock; the next claimant re-checks after its ``flock`` that the
-    path still names the file it locked, so removing it opens no race. A SIGKILLed run cannot
-    remove it: the file stays, but unlocked it is harmless and the next run takes it over.
-    ``fresh`` asks for a directory that holds no earlier run (``--resume`` not given; a ``.lock``
-    alone is no run); otherwise the half-written temporary files of a killed writer are removed.
+    A file of a ``--model`` network names the module that builds it; loading it imports that
+    module only if ``trust_code`` names it (or a package holding it), like
+    ``trust_remote_code``: ``load_model("final.pt", trust_code="mymodels")``. Without that
+    consent it raises :class:`ModelFileError` naming the module; nothing is imported.
     """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    lock = out / ".lock"
-    handle, locked = _claim(lock, out)
-    try:
-        if fresh and any(p.name != ".lock" for p in out.iterdir()):
-            raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose "
-                             f"another --out")
-        for partial in _partials_covered_by(out):
-            partial.unlink(missing_ok=True)
-        if locked:
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"{os.getpid()}\n")
-            handle.flush()
-        yield
-    finally:
-        if locked:  # only a holder removes it: without a lock, another process may hold one
-            lock.unlink(missing_ok=True)
-        handle.close()
-
-
-def _partials_covered_by(out: Path) -> list[Path]:
-    """The temporary files of cut-short writers in ``out`` and its subfolders, except those
-    below a subfolder that holds its own ``.lock``: another run's, live or not, to clean."""
-    found = []
-    for folder, subfolders, files in os.walk(out):
-        subfolders[:] = [d for d in subfolders if not (Path(folder, d) / ".lock").exists()]
-        found += [Path(folder, f) for f in files if f.startswith(".") and f.endswith(_PARTIAL)]
-    return found
-
-
-def _claim(lock: Path, out: Path) -> tuple[IO[str], bool]:
-    """Open and ``flock`` ``lock``: its handle, and whether it is locked (False where the file
-    system has no locks). A live holder is refused with a :class:`ValueError` naming its pid."""
-    import fcntl
-
-    while True:
-        handle = lock.open("a+")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if not _still_names(lock, handle):  # its holder has removed it and is letting go
-                handle.close()
-                continue
-            handle.seek(0)
-            holder = handle.read().strip()
-            handle.close()
-            who = f" (pid {holder})" if holder else ""
-            raise ValueError(f"{out} is in use by another running ncslim process{who}; wait for "
-                             f"it to finish or choose another --out") from None
-        except OSError as err:  # a file system without locks: run unguarded
-            logging.getLogger("ncslim").warning("cannot lock %s (%s); a second run there would "
-                                                "not be refused", out, err)
-            return handle, False
-        if _still_names(lock, handle):
-            return handle, True
-        # a holder removed the file between our open and our flock: what we hold guards nothing
-        handle.close()
-
-
-def _still_names(path: Path, handle: IO[str]) -> bool:
-    """Whether ``path`` still names the file open as ``handle`` (a missing path does not)."""
-    try:
-        named = os.stat(path)
-    except FileNotFoundError:
-        return False
-    held = os.fstat(handle.fileno())
-    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
+    return model_from_payload(safe_load(path, device), str(path),
+                              trust_code).to(device).eval()

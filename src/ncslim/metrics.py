@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import statistics
 import time
 from collections.abc import Sequence
@@ -51,6 +52,9 @@ def count_flops(model: nn.Module, input_shape: Sequence[int]) -> int:
 
 log = logging.getLogger("ncslim")
 UNSTEADY = 0.2  # a spread (interquartile range / median) above this: timings not trustworthy
+SLOW_REPEATS = 3  # timed runs of a model whose one pass outlasts the budget (a bounded wait)
+TIMING_LIMIT_S = 120.0  # a CPU timing expected to take longer is refused (ncslim info)
+CONV_EFFICIENCY = 0.25  # share of a matrix product's FLOP rate a network is assumed to reach
 
 
 @dataclass(frozen=True)
@@ -119,8 +123,11 @@ def time_forward(
     Interleaving makes a slow spell of the machine hit every model alike, so the ratios of the
     medians are fair even where the absolute times drift (shared machines do). ``budget_s`` is
     per model. ``threads`` (CPU) sets ``torch.set_num_threads`` for the timing only: on a shared
-    machine, extra threads that wait for a busy core can cost 100x, so state the count.
+    machine, extra threads that wait for a busy core can cost 100x, so state the count. A model
+    whose one warm-up pass outlasts ``budget_s`` is warmed up once and timed
+    :data:`SLOW_REPEATS` times: the wait stays a few passes, however large the model.
     """
+    check_batch_size(batch_size)
     device = torch.device(device) if device is not None else next(models[0].parameters()).device
     modes = [m.training for m in models]
     dtype = next(models[0].parameters()).dtype
@@ -134,7 +141,9 @@ def time_forward(
         for model in models:
             model.eval()
             for _ in range(warmup):
-                model(x)
+                if _time_one(model, x) > budget_s > 0:  # slow: no more warm-up, fewest runs
+                    min_repeats = max_repeats = min(min_repeats, SLOW_REPEATS)
+                    break
         started, budget = time.perf_counter(), budget_s * len(models)
         while len(times[0]) < max_repeats and (
                 len(times[0]) < min_repeats or time.perf_counter() - started < budget):
@@ -145,6 +154,64 @@ def time_forward(
         for model, mode in zip(models, modes):
             model.train(mode)
     return [_summary(t, used) for t in times]
+
+
+def check_threads(threads: int | None) -> None:
+    """``threads`` (None or 0: torch's default) within the CPUs this machine has."""
+    most = os.cpu_count() or 1
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                or not 0 <= threads <= most):
+        raise ValueError(f"--latency-threads must be an integer in [0, {most}] (0: torch's "
+                         f"default; this machine has {most} CPUs), got {threads!r}")
+
+
+def cpu_flops_per_s(threads: int | None) -> float:
+    """What this CPU computes a second with ``threads``, as a 256^3 float32 matrix product
+    measures it (the best of a few, ~ms); convolutions of small layers reach a fraction of it."""
+    a = torch.randn(256, 256, device="cpu")
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        best = min(_time_product(a) for _ in range(5))
+    finally:
+        torch.set_num_threads(before)
+    return 2 * 256**3 / max(best, 1e-9)
+
+
+def _time_product(a: torch.Tensor) -> float:
+    begin = time.perf_counter()
+    a @ a
+    return time.perf_counter() - begin
+
+
+def check_timing_time(flops: int, batch_size: int, threads: int | None, what: str) -> None:
+    """Refuse a CPU timing expected to outlast :data:`TIMING_LIMIT_S`: its fewest passes
+    (1 warm-up and :data:`SLOW_REPEATS` timed) of ``flops`` per image at ``batch_size``, at
+    :data:`CONV_EFFICIENCY` of :func:`cpu_flops_per_s`."""
+    rate = CONV_EFFICIENCY * cpu_flops_per_s(threads)
+    seconds = (1 + SLOW_REPEATS) * flops * batch_size / rate
+    if seconds > TIMING_LIMIT_S:
+        raise ValueError(f"{what} would take about {seconds:,.0f} s ({flops * batch_size:,} "
+                         f"FLOPs a pass, this CPU does ~{rate / 1e9:,.0f} GFLOP/s on "
+                         f"convolutions), more than {TIMING_LIMIT_S:.0f} s; lower --batch-size "
+                         f"or time a smaller model")
+
+
+def check_batch_time(one: float, batch_size: int, what: str) -> None:
+    """Refuse a batch whose fewest passes, at ``one`` second an image (as timed at batch 1),
+    would outlast :data:`TIMING_LIMIT_S`."""
+    seconds = (1 + SLOW_REPEATS) * one * batch_size
+    if seconds > TIMING_LIMIT_S:
+        raise ValueError(f"{what} would take about {seconds:,.0f} s (one image: "
+                         f"{1e3 * one:,.0f} ms), more than {TIMING_LIMIT_S:.0f} s; lower "
+                         f"--batch-size or time a smaller model")
+
+
+def check_batch_size(batch_size: int) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"--batch-size (the batch timed) must be an integer of at least 1, "
+                         f"got {batch_size!r}")
 
 
 def _summary(times: list[float], threads: int | None) -> Latency:

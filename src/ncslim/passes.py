@@ -39,6 +39,7 @@ from .models import SlimmableNet
 from .progress import RunProgress
 from .prunerule import SHORTFALL
 from .pruning import prune_model
+from .regular import read_text
 from .summary import SUMMARY_FILE, format_results
 from .train import steps_per_epoch
 
@@ -89,12 +90,11 @@ def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
         return pipeline.run(cfg, resume)
     started = time.perf_counter()
     out = Path(cfg.out)
-    if resume:
-        pipeline.require_run(out)
+    pipeline.check_out(out, resume)
     data = pipeline.load_data(cfg, pipeline.setup_device(cfg))
     pipeline.check_model(cfg, data)
     with pipeline.claim(out, fresh=not resume, resume=resume):
-        pipeline.write_config(cfg, out, "run")
+        pipeline.write_config(cfg, out, "run", data.info.fingerprint)
         stages = cfg.epochs + pipeline.finetune_epochs(cfg)
         progress = RunProgress(cfg.passes * stages * steps_per_epoch(data, cfg),
                                enabled=distributed.is_main())
@@ -130,8 +130,9 @@ def run_passes(cfg: Config, data: ImageData, out: Path, full: SlimmableNet, spar
             key: value / original[key] for key, value in measure(model).items()}
         pass_cfg = replace(pass_config(cfg, index, kept), out=str(folder))
         if resume and (folder / "results.json").is_file():  # a finished pass
-            model = load_model(folder / "final.pt", device)
-            outcomes.append(json.loads((folder / "results.json").read_text(encoding="utf-8")))
+            model = load_model(folder / "final.pt", device,  # its own --model: consented
+                               trust_code=cfg.model.split(":")[0] if cfg.model else None)
+            outcomes.append(json.loads(read_text(folder / "results.json")))
             if progress is not None:
                 progress.skip(_steps(cfg, data, index))
             continue

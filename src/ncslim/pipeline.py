@@ -23,7 +23,8 @@ from torch import nn
 
 from . import distributed
 from .config import DATA_RECORD, Config
-from .data import DatasetInfo, ImageData, load_dataset
+from .data import FOLDER, DatasetInfo, ImageData, load_dataset
+from .data.layoutcheck import check_out_outside
 from .device import resolve_device
 from .distill import distill_record, distillation
 from .io import atomic_write_text, save_model
@@ -34,13 +35,14 @@ from .metrics import (
 )
 from .models import SlimmableNet, build_model
 from .progress import RunProgress
-from .prunerule import check_reachable, prune, shortfall_warnings
+from .prunerule import check_reachable, check_reachable_in_passes, prune, shortfall_warnings
 from .pruning import PruneReport, prune_model
 from .regularizer import find_scales
 from .rundir import (  # noqa: F401  (callers reach these through pipeline too)
     FREE_ON_RESUME,
     RUN_MARKS,
     _check_same_run,
+    check_out,
     claim,
     code_version,
     require_run,
@@ -73,7 +75,10 @@ def setup_device(cfg: Config) -> torch.device:
 
 
 def load_data(cfg: Config, device: torch.device, training: bool = True) -> ImageData:
-    """The config's dataset on ``device``; for ``training``, checked to hold one batch."""
+    """The config's dataset on ``device``; for ``training``, checked to hold one batch. An
+    image folder must not hold ``--out`` (checked first: nothing is read or written)."""
+    if cfg.dataset == FOLDER and cfg.data_dir is not None and cfg.out:
+        check_out_outside(cfg.data_dir, cfg.out)
     data = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download,
                         limit_train=cfg.limit_train, limit_test=cfg.limit_test,
                         include_extra=cfg.svhn_extra, input_size=cfg.input_size)
@@ -108,6 +113,7 @@ def check_model(cfg: Config, data: ImageData) -> None:
     if cfg.model is not None:
         prune_model(model, ratio=0.5, min_channels=cfg.min_channels, round_to=cfg.round_to)
     check_reachable(model, cfg)
+    check_reachable_in_passes(model, cfg)  # --passes N: each pass's share, N times over
 
 
 def observers(cfg: Config, stage: str) -> list[EpochObserver]:
@@ -151,12 +157,11 @@ def check_fits(model: SlimmableNet, data: ImageData, source: str) -> None:
 def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
     """Sparsity training: ``out/`` gets metrics.jsonl, last.pt, best.pt, model.pt."""
     out = Path(cfg.out)
-    if resume:
-        require_run(out)
+    check_out(out, resume)
     data = load_data(cfg, setup_device(cfg))
     check_model(cfg, data)
     with claim(out, fresh=not resume, resume=resume):
-        write_config(cfg, out, "train")
+        write_config(cfg, out, "train", data.info.fingerprint)
         model, test_acc = sparsity_stage(cfg, data, out, resume)
         if distributed.is_main():
             save_model(model, out / "model.pt")
@@ -307,12 +312,11 @@ def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
                          f"{cfg.passes}")
     started = time.perf_counter()
     out = Path(cfg.out)
-    if resume:
-        require_run(out)
+    check_out(out, resume)
     data = load_data(cfg, setup_device(cfg))
     check_model(cfg, data)
     with claim(out, fresh=not resume, resume=resume):
-        write_config(cfg, out, "run")
+        write_config(cfg, out, "run", data.info.fingerprint)
         progress = RunProgress((cfg.epochs + finetune_epochs(cfg)) * steps_per_epoch(data, cfg),
                                enabled=distributed.is_main())
         model, sparse_acc = sparsity_stage(cfg, data, out / "train", resume, progress)

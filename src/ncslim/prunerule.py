@@ -81,6 +81,51 @@ def check_reachable(model: nn.Module, cfg: Config) -> None:
                          f"more")
 
 
+def check_reachable_in_passes(model: nn.Module, cfg: Config) -> None:
+    """With ``--passes N`` and ``--pass-target each``, every pass keeps its ``--target-flops`` or
+    ``--target-params`` share of the model it starts with, so the final model keeps the share to
+    the N-th power, and a pass that cannot reach its share fails, mid run. Refuse that before
+    training: a share whose N-th power lies below the floor that N prunings at ratio ~1 reach,
+    naming a share that works, and ``--pass-target total`` (which :func:`check_reachable`
+    passed). (A ``--ratio`` a pass cannot reach prunes what it can, with a warning.)"""
+    budget = cfg.budget()
+    if cfg.passes == 1 or cfg.pass_target != "each" or cfg.penalty == "vcp" or \
+            cfg.threshold is not None or budget is None:
+        return
+    options, n, reports, start = cfg.selection_options(), cfg.passes, [], model
+    for _ in range(n):
+        model, report = prune_model(model, ratio=1.0 - 1e-9, **options)
+        reports.append(report)
+    first, last = reports[0], reports[-1]
+    (what, flag), value = MEASURES[budget[0]], budget[1]
+    floor = (last.flops_after / first.flops_before if budget[0] == "flops"
+             else last.params_after / first.params_before)
+    if floor > value ** n * (1 + 1e-9):
+        least = _least_share(start, cfg, floor ** (1.0 / n))
+        raise ValueError(f"{flag} {value:g} in each of {n} passes (--pass-target each) leaves the "
+                         f"final model {value ** n:.2%} of its {what}, but {_floor_hint(cfg)}, "
+                         f"it keeps at least {floor:.2%}; use {flag} {least:g} or more, or "
+                         f"--pass-target total to aim the final model at {flag} {value:g}")
+
+
+def _least_share(model: nn.Module, cfg: Config, start: float) -> float:
+    """The least per-pass budget share, from ``start`` up in 3 % steps, that ``cfg.passes``
+    prunings of ``model`` each reach, with a step to spare: discrete channels make a pass keep
+    less than its share, which leaves the next pass less to take its share of."""
+    measure, options = cfg.budget()[0], cfg.selection_options()  # type: ignore[index]
+    share = math.ceil(start * 1000) / 1000
+    for _ in range(60):
+        try:
+            for trial in (share, share * 1.03):
+                small = model
+                for _ in range(cfg.passes):
+                    small = prune_to_budget(small, min(trial, 1.0), measure, **options)[0]
+            return share
+        except ValueError:
+            share = math.ceil(share * 1.03 * 1000) / 1000
+    return share
+
+
 def _floor_hint(cfg: Config) -> str:
     """What holds channels in every layer, as flags: "each layer keeps --min-channels 1"."""
     held = [f"--min-channels {cfg.min_channels}"]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -29,6 +30,8 @@ from typing import Any
 
 from .config import Config
 from .io import atomic_path, atomic_write_text
+from .liverun import refuse_near_live_run
+from .regular import check_regular, read_text
 
 COLUMNS = ["setting", "penalty", "params", "lam", "mode", "ratio", "passes", "seed", "acc_sparse",
            "acc_pruned", "acc_finetuned", "params_removed", "flops_removed", "speedup",
@@ -57,19 +60,24 @@ def collect(runs_dir: str | Path) -> list[dict[str, Any]]:
     root = Path(runs_dir)
     if root.exists() and not root.is_dir():
         raise ValueError(f"{root} is not a folder; give the folder that holds the runs")
-    paths = sorted(root.rglob("results.json"))
+    # every entry so named, also a link that leads nowhere (rglob would pass over it): each is
+    # read or refused, never silently left out
+    paths = sorted(Path(where) / "results.json" for where, folders, files in os.walk(root)
+                   if "results.json" in files or "results.json" in folders)
     if not paths:
         raise ValueError(f"no results.json below {root}; run `ncslim run` or `ncslim sweep` first")
     rows = []
     for path in paths:
+        check_regular(path, fix="remove it or rerun that run")  # a FIFO would hang the read
         try:
             row = _row(path, root)
             if row is not None:
                 rows.append(row)
         except (ValueError, KeyError, TypeError, AttributeError, StopIteration) as err:
-            what = "not valid JSON" if isinstance(err, json.JSONDecodeError) else (
-                f"not what ncslim writes ({type(err).__name__}: {err})")
-            raise ValueError(f"{path}: {what}; remove it or rerun that run") from None
+            what = (f", line {err.lineno}: not valid JSON ({err.msg} at column {err.colno})"
+                    if isinstance(err, json.JSONDecodeError) else
+                    f": not what ncslim writes ({type(err).__name__}: {err})")
+            raise ValueError(f"{path}{what}; remove it or rerun that run") from None
     if not rows:
         raise ValueError(f"below {root} are only the results of single passes of unfinished runs "
                          f"of several passes; finish them with ncslim run ... --resume")
@@ -79,7 +87,7 @@ def collect(runs_dir: str | Path) -> list[dict[str, Any]]:
 def _row(path: Path, root: Path) -> dict[str, Any] | None:
     """The table row of one results.json; None for one pass of a run of several (its
     ``passN/results.json``: the run's own results.json is the row)."""
-    results = json.loads(path.read_text(encoding="utf-8"))
+    results = json.loads(read_text(path))
     config = results["config"]
     if config.get("passes", 1) > 1 and "passes" not in results:
         return None
@@ -188,8 +196,9 @@ def _pass_table(rows: list[dict[str, Any]]) -> list[str]:
 
 def report(runs_dir: str | Path, out: str | Path | None = None) -> dict[str, Path]:
     """Table and figures for every run below ``runs_dir``; returns the files written."""
-    rows = collect(runs_dir)
     out = Path(out) if out is not None else Path(runs_dir) / "report"
+    refuse_near_live_run(out)  # never into a run in progress (its train/, say)
+    rows = collect(runs_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = {"csv": out / "results.csv", "markdown": out / "summary.md"}
     write_csv(rows, files["csv"])

@@ -15,18 +15,40 @@ from typing import Any
 
 import numpy as np
 
+from .regular import read_text
+
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     """The epoch records of a ``metrics.jsonl``, by epoch (the last line of an epoch wins, as
     after a resume); ``[]`` where the file is missing."""
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         return []
     records = {}
-    for line in path.read_text().splitlines():
+    for number, line in enumerate(read_text(path).splitlines(), 1):
         if line.strip():
-            record = json.loads(line)
-            records[record["epoch"]] = record
+            records.update(_epoch_record(line, f"{path}, line {number}"))
     return [records[e] for e in sorted(records)]
+
+
+PLOTTED = ("test_acc", "train_loss", "train_acc", "gamma_below_1e-2", "lam")  # numbers or null
+
+
+def _epoch_record(line: str, where: str) -> dict[int, dict[str, Any]]:
+    """{epoch: record} of one ``metrics.jsonl`` line; a line that is not one is a ValueError
+    naming the file and line (``where``)."""
+    try:
+        record = json.loads(line)
+    except ValueError as err:
+        raise ValueError(f"{where}: not JSON ({getattr(err, 'msg', err)}); remove that line, "
+                         f"or rerun that run") from None
+    epoch = record.get("epoch") if isinstance(record, dict) else None
+    bad = [k for k in PLOTTED if isinstance(record, dict) and k in record and (
+        isinstance(record[k], bool) or not isinstance(record[k], (int, float, type(None))))]
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1 or bad:
+        what = f"{bad[0]!r} is not a number" if bad else "no epoch number"
+        raise ValueError(f"{where}: not an epoch record of ncslim ({what}); remove that line, "
+                         f"or rerun that run")
+    return {epoch: record}
 
 
 @dataclass

@@ -15,9 +15,11 @@ from typing import Any
 
 import torch
 
-from . import __version__, distributed
+from . import __version__, distributed, diverged
 from .config import AUTO, Config
 from .io import atomic_write_text, run_lock
+from .liverun import refuse_near_live_run
+from .regular import read_bytes
 
 
 def code_version() -> dict[str, Any]:
@@ -44,13 +46,27 @@ def claim(out: Path, fresh: bool, resume: bool = False) -> Iterator[None]:
     ``resume`` asks for a directory that holds a run (:func:`require_run`)."""
     if resume:
         require_run(out)  # before the lock creates the directory
-    with run_lock(out, fresh) if distributed.is_main() else nullcontext():
+    main = distributed.is_main()
+    replaces = fresh and diverged.holds_one(out)  # "lower --lr and run again": the same --out
+    with run_lock(out, fresh and not replaces) if main else nullcontext():
         if resume:
             require_run(out)
-        yield
+        if replaces and main:
+            diverged.set_aside(out)
+        with diverged.noted(out, writes=main):
+            yield
 
 
 RUN_MARKS = ("config.json", "last.pt", "train/last.pt")  # a directory with one holds a run
+
+
+def check_out(out: Path, resume: bool) -> None:
+    """Before any work (reading data, building the model): refuse an ``out`` inside a live run
+    or holding one (:func:`~ncslim.liverun.refuse_near_live_run`), and with ``resume`` one that
+    holds no run. :func:`claim` checks both again, holding the lock."""
+    refuse_near_live_run(out)
+    if resume:
+        require_run(out)
 
 
 def require_run(out: Path) -> None:
@@ -64,16 +80,19 @@ FREE_ON_RESUME = {"device", "data_dir", "download", "compile", "channels_last", 
                   "out", "latency_threads", "tensorboard"}
 
 
-def write_config(cfg: Config, out: Path, command: str) -> None:
+def write_config(cfg: Config, out: Path, command: str, fingerprint: str = "") -> None:
     """Record the run's settings in ``out/config.json``; a run already there must agree (and its
-    record stays as it was: a resume refused later leaves the run untouched)."""
+    record stays as it was: a resume refused later leaves the run untouched). ``fingerprint``:
+    an image folder's (``DatasetInfo.fingerprint``), which a resumed run must match."""
     if not distributed.is_main():
         return
-    if (out / "config.json").exists():  # a resumed run: it must agree, and keeps its record
-        _check_same_run(cfg, out / "config.json", command)
+    if (out / "config.json").exists() or (out / "config.json").is_symlink():  # a resumed run
+        _check_same_run(cfg, out / "config.json", command, fingerprint)
         return
     out.mkdir(parents=True, exist_ok=True)
     record = {"command": command, "config": cfg.to_dict(), "version": code_version()}
+    if fingerprint:
+        record["data_fingerprint"] = fingerprint
     atomic_write_text(out / "config.json", json.dumps(record, indent=2) + "\n")
 
 
@@ -86,11 +105,10 @@ def _ranking_applied(config: dict[str, Any]) -> Any:
         return config.get("ranking")
 
 
-def _check_same_run(cfg: Config, path: Path, command: str) -> None:
-    if not path.exists():
-        return
+def _check_same_run(cfg: Config, path: Path, command: str, fingerprint: str = "") -> None:
+    data = read_bytes(path, fix="remove it or choose another --out")  # NotAFileError: named
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        record = json.loads(data.decode("utf-8"))
         started, before = record["command"], record["config"]
         if not isinstance(started, str) or not isinstance(before, dict):
             raise TypeError("not a run record")
@@ -100,6 +118,10 @@ def _check_same_run(cfg: Config, path: Path, command: str) -> None:
     if started != command:
         raise ValueError(f"{path.parent} holds a run of ncslim {started}; continue it with "
                          f"ncslim {started} --resume, or choose another --out")
+    if fingerprint and record.get("data_fingerprint", fingerprint) != fingerprint:
+        raise ValueError(f"resuming {path.parent}: the images in --data-dir {cfg.data_dir} are "
+                         f"not the ones the run started with (a file added, removed or changed "
+                         f"since); resume with those images, or choose another --out")
     now = cfg.to_dict()
     if before.get("compensate") is None:  # unset (or from before it could be): what applied
         before = {**before, "compensate": before.get("lam") == AUTO}

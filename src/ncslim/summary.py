@@ -8,8 +8,19 @@ from typing import Any
 
 import torch
 
-from .metrics import count_flops, count_params, latency_rows, latency_warnings, threads_text
+from .metrics import (
+    check_batch_size,
+    check_batch_time,
+    check_threads,
+    check_timing_time,
+    count_flops,
+    count_params,
+    latency_rows,
+    latency_warnings,
+    threads_text,
+)
 from .models import SlimmableNet
+from .models.memory import TIMING_MEMORY, check_memory, forward_cost, gib
 from .regularizer import find_scales
 
 log = logging.getLogger("ncslim")
@@ -68,22 +79,63 @@ def _ms(row: dict[str, Any], which: str) -> str:
     return f"{row[f'{which}_ms']:.2f} ±{half:.2f}"
 
 
+def check_timing_flags(batch_size: int, threads: int | None) -> None:
+    """``info``'s --batch-size and --latency-threads, before any model is read or built."""
+    check_batch_size(batch_size)
+    check_threads(threads)
+
+
+def check_timing(model: SlimmableNet, batch_size: int, device: torch.device,
+                 threads: int | None) -> int | None:
+    """Refuse to time ``model`` at ``batch_size`` on its input size when the activations would
+    not fit in the memory of ``device``, or when a CPU timing would take more than a few
+    minutes (both estimated on the meta device); the FLOPs of one image. A network whose
+    forward pass cannot run on the meta device (a ``--model`` one may not) is not checked:
+    None."""
+    try:
+        activations, flops = forward_cost(model)
+    except (RuntimeError, NotImplementedError, TypeError) as err:
+        log.warning("the memory and time of timing %s cannot be estimated beforehand (%s)",
+                    model.arch, str(err).strip().splitlines()[0] if str(err).strip() else err)
+        return None
+    size = model.input_size
+    what = f"timing {model.arch} at batch {batch_size} on {size}x{size} images"
+    fix = "lower --batch-size (or time a model made for smaller images)"
+    if batch_size * activations > TIMING_MEMORY:
+        raise ValueError(f"{what} would take {gib(batch_size * activations)} of memory for "
+                         f"its activations, more than the {gib(TIMING_MEMORY)} info times "
+                         f"with; {fix}")
+    available = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
+    check_memory(what, batch_size * activations, fix, available=available)
+    if device.type == "cpu":
+        check_timing_time(flops, batch_size, threads, what)
+    return flops
+
+
 def describe(model: SlimmableNet, device: torch.device, batch_size: int = 64,
              threads: int = 1) -> dict[str, Any]:
     """What ``ncslim info`` prints: size, FLOPs, channels per prunable layer, latency (timed as
     ``run`` times it: :func:`latency_rows`)."""
     shape = model.input_shape()
+    check_timing_flags(batch_size, threads)
+    flops = check_timing(model, batch_size, device, threads)
     model = model.to(device)
-    log.info("counting FLOPs")
+    if flops is None:
+        flops = count_flops(model, shape)
     info = {
         "arch": model.arch, "title": model.title(), "num_classes": model.num_classes,
         "in_channels": model.in_channels, "input_size": model.input_size,
-        "params": count_params(model), "flops": count_flops(model, shape),
+        "params": count_params(model), "flops": flops,
         "channels": {name: gamma.numel() for name, gamma in find_scales(model).items()},
         "pruned_from": model.pruned_from, "trained_on": model.trained_on,
         "device": str(device),
     }
-    rows = latency_rows([model], shape, device, tuple(dict.fromkeys((1, batch_size))), threads)
+    rows = latency_rows([model], shape, device, (1,), threads)
+    if batch_size != 1:
+        if device.type == "cpu":  # from the time of one image, before the larger batch
+            check_batch_time(rows["batch_1"][0].median, batch_size,
+                             f"timing {model.arch} at batch {batch_size}")
+        rows.update(latency_rows([model], shape, device, (batch_size,), threads))
     info["latency"] = {batch: {"median_ms": 1e3 * t.median, "q1_ms": 1e3 * t.q1,
                                "q3_ms": 1e3 * t.q3, "runs": t.runs, "threads": t.threads,
                                "spread": t.spread} for batch, (t,) in rows.items()}

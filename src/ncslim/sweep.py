@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import AUTO, Config, load_config, read_preset
+from .config_checks import layer_targets, one_target
 from .data import ImageData
 from .device import resolve_device
 from .io import run_lock
@@ -167,7 +168,9 @@ def _sweep_run(spec: dict[str, Any], values: dict[str, Any], seed: int,
     with (the grid's, else the base's or the preset's)."""
     name = _run_name(values, seed, values.get("penalty"))
     try:
-        cfg = load_config(spec.get("preset"), {**spec.get("base", {}), **values, "seed": seed})
+        base = spec.get("base", {})
+        one_target(base, "[base]: ")
+        cfg = load_config(spec.get("preset"), {**layer_targets(base, values), "seed": seed})
         name = _run_name(values, seed, cfg.penalty)
         stray = stray_params(cfg.penalty, values)
         if stray:
@@ -237,7 +240,7 @@ def _execute(run: SweepRun, cache: dict[tuple[Any, ...], ImageData]) -> None:
     log.info("sweep: %s", run.name)
     check_model(cfg, data)
     with run_lock(run.dir, fresh=False):  # two shards given the same run never interleave
-        write_config(cfg, run.dir, "sweep")
+        write_config(cfg, run.dir, "sweep", data.info.fingerprint)
         # pass 1's training (the passes' own target for --lam auto); the same for every ratio
         model, sparse_acc = sparsity_stage(pass_config(cfg, 1), data, run.dir / "train",
                                            resume=True)

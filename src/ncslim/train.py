@@ -306,8 +306,12 @@ class Trainer:
 
     def _save(self, record: dict[str, Any]) -> None:
         """Metrics first, then the checkpoint: a crash in between is undone on resume."""
-        with (self.dir / "metrics.jsonl").open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        path = self.dir / "metrics.jsonl"
+        try:
+            with path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as err:  # a full disk: name the file (a torn line is dropped on resume)
+            raise OSError(err.errno, err.strerror, str(path)) from err
         payload = model_payload(self.model)
         if record["test_acc"] > self.best_acc:
             self.best_acc = record["test_acc"]

@@ -27,9 +27,12 @@ Loading real data (here Debian's Fashion-MNIST, if installed)::
 
 Where data is looked for, in order (:func:`candidate_dirs`):
 
-1. ``data_dir`` itself (the files directly in it), then ``data_dir/<name>``;
-2. ``$NCSLIM_DATA/<name>``: ``NCSLIM_DATA`` is a root with one subfolder per dataset (the files
-   themselves are not looked for in the root: MNIST and Fashion-MNIST share file names);
+1. ``data_dir`` itself (the files directly in it), then ``data_dir/<name>``; a ``data_dir``
+   given is the only place searched (the data not there is an error, not a system copy read in
+   its place);
+2. without ``data_dir``: ``$NCSLIM_DATA/<name>``: ``NCSLIM_DATA`` is a root with one subfolder
+   per dataset (the files themselves are not looked for in the root: MNIST and Fashion-MNIST
+   share file names);
 3. ``/usr/share/datasets/<name>`` (Debian's ``dataset-*`` packages);
 4. ``${XDG_CACHE_HOME:-~/.cache}/ncslim/<name>``, where ``download=True`` puts the files when no
    ``data_dir`` is given.

@@ -25,6 +25,9 @@ class DatasetInfo:
     image_size: int = 32
     classes: tuple[str, ...] = ()  # folder datasets: the class names, label i is classes[i]
     test_split: str = ""  # folder datasets: where the test images come from, in words
+    # folder datasets: a digest of the classes and every file's path, label, size and mtime; a
+    # resumed run must see the same (ncslim.rundir)
+    fingerprint: str = ""
 
 
 _CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -107,12 +110,13 @@ def _info(name: str) -> DatasetInfo:
 
 
 def candidate_dirs(name: str, data_dir: str | Path | None = None) -> list[Path]:
-    """The folders searched for ``name``'s files, in order (see the module docstring)."""
+    """The folders searched for ``name``'s files, in order (see the module docstring). A
+    ``data_dir`` given is the only place searched: a copy elsewhere is never read instead."""
     _info(name)
     dirs: list[Path] = []
     if data_dir is not None:
         root = Path(data_dir).expanduser()
-        dirs += [root, root / name]
+        return [root, root / name]
     env = os.environ.get("NCSLIM_DATA", "")
     if env:
         dirs.append(Path(env).expanduser() / name)

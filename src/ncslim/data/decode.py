@@ -12,6 +12,10 @@ The conversion rule (:data:`CONVERSION`, part of the folder cache's key):
    antialiased bilinear filter, in one step: the same as scaling the shorter side to S and
    cropping the centre.
 
+Before any pixel is decoded, the size in the file's header (after the JPEG draft) is checked
+against :data:`MAX_PIXELS`: a small file that promises a huge image (a decompression bomb, a
+16-bit PNG of 13000 x 13000) is refused in one line naming it, in this process or in a worker.
+
 Files are decoded in chunks by a pool of worker processes (forked: nothing is imported again;
 threads where ``fork`` does not exist), or in this process for a few hundred images or
 ``workers=1``: ``benchmarks/folder_decode.py`` measures threads against processes.
@@ -23,12 +27,15 @@ import concurrent.futures as futures
 import logging
 import multiprocessing
 import os
+import re
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from .catalog import DataError, _one_line
+from .orphan import die_with_parent
 
 log = logging.getLogger("ncslim")
 
@@ -38,6 +45,10 @@ CHUNK = 256  # images per task: few enough tasks for little overhead, enough to 
 POOLS = ("processes", "threads")
 POOL = "processes"  # the default: see benchmarks/folder_decode.py and docs/performance.md
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+# pixels one image may decode to: 2^25 (33.5 megapixels, e.g. 8192 x 4096). Pillow keeps up to
+# 4 bytes a pixel and the conversion makes a few copies, so an image costs at most ~0.5 GiB;
+# Pillow's own limit (89 megapixels) only warns, and refuses only above 179 megapixels
+MAX_PIXELS = 1 << 25
 
 
 def pillow() -> Any:
@@ -73,14 +84,15 @@ def decode_image(path: str, size: int) -> np.ndarray:
     cannot read raises :class:`DataError` naming it."""
     image = pillow()
     try:
-        with image.open(path) as img:
+        with _open(image, path) as img:
             width, height = img.size
             side = min(width, height)
             img.draft(None, (-(-width * size // side), -(-height * size // side)))
+            _check_pixels(path, img.size)
             img = _upright(img)
-            if img.mode in _SIXTEEN_BIT:
-                top = np.right_shift(np.asarray(img, dtype=np.int64), 8).clip(0, 255)
-                img = image.fromarray(top.astype(np.uint8), "L")
+            if img.mode in _SIXTEEN_BIT:  # in the file's own integer type: no int64 copy
+                top = np.right_shift(np.asarray(img), 8).clip(0, 255).astype(np.uint8)
+                img = image.fromarray(top, "L")
             img = img.convert("RGB")
             width, height = img.size
             side = min(width, height)
@@ -93,6 +105,28 @@ def decode_image(path: str, size: int) -> np.ndarray:
     except Exception as err:  # noqa: BLE001  a damaged file makes Pillow raise nearly anything
         raise DataError(f"{path}: cannot be read as an image ({_one_line(err)}); remove or "
                         f"replace the file") from None
+
+
+def _open(image: Any, path: str) -> Any:
+    """``image.open(path)`` (lazy: the header only), with Pillow's decompression-bomb warning
+    (over 89 megapixels) and error (over 179) turned into the one line of :func:`_check_pixels`."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", image.DecompressionBombWarning)
+            return image.open(path)
+    except (image.DecompressionBombWarning, image.DecompressionBombError) as err:
+        pixels = re.search(r"\((\d+) pixels\)", str(err))
+        count = f"{int(pixels[1]):,}" if pixels else "too many"
+        raise DataError(f"{path}: {count} pixels, more than the {MAX_PIXELS:,} an image may "
+                        f"decode to; downscale it or remove it") from None
+
+
+def _check_pixels(path: str, size: tuple[int, int]) -> None:
+    """Refuse an image whose header promises more than :data:`MAX_PIXELS` (before decoding)."""
+    width, height = size
+    if width * height > MAX_PIXELS:
+        raise DataError(f"{path}: {width} x {height} = {width * height:,} pixels, more than "
+                        f"the {MAX_PIXELS:,} an image may decode to; downscale it or remove it")
 
 
 def _upright(img: Any) -> Any:
@@ -131,8 +165,10 @@ def pool_text(n: int, workers: int, pool: str = POOL) -> str:
 def _executor(pool: str, workers: int) -> futures.Executor:
     if pool == "processes" and "fork" in multiprocessing.get_all_start_methods():
         # fork: the workers need no import of their own (spawn would import torch in each) and
-        # touch nothing but Pillow and numpy, so the parent's threads cannot hurt them
-        return futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+        # touch nothing but Pillow and numpy, so the parent's threads cannot hurt them; each
+        # dies with this process (orphan.die_with_parent), also when it is SIGKILLed
+        return futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                                           initializer=die_with_parent, initargs=(os.getpid(),))
     return futures.ThreadPoolExecutor(workers)
 
 

@@ -10,6 +10,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from ..regular import open_regular
 from .catalog import _CIFAR, _FIX, DEBIAN_PACKAGES, MD5, DataError, _one_line
 
 
@@ -61,7 +62,8 @@ def _not_found(name: str, dirs: list[Path], include_extra: bool) -> DataError:
     what = ", ".join(_needed(name, include_extra))
     if name in _CIFAR:
         what += f" or an extracted {_CIFAR[name][0]}/"
-    fixes = ["pass --data-dir DIR", f"set NCSLIM_DATA=ROOT (files in ROOT/{name}/)"]
+    fixes = ["pass the --data-dir DIR that holds them (a DIR given is the only place searched)",
+             f"or, without --data-dir, set NCSLIM_DATA=ROOT (files in ROOT/{name}/)"]
     if name in DEBIAN_PACKAGES:
         fixes.append(f"install Debian's {DEBIAN_PACKAGES[name]}")
     fixes.append("or use --download")
@@ -86,7 +88,7 @@ def _locate(name: str, dirs: list[Path], include_extra: bool) -> dict[str, Path]
 
 def _md5_file(path: Path) -> str:
     digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         while chunk := f.read(1 << 22):
             digest.update(chunk)
     return digest.hexdigest()
@@ -105,7 +107,7 @@ def _md5_gunzip(name: str, path: Path, limit: int) -> str:
     """
     digest = hashlib.md5(usedforsecurity=False)
     try:
-        with gzip.open(path) as gz:
+        with open_regular(path) as f, gzip.open(f) as gz:
             stream = _Counted(gz, limit, digest)
             while stream.read(1 << 20):
                 pass

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..regular import kind_problem
 from .catalog import FOLDER, DataError, DatasetInfo, _one_line
 from .decode import (
     CONVERSION,
@@ -50,6 +51,7 @@ from .decode import (
     pool_text,
 )
 from .foldercache import cache_dir, cache_key, read_cache, write_cache
+from .layoutcheck import check_one_place
 
 log = logging.getLogger("ncslim")
 
@@ -89,7 +91,12 @@ def _hash(salt: str, path: str) -> bytes:
 
 def _classes(folder: Path) -> list[str]:
     """The class folders in ``folder``, sorted; a name that cannot be a class is refused."""
-    names = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+    entries = [e for e in os.scandir(folder) if not e.name.startswith(".")]
+    for e in entries:
+        if e.is_symlink() and not os.path.exists(e.path):  # a loop, or its target is gone
+            raise DataError(f"{e.path}: a link that leads nowhere (a loop or a missing "
+                            f"target); remove it or link it to a class folder")
+    names = sorted(e.name for e in entries if e.is_dir())
     for name in names:
         if len(name) > MAX_CLASS_NAME or not name.isprintable():
             raise DataError(f"{str(folder / name)!r}: a class folder name must be printable "
@@ -121,6 +128,10 @@ def _images(folder: Path, root: Path, label: int, suffixes: frozenset[str]
             except OSError as err:
                 raise DataError(f"{os.path.join(where, name)}: cannot be read "
                                 f"({_one_line(err)}); remove or replace the file") from None
+            problem = kind_problem(st.st_mode)  # a FIFO would block its decoding forever
+            if problem:
+                raise DataError(f"{os.path.join(where, name)}: {problem}; remove it or put "
+                                f"the image file there")
             found.append(ImageFile(prefix + name, label, st.st_size, st.st_mtime_ns))
     return sorted(found, key=lambda f: f.path), skipped
 
@@ -160,6 +171,14 @@ def scan_folder(data_dir: str | Path) -> FolderLayout:
     if not classes:
         raise DataError(f"{train_dir}: no class folders; put the images in "
                         f"{train_dir}/<class>/ (one folder per class)")
+    if len(classes) == 1:
+        raise DataError(f"{train_dir}: one class folder ({classes[0]}/), and a classifier needs "
+                        f"two or more; give the folder that holds the class folders, one per "
+                        f"class")
+    folders = [train_dir / name for name in classes]
+    if test_dir is not None:
+        folders += [test_dir / name for name in _classes(test_dir)]
+    check_one_place(root, [train_dir] if test_dir is None else [train_dir, test_dir], folders)
     suffixes = image_suffixes()
     train, test, skipped = [], [], 0
     for label, name in enumerate(classes):
@@ -262,10 +281,11 @@ def read_folder(data_dir: str | Path, input_size: int | None = None, *,
              layout.root, len(layout.classes), names, len(layout.train), len(layout.test),
              layout.test_split,
              f"; skipped {layout.skipped} file(s) that are not images" if layout.skipped else "")
-    key = cache_key({"classes": list(layout.classes), "size": size, "conversion": CONVERSION,
-                     "pillow": _pillow_version(),
-                     "train": [[f.path, f.label, f.size, f.mtime_ns] for f in layout.train],
-                     "test": [[f.path, f.label, f.size, f.mtime_ns] for f in layout.test]})
+    files = {"classes": list(layout.classes),
+             "train": [[f.path, f.label, f.size, f.mtime_ns] for f in layout.train],
+             "test": [[f.path, f.label, f.size, f.mtime_ns] for f in layout.test]}
+    key = cache_key({**files, "size": size, "conversion": CONVERSION,
+                     "pillow": _pillow_version()})
     path = cache_dir() / f"{key}.pt"
     cached = read_cache(path, key, (len(layout.train), len(layout.test)), size)
     if cached is not None:
@@ -277,7 +297,7 @@ def read_folder(data_dir: str | Path, input_size: int | None = None, *,
         write_cache(path, key, (train, test), stats)
     info = DatasetInfo(FOLDER, len(layout.classes), 3, tuple(stats[0]), tuple(stats[1]),
                        augment=True, image_size=size, classes=layout.classes,
-                       test_split=layout.test_split)
+                       test_split=layout.test_split, fingerprint=cache_key(files))
     labels = [torch.tensor([f.label for f in split], dtype=torch.int64)
               for split in (layout.train, layout.test)]
     return train, labels[0], test, labels[1], info

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..regular import open_regular
 from .catalog import _one_line, cache_root
 
 log = logging.getLogger("ncslim")
@@ -87,7 +88,8 @@ def read_cache(path: Path, key: str, counts: tuple[int, int], size: int
     if not path.is_file():
         return None
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with open_regular(path) as f:  # a FIFO swapped in is refused, not waited on
+            payload = torch.load(f, map_location="cpu", weights_only=True)
         problem = _check_payload(payload, key, counts, size)
     except Exception as err:  # noqa: BLE001  a damaged pickle raises nearly anything
         problem = f"unreadable: {_one_line(err)}"

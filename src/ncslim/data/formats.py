@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ..regular import NotAFileError, open_regular, read_bytes
 from .catalog import (
     _CIFAR,
     _FIX,
@@ -191,7 +192,7 @@ def _read_cifar_archive(name: str, path: Path, members: list[str]) -> dict[str, 
     wanted = set(members)
     out: dict[str, bytes] = {}
     try:
-        with gzip.open(path) as gz:
+        with open_regular(path) as f, gzip.open(f) as gz:
             stream = _Counted(gz, _CIFAR_MAX_TOTAL)
             with tarfile.open(fileobj=stream, mode="r|", bufsize=1 << 20,
                               tarinfo=_SizedTarInfo) as tar:
@@ -228,7 +229,7 @@ def _read_cifar_folder(name: str, members: list[str]) -> dict[str, bytes]:
         if size > _CIFAR_MAX_MEMBER:
             raise DataError(f"{name}: {m}: {size:,} bytes, more than a CIFAR batch holds (at "
                             f"most {_CIFAR_MAX_MEMBER:,}): not an official CIFAR file; {_FIX}")
-    return {m: Path(m).read_bytes() for m in members}
+    return {m: read_bytes(m, limit=_CIFAR_MAX_MEMBER) for m in members}
 
 
 def _load_cifar(name: str, found: dict[str, Path], verify: bool, **_: Any) -> tuple[Any, ...]:
@@ -269,7 +270,10 @@ def _read_mat(name: str, path: Path, verify: bool) -> tuple[np.ndarray, np.ndarr
     except ImportError:
         raise DataError(f"{name}: reading {path} needs scipy: pip install scipy") from None
     try:
-        mat = loadmat(path, variable_names=["X", "y"])
+        with open_regular(path) as f:  # the file checked above, never a FIFO swapped in
+            mat = loadmat(f, variable_names=["X", "y"])
+    except (FileNotFoundError, NotAFileError):
+        raise
     except Exception as err:  # scipy raises many types on damaged files
         raise DataError(f"{name}: {path} is not a readable MATLAB .mat file "
                         f"({_one_line(err)}): it is truncated or corrupt; {_FIX}") from None
@@ -326,7 +330,7 @@ def _read_idx(name: str, path: Path, official: str, ndim: int, verify: bool) -> 
     """
     digest = hashlib.md5(usedforsecurity=False)
     try:
-        with gzip.open(path) if path.suffix == ".gz" else open(path, "rb") as raw:
+        with open_regular(path) as f, gzip.open(f) if path.suffix == ".gz" else f as raw:
             array, fault, whole = _idx_content(_Counted(raw, digest=digest), ndim)
     except (OSError, EOFError, zlib.error) as err:
         if path.suffix != ".gz":

@@ -15,6 +15,7 @@ import zlib
 from pathlib import Path
 from typing import BinaryIO
 
+from ..regular import open_regular
 from .catalog import _FIX, DataError
 
 MAX_IMAGES = 2_000_000  # SVHN's largest file (extra) holds 531,131
@@ -27,7 +28,7 @@ HEAD_BYTES = 4096  # enough for a variable's flags, dimensions and name
 def check_svhn_mat(name: str, path: Path) -> None:
     """Raise :class:`DataError` unless every variable of ``path`` fits SVHN's layout and size."""
     size = path.stat().st_size
-    with path.open("rb") as f:
+    with open_regular(path) as f:
         head = f.read(HEADER)
         if len(head) < HEADER or head[126:128] not in (b"IM", b"MI"):
             raise _bad(name, path, "not a MATLAB 5 .mat file (no header)")

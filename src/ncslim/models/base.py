@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import abc
 import difflib
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -177,7 +178,12 @@ def downsampled(arch: str, input_size: int, halvings: int, ceil: bool = False) -
 
 
 def init_weights(model: nn.Module) -> None:
-    """The reference initialisation: He-normal convs, gamma 0.5 / beta 0, small linear weights."""
+    """The reference initialisation: He-normal convs, gamma 0.5 / beta 0, small linear weights.
+    A network on the meta device (shapes only) has no values to set: it is left as it is
+    (``normal_`` there would import torch's reference kernels, ~1 s)."""
+    first = next(model.parameters(), None)
+    if first is not None and first.is_meta:
+        return
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
@@ -220,6 +226,16 @@ def check_arch(name: str, depth: int | None, width: float) -> None:
     if not width <= MAX_WIDTH:
         raise ValueError(f"width must be at most {MAX_WIDTH}, got {width}")
     _lookup(name).default_channels(width, depth)
+    _fits(name, depth, width)
+
+
+@functools.lru_cache(maxsize=64)
+def _fits(name: str, depth: int | None, width: float) -> None:
+    """:func:`_check_fits` of the default network (10 classes, 3 channels; cached: a sweep
+    checks the same architecture for every point)."""
+    with torch.device("meta"):
+        _check_fits(_lookup(name)(num_classes=10, in_channels=3, width=width, depth=depth,
+                                  channels=None))
 
 
 def register_model(cls: type[SlimmableNet]) -> type[SlimmableNet]:
@@ -257,5 +273,18 @@ def build_model(
     """
     cls = _lookup(name)
     builder: Callable[..., SlimmableNet] = cls
-    return builder(num_classes=num_classes, in_channels=in_channels, width=width, depth=depth,
+    options = dict(num_classes=num_classes, in_channels=in_channels, width=width, depth=depth,
                    channels=channels, input_size=input_size)
+    if torch.get_default_device().type != "meta":  # would it fit? counted with no storage
+        with torch.device("meta"):
+            _check_fits(builder(**options))
+    return builder(**options)
+
+
+def _check_fits(skeleton: SlimmableNet) -> None:
+    """Refuse a network (built on the meta device) too large for the memory available."""
+    from .memory import check_memory, tensor_bytes
+
+    params = sum(p.numel() for p in skeleton.parameters())
+    check_memory(f"{skeleton.arch}: a network of {params:,} parameters", tensor_bytes(skeleton),
+                 "choose a smaller --width or --depth (or a smaller spec)")

@@ -1,0 +1,332 @@
+"""Issue 25, sections 3 and 6: nothing is lost or replaced without asking, and every refusal
+comes before anything is written, with advice that can be followed.
+
+Classes: (A) a command writing into a live run's folder or a subfolder of it, (B) a file that
+ncslim did not write at export's output, (C) a real full disk (tests/test_full_disk.py), (D)
+values that could only fail late, and advice that must work when taken.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import struct
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import ncslim
+import ncslim.data as D
+from ncslim.cli import main
+from ncslim.export import SIGNATURE, own_export
+from ncslim.rundata import read_metrics
+
+ARCH = ["--arch", "vgg", "--depth", "11", "--width", "0.0625"]
+
+
+def tiny_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Fashion-MNIST-shaped IDX files (64 training, 32 test images) and the flags reading them."""
+    folder = tmp_path / "data" / "fashion-mnist"
+    folder.mkdir(parents=True)
+    rng, sums = np.random.default_rng(0), {}
+    for prefix, n in (("train", 64), ("t10k", 32)):
+        for kind, array in (("images", rng.integers(0, 256, (n, 28, 28))),
+                            ("labels", rng.integers(0, 10, n))):
+            raw = (bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+                   + array.astype(np.uint8).tobytes())
+            name = f"{prefix}-{kind}-idx{array.ndim}-ubyte.gz"
+            (folder / name).write_bytes(gzip.compress(raw))
+            sums[name] = hashlib.md5(raw).hexdigest()
+    monkeypatch.setitem(D.MD5, "fashion-mnist", sums)
+    return ["--dataset", "fashion-mnist", "--data-dir", str(tmp_path / "data"), *ARCH,
+            "--batch-size", "32", "--device", "cpu"]
+
+
+def one_line_error(argv: list[str], capsys) -> str:
+    """Exit 2 and, as the last stderr line, the error: one line, no traceback before it."""
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert sum("error:" in line for line in lines) == 1 and "error:" in lines[-1]
+    return lines[-1]
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, bytes]]:
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes())
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def hold(folder: Path) -> subprocess.Popen:
+    """Another live ncslim process holding ``folder`` (as ``ncslim run --out folder`` does)."""
+    code = ("import sys, time\nfrom ncslim.io import run_lock\n"
+            "with run_lock(sys.argv[1], fresh=False):\n"
+            "    print('held', flush=True)\n    time.sleep(120)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE,
+                              text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def saved(path: Path, **kwargs) -> Path:
+    ncslim.save_model(ncslim.build_model("vgg", depth=11, width=0.0625, num_classes=10,
+                                         in_channels=1, **kwargs), path)
+    return path
+
+
+# ---- (A) a live run's folder and its subfolders --------------------------------------------
+
+def live_run(tmp_path: Path) -> Path:
+    """A run folder as ``ncslim run`` has it mid training: a partial checkpoint being written."""
+    run = tmp_path / "run"
+    (run / "train").mkdir(parents=True)
+    (run / "finetune").mkdir()
+    (run / "config.json").write_text('{"command": "run"}\n')
+    (run / "train" / "last.pt").write_bytes(b"epoch 1")
+    (run / "train" / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    return run
+
+
+def writing(run: Path) -> None:
+    """The live run's checkpoint of epoch 2, half written (after its claim cleaned old ones)."""
+    (run / "train" / ".last.pt.0badf00d.tmp").write_bytes(b"epoch 2, half written")
+
+
+SWEEP = 'preset = "demo"\nout = "{out}"\nseeds = [0]\nratios = [0.5]\n[base]\n' \
+        'dataset = "fashion-mnist"\ndata_dir = "{data}"\ndepth = 11\nwidth = 0.0625\n' \
+        'batch_size = 32\nepochs = 1\nfinetune_epochs = 1\ndevice = "cpu"\n[[grid]]\n' \
+        'penalty = "l1"\n'
+
+INTO_A_LIVE_RUN = {  # argv writing into RUN (held by another process) or below it
+    "prune-train": ["prune", "--checkpoint", "{full}", "--ratio", "0.5", "--out", "{run}/train"],
+    "prune-deeper": ["prune", "--checkpoint", "{full}", "--out", "{run}/finetune/p"],
+    "prune-overwrite": ["prune", "--checkpoint", "{full}", "--out", "{run}/train",
+                        "--overwrite"],
+    "finetune": ["finetune", "--checkpoint", "{full}", "--out", "{run}/finetune"],
+    "finetune-resume": ["finetune", "--checkpoint", "{full}", "--out", "{run}/train",
+                        "--resume"],
+    "train": ["train", *ARCH, "--out", "{run}/train"],
+    "train-resume": ["train", *ARCH, "--out", "{run}/train", "--resume"],
+    "run-below": ["run", *ARCH, "--out", "{run}/train/again"],
+    "export-onnx": ["export", "{full}", "-o", "{run}/train/m.onnx", "--no-check"],
+    "export-ts": ["export", "{full}", "--format", "torchscript", "-o", "{run}/m.ts",
+                  "--no-check"],
+    "report": ["report", "{runs}", "--out", "{run}/train/report"],
+    "sweep": ["sweep", "{sweep}"],
+}
+
+
+@pytest.mark.parametrize("case", sorted(INTO_A_LIVE_RUN))
+def test_no_command_writes_into_a_live_run_or_below_it(tmp_path, monkeypatch, capsys, case):
+    flags = tiny_data(tmp_path, monkeypatch)
+    run, full = live_run(tmp_path), saved(tmp_path / "full.pt")
+    runs = tmp_path / "runs" / "a"  # a finished run somewhere else, for report
+    runs.mkdir(parents=True)
+    (runs / "results.json").write_text("{}")
+    sweep = tmp_path / "sweep.toml"
+    sweep.write_text(SWEEP.format(out=run / "train", data=tmp_path / "data"))
+    argv = [a.format(run=run, full=full, runs=tmp_path / "runs", sweep=sweep)
+            for a in INTO_A_LIVE_RUN[case]]
+    if argv[0] in ("train", "run"):
+        argv += flags
+    holder = hold(run)
+    writing(run)
+    before = snapshot(run)
+    try:
+        err = one_line_error(argv, capsys)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert f"inside {run.resolve()}, a run in progress (another ncslim process (pid " \
+           f"{holder.pid}))" in err and "outside it" in err
+    assert snapshot(run) == before  # the live run's partial checkpoint is still there
+
+
+@pytest.mark.parametrize("argv", [
+    ["run", *ARCH, "--out", "{run}", "--resume"],
+    ["train", *ARCH, "--out", "{run}", "--resume"],
+    ["prune", "--checkpoint", "{full}", "--out", "{run}", "--overwrite"],
+])
+def test_a_folder_holding_a_live_run_below_it_is_refused(tmp_path, monkeypatch, capsys, argv):
+    """The other way round: ``prune --out RUN/train`` is alive and a command claims RUN."""
+    flags = tiny_data(tmp_path, monkeypatch)
+    run, full = live_run(tmp_path), saved(tmp_path / "full.pt")
+    (run / "config.json").write_text('{"command": "train"}\n')
+    argv = [a.format(run=run, full=full) for a in argv] + (flags if argv[0] != "prune" else [])
+    holder = hold(run / "train")
+    writing(run)
+    before = snapshot(run)
+    try:
+        err = one_line_error(argv, capsys)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert f"holds {(run / 'train').resolve()}, in use by another running ncslim process " \
+           f"(pid {holder.pid})" in err
+    assert snapshot(run) == before
+
+
+def test_once_the_live_run_has_ended_its_subfolder_is_free(tmp_path, capsys):
+    run, full = live_run(tmp_path), saved(tmp_path / "full.pt")
+    holder = hold(run)
+    writing(run)
+    holder.kill()
+    holder.wait()  # SIGKILLed: the kernel dropped its lock; its .lock file stays, harmless
+    assert main(["prune", "--checkpoint", str(full), "--out", str(run / "finetune" / "p")]) == 0
+    assert (run / "finetune" / "p" / "pruned.pt").is_file()
+
+
+# ---- (B) export's output: only its own earlier exports are replaced -------------------------
+
+def foreign_onnx(path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "theirs",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    onnx.save(helper.make_model(graph), str(path))
+
+
+def foreign_zip(path: Path) -> None:
+    with zipfile.ZipFile(path, "w") as archive:  # a zip, as TorchScript is, but not ncslim's
+        archive.writestr("x/extra/notes.txt", "hello")
+
+
+FOREIGN = {  # name, format, how the file is made
+    "typescript": ("app.ts", "torchscript", lambda p: p.write_text("export const x = 1;\n")),
+    "their-onnx": ("theirs.onnx", "onnx", foreign_onnx),
+    "garbage-onnx": ("g.onnx", "onnx", lambda p: p.write_bytes(os.urandom(300))),
+    "zip-ts": ("z.ts", "torchscript", foreign_zip),
+    "fifo": ("pipe.onnx", "onnx", lambda p: os.mkfifo(p)),
+    "dangling-link": ("gone.ts", "torchscript", lambda p: p.symlink_to(p.parent / "nowhere")),
+    "a-model-file": ("other.pt", "onnx", lambda p: saved(p)),
+    "notes": ("notes.txt", "torchscript", lambda p: p.write_text("my notes\n")),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FOREIGN))
+def test_export_never_replaces_a_file_it_did_not_write(tmp_path, capsys, case):
+    name, fmt, make = FOREIGN[case]
+    model, target = saved(tmp_path / "m.pt"), tmp_path / name
+    make(target)
+    before = os.readlink(target) if target.is_symlink() else (
+        target.read_bytes() if target.is_file() else None)
+    err = one_line_error(["export", str(model), "--format", fmt, "-o", str(target),
+                          "--no-check"], capsys)
+    assert f"--output {target} exists and is not an earlier {fmt} export (" in err
+    assert err.endswith("choose another, or pass --overwrite to replace it")
+    after = os.readlink(target) if target.is_symlink() else (
+        target.read_bytes() if target.is_file() else None)
+    assert after == before
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize(("name", "fmt", "message"), [
+    ("m2.onnx", "torchscript", "a torchscript file is named *.ts; name it m2.ts, or pass "
+                               "--format onnx for a .onnx file"),
+    ("m2.ts", "onnx", "a onnx file is named *.onnx; name it m2.onnx, or pass --format "
+                      "torchscript for a .ts file"),
+    ("m2.pt", "torchscript", "a torchscript file is named *.ts; name it m2.ts"),
+    ("m2", "onnx", "a onnx file is named *.onnx; name it m2.onnx"),
+])
+def test_the_outputs_suffix_must_be_its_formats(tmp_path, capsys, name, fmt, message):
+    model = saved(tmp_path / "m.pt")
+    for extra in ([], ["--overwrite"]):  # --overwrite replaces files; it does not rename formats
+        err = one_line_error(["export", str(model), "--format", fmt, "-o", str(tmp_path / name),
+                              "--no-check", *extra], capsys)
+        assert message in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
+
+
+def test_export_replaces_its_own_exports_and_a_foreign_file_only_with_overwrite(tmp_path,
+                                                                                 capsys):
+    model = saved(tmp_path / "m.pt")
+    ts, onnx_file = tmp_path / "m.ts", tmp_path / "m.onnx"
+    for fmt, path in (("torchscript", ts), ("onnx", onnx_file)):
+        for _ in range(2):  # the second replaces the first: its own, signed
+            assert main(["export", str(model), "--format", fmt, "--no-check"]) == 0
+            assert own_export(path, fmt) is None
+    with zipfile.ZipFile(ts) as archive:
+        assert any(n.endswith(f"/extra/{SIGNATURE}") for n in archive.namelist())
+    app = tmp_path / "app.ts"
+    app.write_text("export const x = 1;\n")
+    assert main(["export", str(model), "--format", "torchscript", "-o", str(app),
+                 "--overwrite"]) == 0
+    assert own_export(app, "torchscript") is None
+    assert "checked in TorchScript" in capsys.readouterr().out
+
+
+# ---- (D) late values, and advice that works when taken ------------------------------------
+
+@pytest.mark.parametrize(("flags", "advice"), [
+    (["--passes", "2", "--target-flops", "0.03"], ["--target-flops", "0.145"]),
+    (["--passes", "2", "--target-params", "0.03"], ["--target-params", "0.057"]),
+    (["--passes", "2", "--target-flops", "0.03"], ["--pass-target", "total"]),
+])
+def test_an_unreachable_multi_pass_target_is_refused_first_and_the_advice_works(
+        tmp_path, monkeypatch, capsys, flags, advice):
+    data = [*tiny_data(tmp_path, monkeypatch), "--epochs", "0", "--finetune-epochs", "0"]
+    out = tmp_path / "run"
+    err = one_line_error(["run", *data, *flags, "--out", str(out)], capsys)
+    assert "(--pass-target each)" in err and " ".join(advice) in err
+    assert not out.exists()
+    retry = flags[:-2] + advice if advice[0] != "--pass-target" else flags + advice
+    assert main(["run", *data, *retry, "--out", str(out)]) == 0
+
+
+@pytest.mark.parametrize(("command", "flag"), [("train", "--lr"), ("run", "--lr"),
+                                               ("finetune", "--lr")])
+def test_a_diverged_runs_advice_works_in_the_same_out(tmp_path, monkeypatch, capsys, command,
+                                                      flag):
+    data = [*tiny_data(tmp_path, monkeypatch), "--epochs", "1"]
+    out = tmp_path / "run"
+    if command == "finetune":
+        data = [a for a in data if a not in ARCH]
+        data += ["--checkpoint", str(saved(tmp_path / "full.pt"))]
+    else:
+        data += ["--finetune-epochs", "1"] if command == "run" else []
+    capsys.readouterr()
+    assert main([command, *data, flag, "1e30", "--out", str(out)]) == 3
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"lower {flag}" in err and "run again" in err and f"{out / 'diverged-'}N/" in err
+    old = (out / "config.json").read_text()
+    assert main([command, *data, flag, "0.01", "--out", str(out)]) == 0  # as advised
+    assert (out / "diverged-1" / "config.json").read_text() == old  # kept, not deleted
+    assert not (out / "diverged.json").exists()
+    # a finished run is not diverged: the fresh command is refused again
+    err = one_line_error([command, *data, flag, "0.02", "--out", str(out)], capsys)
+    assert "already holds a run; pass --resume" in err
+
+
+def test_resume_is_advised_only_where_there_is_a_run(tmp_path, monkeypatch, capsys):
+    """Ctrl-C before anything was written: nothing to resume, so no --resume in the advice."""
+    data = [*tiny_data(tmp_path, monkeypatch), "--epochs", "1"]
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ncslim.pipeline, "load_data", interrupted)
+    out = tmp_path / "run"
+    assert main(["train", *data, "--out", str(out)]) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "ncslim train: interrupted"
+
+
+@pytest.mark.parametrize(("content", "where"), [
+    ('{"epoch": 1, "test_acc": 0.5}\n{"epoch": 2, "test_acc": }\n', "line 2: not JSON"),
+    ('{"epoch": 1, "test_acc": 0.5}\n\n{"test_acc": 0.5}\n', "line 3: not an epoch record"),
+    ('{"epoch": 1, "test_acc": "high"}\n', "line 1: not an epoch record of ncslim ('test_acc'"),
+    ('[1, 2]\n', "line 1: not an epoch record"),
+])
+def test_report_errors_name_the_file_and_line(tmp_path, content, where):
+    run = tmp_path / "runs" / "a"
+    (run / "train").mkdir(parents=True)
+    (run / "train" / "metrics.jsonl").write_text(content)
+    with pytest.raises(ValueError, match="metrics.jsonl, " + where.replace("(", r"\(")):
+        read_metrics(run / "train" / "metrics.jsonl")  # what report's curves read
