@@ -197,3 +197,30 @@ def test_a_bomb_in_an_image_folder_is_one_line_and_nothing_is_written(tmp_path, 
                             str(out), "--epochs", "1"], capsys)
     assert "9.png: 8000 x 8000 = 64,000,000 pixels, more than the 33,554,432" in err
     assert not out.exists() and not (tmp_path / "cache").exists()
+
+
+def test_a_fifo_put_in_place_of_an_image_after_the_scan_is_refused_not_waited_on(tmp_path):
+    import os
+    import threading
+
+    from ncslim.data.decode import decode_image
+
+    fifo = tmp_path / "x.png"
+    os.mkfifo(fifo)  # the scan saw a file here; decoding opens what is there now
+    outcome: list[BaseException | None] = []
+
+    def decode() -> None:
+        try:
+            decode_image(str(fifo), 8)
+            outcome.append(None)
+        except BaseException as err:  # noqa: BLE001  what decoding raised, checked below
+            outcome.append(err)
+
+    worker = threading.Thread(target=decode, daemon=True)
+    worker.start()
+    worker.join(10)
+    if worker.is_alive():  # blocked in open(): unblock it by opening the other end, then fail
+        with open(fifo, "wb"):
+            pass
+        pytest.fail("decoding waited on a FIFO")
+    assert outcome and "FIFO" in str(outcome[0]) and str(fifo) in str(outcome[0])

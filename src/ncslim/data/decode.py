@@ -29,11 +29,13 @@ import multiprocessing
 import os
 import re
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
+from ..regular import open_regular
 from .catalog import DataError, _one_line
 from .orphan import die_with_parent
 
@@ -107,18 +109,27 @@ def decode_image(path: str, size: int) -> np.ndarray:
                         f"replace the file") from None
 
 
-def _open(image: Any, path: str) -> Any:
-    """``image.open(path)`` (lazy: the header only), with Pillow's decompression-bomb warning
-    (over 89 megapixels) and error (over 179) turned into the one line of :func:`_check_pixels`."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", image.DecompressionBombWarning)
-            return image.open(path)
-    except (image.DecompressionBombWarning, image.DecompressionBombError) as err:
-        pixels = re.search(r"\((\d+) pixels\)", str(err))
-        count = f"{int(pixels[1]):,}" if pixels else "too many"
-        raise DataError(f"{path}: {count} pixels, more than the {MAX_PIXELS:,} an image may "
-                        f"decode to; downscale it or remove it") from None
+@contextmanager
+def _open(image: Any, path: str) -> Iterator[Any]:
+    """``image.open`` (lazy: the header only) on the file at ``path``, opened as a regular file
+    (a FIFO put there since the folder was scanned is refused, never waited on), with Pillow's
+    decompression-bomb warning (over 89 megapixels) and error (over 179) turned into the one
+    line of :func:`_check_pixels`; the file is closed with the image."""
+    with open_regular(path, "rb", what="image", fix="remove or replace the file") as fp:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", image.DecompressionBombWarning)
+                img = image.open(fp)
+        except (image.DecompressionBombWarning, image.DecompressionBombError) as err:
+            pixels = re.search(r"\((\d+) pixels\)", str(err))
+            count = f"{int(pixels[1]):,}" if pixels else "too many"
+            raise DataError(f"{path}: {count} pixels, more than the {MAX_PIXELS:,} an image "
+                            f"may decode to; downscale it or remove it") from None
+        except image.UnidentifiedImageError:  # its message names the descriptor, not the file
+            raise DataError(f"{path}: cannot be read as an image (not a format Pillow "
+                            f"identifies); remove or replace the file") from None
+        with img:
+            yield img
 
 
 def _check_pixels(path: str, size: tuple[int, int]) -> None:
