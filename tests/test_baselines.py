@@ -141,7 +141,7 @@ def test_a_channel_ratio_prunes_that_share_and_the_report_tells_what_went():
 @pytest.mark.parametrize("changes, message", [
     ({"arch": "resnet", "depth": 11}, "runs on VGG"),
     ({"threshold": 0.01}, "not --threshold"),
-    ({"min_channels": 2}, "--min-channels"),
+    ({"min_channels": 3}, "--min-channels"),
 ])
 def test_what_the_baseline_cannot_run_is_refused_in_one_line(changes, message):
     with pytest.raises(ValueError, match=message) as err:

@@ -8,6 +8,7 @@ from conftest import TINY_IDS, TINY_MODELS, spread_bn
 from torch import nn
 
 import ncslim
+from ncslim.selection import DEFAULT_MIN_CHANNELS
 
 
 def masked(model: nn.Module, report: ncslim.PruneReport) -> nn.Module:
@@ -53,7 +54,7 @@ def test_channel_counts_match_the_kept_gammas(arch, kwargs):
     for layer in report.layers:
         gammas = modules[layer.name].weight.abs()
         above = int((gammas > report.threshold).sum())
-        assert layer.kept == max(above, 1)
+        assert layer.kept == max(above, min(DEFAULT_MIN_CHANNELS, layer.total))
         kept = gammas[layer.indices]
         assert (kept > report.threshold).all() or layer.name in report.floored
     total = sum(layer.total for layer in report.layers)
@@ -67,7 +68,7 @@ def test_ratio_removes_exactly_that_share_with_ties():
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
                 m.weight.fill_(0.5)  # all tied: the rule must still remove exactly 30 %
-    _, report = ncslim.prune_model(model, ratio=0.3)
+    _, report = ncslim.prune_model(model, ratio=0.3, min_channels=1)
     total = sum(layer.total for layer in report.layers)
     # Ties go in network order, so whole early layers go and the floor gives each back 1.
     expected = total - int(0.3 * total) + len(report.floored)
@@ -83,7 +84,7 @@ def test_threshold_zero_removes_exactly_the_zero_channels(images):
         for slot in model.prune_slots():
             bn = modules[slot.bn]
             mask = torch.rand(bn.num_features, generator=gen) < 0.4
-            mask[0] = False
+            mask[:DEFAULT_MIN_CHANNELS] = False  # the floor holds none of the zeros
             bn.weight[mask] = 0.0
             zeros[slot.bn] = int(mask.sum())
     small, report = ncslim.prune_model(model, threshold=0.0)
@@ -287,7 +288,7 @@ def test_prune_to_budget_keeps_the_fraction_at_the_smallest_ratio(arch, kwargs, 
     from ncslim.pruning import prune_to_budget
 
     model = tiny(arch, kwargs)
-    small, report = prune_to_budget(model, 0.4, measure)
+    small, report = prune_to_budget(model, 0.4, measure, min_channels=1)
     after, before = _size(report, measure)
     assert after <= 0.4 * before
     assert report.params_after == ncslim.count_params(small)
@@ -295,7 +296,8 @@ def test_prune_to_budget_keeps_the_fraction_at_the_smallest_ratio(arch, kwargs, 
     channels = sum(layer.total for layer in report.layers)
     removed = int(report.ratio * channels)
     assert removed > 0
-    _, fewer = ncslim.prune_model(model, ratio=(removed - 0.5) / channels, ranking=report.ranking)
+    _, fewer = ncslim.prune_model(model, ratio=(removed - 0.5) / channels, min_channels=1,
+                                  ranking=report.ranking)
     assert _size(fewer, measure)[0] > 0.4 * before
 
 

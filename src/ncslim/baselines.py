@@ -52,6 +52,7 @@ from .pipeline import (
 )
 from .progress import RunProgress
 from .pruning import LayerReport, PruneReport, inherit_record, pruning_report
+from .selection import DEFAULT_MIN_CHANNELS
 from .sparsity import SparsityMethod, unwrap
 from .summary import SUMMARY_FILE, format_results
 from .train import steps_per_epoch
@@ -121,17 +122,18 @@ def check_baseline(cfg: Config, reg: float) -> None:
     if cfg.threshold is not None or (cfg.budget() is None and cfg.ratio is None):
         raise ValueError("the Torch-Pruning baseline is pruned to a compression: give --ratio, "
                          "--target-flops or --target-params (not --threshold)")
-    if cfg.min_channels != 1:
+    if cfg.min_channels not in (1, DEFAULT_MIN_CHANNELS):
         raise ValueError("Torch-Pruning's pruner has no --min-channels floor (it never empties "
-                         "a layer); leave --min-channels at 1")
+                         "a layer, and its runs record 1); leave --min-channels at its default")
 
 
 def baseline_config(cfg: Config, reg: float) -> Config:
     """The config a baseline run records: the harness settings of ``cfg``, no ncslim penalty
-    (``penalty = "none"``; ``lam`` holds ``reg``), no compensation and no cost weighting."""
+    (``penalty = "none"``; ``lam`` holds ``reg``), no compensation, no cost weighting and no
+    channel floor (Torch-Pruning has none)."""
     check_baseline(cfg, reg)
     return replace(cfg, penalty="none", lam=float(reg), mode="subgradient", compensate=False,
-                   cost_weighted=False).validate()
+                   cost_weighted=False, min_channels=1).validate()
 
 
 class TorchPruningBNScale(SparsityMethod):

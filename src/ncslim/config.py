@@ -21,6 +21,7 @@ from typing import Any
 
 from .config_checks import AUTO, check_config, check_value_types, layer_targets, one_target
 from .penalty_registry import param_default, param_help, param_names, param_unset, resolve_params
+from .selection import DEFAULT_MIN_CHANNELS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -176,7 +177,9 @@ class Config:
                                 "the layers); auto: layer for --target-flops, else global (the "
                                 "winner of each, docs/lambda-controller.md); the --lam auto aim "
                                 "ranks as the cut does", PRUNE_TARGET, _ranking_choices)
-    min_channels: int = _opt(1, "never keep fewer channels in a layer", PRUNE_TARGET)
+    min_channels: int = _opt(DEFAULT_MIN_CHANNELS, "never keep fewer channels in a layer (2: a "
+                                                   "layer of one channel can die in training, "
+                                                   "and the network with it)", PRUNE_TARGET)
     round_to: int = _opt(1, "round kept channel counts up to a multiple of this", PRUNE_TARGET)
     max_layer_ratio: float | None = _opt(None, "never remove more than this fraction of one "
                                                "layer's channels in one pruning (network "

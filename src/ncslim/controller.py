@@ -44,7 +44,7 @@ from typing import Any
 import torch
 
 from .regularizer import SparsityRegularizer
-from .selection import check_ranking, layer_floor, rank_scores
+from .selection import DEFAULT_MIN_CHANNELS, check_ranking, layer_floor, rank_scores
 from .sparsity import SparsityMethod
 
 START_LAM = 1e-4  # the paper's lambda for VGG: the penalty's lambda before the controller's own
@@ -88,7 +88,7 @@ class LambdaController(SparsityMethod):
     def __init__(self, regularizer: SparsityRegularizer, target: float | Callable[[Any], float],
                  total_steps: int, every: int | None = None, gain: float = GAIN,
                  ramp: float = RAMP, weights: torch.Tensor | None = None,
-                 min_channels: int = 1, max_layer_ratio: float | None = None,
+                 min_channels: int = DEFAULT_MIN_CHANNELS, max_layer_ratio: float | None = None,
                  schedule: Callable[[int], float] | None = None, momentum: float = 0.0,
                  removal: Callable[[Any], torch.Tensor | None] | None = None,
                  finish: tuple[float, float] | None = FINISH,

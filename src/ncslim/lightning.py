@@ -42,7 +42,7 @@ from .models import SlimmableNet, TracedNet
 from .penalties import make_penalty
 from .pruning import PruneReport, prune_model, prune_to_budget
 from .regularizer import MODES, LayerFilter, SparsityRegularizer, find_scales
-from .selection import DEFAULT_RANKING, resolve_ranking
+from .selection import DEFAULT_MIN_CHANNELS, DEFAULT_RANKING, resolve_ranking
 from .sparsity import SparsityMethod, unwrap
 
 try:
@@ -99,7 +99,7 @@ class SlimmingCallback(Callback):  # type: ignore[misc,valid-type]
         threshold: float | None = None,
         target_flops: float | None = None,
         target_params: float | None = None,
-        min_channels: int = 1,
+        min_channels: int = DEFAULT_MIN_CHANNELS,
         max_layer_ratio: float | None = None,
         round_to: int = 1,
         ranking: str = DEFAULT_RANKING,

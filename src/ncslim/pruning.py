@@ -28,6 +28,7 @@ from .metrics import count_flops, count_params
 from .models import PruneSlot, SlimmableNet, TracedNet, build_model
 from .regularizer import unwrap
 from .selection import (
+    DEFAULT_MIN_CHANNELS,
     DEFAULT_RANKING,
     channel_scores,
     check_rule,
@@ -230,7 +231,7 @@ def prune_model(
     model: nn.Module,
     ratio: float | None = None,
     threshold: float | None = None,
-    min_channels: int = 1,
+    min_channels: int = DEFAULT_MIN_CHANNELS,
     round_to: int = 1,
     compensate: bool = False,
     example_inputs: torch.Tensor | None = None,

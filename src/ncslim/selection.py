@@ -4,7 +4,9 @@ Which channels stay is decided here, once, from per-channel scores (|gamma| unle
 are given): rank the scores of all prunable layers together and remove the lowest ``ratio`` of
 them, or remove every channel scoring <= ``threshold``; then no layer keeps fewer than
 ``min_channels`` channels, none loses more than ``max_layer_ratio`` of its channels (network
-slimming's per-pass cap), and kept counts are rounded up to multiples of ``round_to``.
+slimming's per-pass cap), and kept counts are rounded up to multiples of ``round_to``. The
+floor's default is 2 (:data:`DEFAULT_MIN_CHANNELS`): a layer of one ReLU channel dies when that
+channel's shift turns negative, and the whole network with it (docs/lambda-controller.md).
 
 How a ratio ranks the channels of different layers against each other is the ``ranking``
 (:data:`RANKINGS`): ``global`` compares the raw scores, as network slimming does; ``layer``
@@ -45,6 +47,7 @@ def _layer_mean(scores: torch.Tensor, layer_of: torch.Tensor,
 RANKINGS = {"global": _raw, "layer": _layer_mean}
 AUTO_RANKING = {"flops": "layer"}  # per budget measure; any other target: global
 DEFAULT_RANKING = "auto"
+DEFAULT_MIN_CHANNELS = 2  # one channel left in a layer can die, and the network with it
 
 
 def resolve_ranking(ranking: str, measure: str | None = None) -> str:
