@@ -1,12 +1,19 @@
-"""Shared test fixtures: tiny models with spread-out BN statistics."""
+"""Shared test fixtures: tiny models with spread-out BN statistics, and tiny dataset files."""
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import struct
 from collections.abc import Callable
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
+
+from ncslim import data as D
 
 # (arch, constructor keywords): every family at tiny width, several depths.
 TINY_MODELS = [
@@ -50,3 +57,20 @@ def images() -> Callable[..., torch.Tensor]:
         return torch.randn(n, channels, 32, 32, generator=gen).to(dtype)
 
     return make
+
+
+def write_fashion(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tiny Fashion-MNIST-shaped IDX files (64 training and 32 test images of random pixels,
+    ten classes) and their md5 in the catalog."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    sums = {}
+    for prefix, n in (("train", 64), ("t10k", 32)):
+        arrays = {"images": rng.integers(0, 256, (n, 28, 28)), "labels": rng.integers(0, 10, n)}
+        for kind, array in arrays.items():
+            raw = (bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+                   + array.astype(np.uint8).tobytes())
+            name = f"{prefix}-{kind}-idx{array.ndim}-ubyte.gz"
+            (folder / name).write_bytes(gzip.compress(raw))
+            sums[name] = hashlib.md5(raw).hexdigest()
+    monkeypatch.setitem(D.MD5, "fashion-mnist", sums)

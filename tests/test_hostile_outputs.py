@@ -8,20 +8,16 @@ values that could only fail late, and advice that must work when taken.
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import os
-import struct
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
+from conftest import write_fashion
 
 import ncslim
-import ncslim.data as D
 from ncslim.cli import main
 from ncslim.export import SIGNATURE, own_export
 from ncslim.rundata import read_metrics
@@ -31,18 +27,7 @@ ARCH = ["--arch", "vgg", "--depth", "11", "--width", "0.0625"]
 
 def tiny_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Fashion-MNIST-shaped IDX files (64 training, 32 test images) and the flags reading them."""
-    folder = tmp_path / "data" / "fashion-mnist"
-    folder.mkdir(parents=True)
-    rng, sums = np.random.default_rng(0), {}
-    for prefix, n in (("train", 64), ("t10k", 32)):
-        for kind, array in (("images", rng.integers(0, 256, (n, 28, 28))),
-                            ("labels", rng.integers(0, 10, n))):
-            raw = (bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-                   + array.astype(np.uint8).tobytes())
-            name = f"{prefix}-{kind}-idx{array.ndim}-ubyte.gz"
-            (folder / name).write_bytes(gzip.compress(raw))
-            sums[name] = hashlib.md5(raw).hexdigest()
-    monkeypatch.setitem(D.MD5, "fashion-mnist", sums)
+    write_fashion(tmp_path / "data" / "fashion-mnist", monkeypatch)
     return ["--dataset", "fashion-mnist", "--data-dir", str(tmp_path / "data"), *ARCH,
             "--batch-size", "32", "--device", "cpu"]
 
@@ -98,6 +83,21 @@ def writing(run: Path) -> None:
     (run / "train" / ".last.pt.0badf00d.tmp").write_bytes(b"epoch 2, half written")
 
 
+def refused_beside_a_live_run(run: Path, held: Path, argv: list[str], capsys) -> tuple[str, int]:
+    """The one-line error of ``argv`` while another process holds ``held`` (in or at ``run``,
+    whose partial checkpoint is being written), and that process's pid; ``run`` is unchanged."""
+    holder = hold(held)
+    writing(run)
+    before = snapshot(run)
+    try:
+        err = one_line_error(argv, capsys)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert snapshot(run) == before  # the live run's partial checkpoint is still there
+    return err, holder.pid
+
+
 SWEEP = 'preset = "demo"\nout = "{out}"\nseeds = [0]\nratios = [0.5]\n[base]\n' \
         'dataset = "fashion-mnist"\ndata_dir = "{data}"\ndepth = 11\nwidth = 0.0625\n' \
         'batch_size = 32\nepochs = 1\nfinetune_epochs = 1\ndevice = "cpu"\n[[grid]]\n' \
@@ -135,17 +135,9 @@ def test_no_command_writes_into_a_live_run_or_below_it(tmp_path, monkeypatch, ca
             for a in INTO_A_LIVE_RUN[case]]
     if argv[0] in ("train", "run"):
         argv += flags
-    holder = hold(run)
-    writing(run)
-    before = snapshot(run)
-    try:
-        err = one_line_error(argv, capsys)
-    finally:
-        holder.kill()
-        holder.wait()
+    err, pid = refused_beside_a_live_run(run, run, argv, capsys)
     assert f"inside {run.resolve()}, a run in progress (another ncslim process (pid " \
-           f"{holder.pid}))" in err and "outside it" in err
-    assert snapshot(run) == before  # the live run's partial checkpoint is still there
+           f"{pid}))" in err and "outside it" in err
 
 
 @pytest.mark.parametrize("argv", [
@@ -159,17 +151,9 @@ def test_a_folder_holding_a_live_run_below_it_is_refused(tmp_path, monkeypatch, 
     run, full = live_run(tmp_path), saved(tmp_path / "full.pt")
     (run / "config.json").write_text('{"command": "train"}\n')
     argv = [a.format(run=run, full=full) for a in argv] + (flags if argv[0] != "prune" else [])
-    holder = hold(run / "train")
-    writing(run)
-    before = snapshot(run)
-    try:
-        err = one_line_error(argv, capsys)
-    finally:
-        holder.kill()
-        holder.wait()
+    err, pid = refused_beside_a_live_run(run, run / "train", argv, capsys)
     assert f"holds {(run / 'train').resolve()}, in use by another running ncslim process " \
-           f"(pid {holder.pid})" in err
-    assert snapshot(run) == before
+           f"(pid {pid})" in err
 
 
 def test_once_the_live_run_has_ended_its_subfolder_is_free(tmp_path, capsys):

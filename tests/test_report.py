@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import json
 import shutil
-import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_fashion
 
-from ncslim import data as D
 from ncslim.cli import main
 from ncslim.config import Config
 from ncslim.report import report as make_report
@@ -165,22 +162,6 @@ def test_several_runs_skip_a_comparison_with_one_point(tmp_path):
     files = make_report(tmp_path / "ratios", tmp_path / "ratios-report")
     assert set(files) == {"csv", "markdown", "gamma", "pruned", "params", "flops", "curves"}
     assert not (tmp_path / "ratios-report" / RUN_FILES["channels"]).exists()
-
-
-def write_fashion(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tiny Fashion-MNIST-shaped IDX files (random pictures, ten classes) and their md5."""
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    sums = {}
-    for prefix, n in (("train", 64), ("t10k", 32)):
-        arrays = {"images": rng.integers(0, 256, (n, 28, 28)), "labels": rng.integers(0, 10, n)}
-        for kind, array in arrays.items():
-            raw = (bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-                   + array.astype(np.uint8).tobytes())
-            name = f"{prefix}-{kind}-idx{array.ndim}-ubyte.gz"
-            (folder / name).write_bytes(gzip.compress(raw))
-            sums[name] = hashlib.md5(raw).hexdigest()
-    monkeypatch.setitem(D.MD5, "fashion-mnist", sums)
 
 
 def test_report_of_a_real_tiny_run(tmp_path, monkeypatch, capsys):

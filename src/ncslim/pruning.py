@@ -280,7 +280,7 @@ def prune_model(
     spec = model.channels_after({k: v.tolist() for k, v in keep.items()}, stream_bias=needs_bias)
     reference = next(model.parameters())
     small = build_model(model.arch, model.num_classes, model.in_channels, channels=spec,
-                        input_size=model.input_size)
+                        input_size=model.input_size, check_fits=False)  # a part of `model`
     small.to(device=reference.device, dtype=reference.dtype)
     _transfer(small, model, slots, keep, mean_shift, bias_add)
     small.train(model.training)

@@ -30,20 +30,24 @@ import torch
 from torch import nn
 
 
-def _raw(scores: torch.Tensor, layer_of: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+def _raw(scores: torch.Tensor, layer_of: torch.Tensor | None,
+         sizes: torch.Tensor) -> torch.Tensor:
     return scores
 
 
-def _layer_mean(scores: torch.Tensor, layer_of: torch.Tensor,
+def _layer_mean(scores: torch.Tensor, layer_of: torch.Tensor | None,
                 sizes: torch.Tensor) -> torch.Tensor:
+    if layer_of is None:
+        layer_of = torch.repeat_interleave(torch.arange(sizes.numel(), device=scores.device),
+                                           sizes)
     sums = torch.zeros(sizes.numel(), device=scores.device, dtype=scores.dtype)
     means = sums.index_add_(0, layer_of, scores) / sizes.clamp(min=1).to(scores)
     return scores / means.clamp(min=1e-12)[layer_of]
 
 
 # how layers' scores are made comparable before the global ranking: each takes the scores of
-# all layers as one vector, the layer of each score, and the layers' sizes (one vectorised
-# pass, shared by the cut and the lambda controller's aim)
+# all layers as one vector, the layer of each score (None: it builds the index if it needs
+# one), and the layers' sizes (one vectorised pass, shared by the cut and the controller's aim)
 RANKINGS = {"global": _raw, "layer": _layer_mean}
 AUTO_RANKING = {"flops": "layer"}  # per budget measure; any other target: global
 DEFAULT_RANKING = "auto"
@@ -61,11 +65,7 @@ def rank_scores(scores: torch.Tensor, sizes: Sequence[int] | torch.Tensor, ranki
                 layer_of: torch.Tensor | None = None) -> torch.Tensor:
     """``scores`` (the layers' of ``sizes``, one after the other) as ``ranking`` compares them;
     ``layer_of`` (each score's layer) may be given to save building it."""
-    sizes = torch.as_tensor(sizes, device=scores.device)
-    if layer_of is None:
-        layer_of = torch.repeat_interleave(torch.arange(sizes.numel(), device=scores.device),
-                                           sizes)
-    return RANKINGS[ranking](scores, layer_of, sizes)
+    return RANKINGS[ranking](scores, layer_of, torch.as_tensor(sizes, device=scores.device))
 
 
 @dataclass

@@ -264,18 +264,21 @@ def build_model(
     depth: int | None = None,
     channels: Any = None,
     input_size: int = 32,
+    check_fits: bool = True,
 ) -> SlimmableNet:
     """Build a reference architecture by name: ``vgg``, ``densenet`` or ``resnet``.
 
     ``channels`` (a spec from :meth:`SlimmableNet.config`) rebuilds an exact, possibly pruned,
     architecture; otherwise ``width`` and ``depth`` define the default one. ``input_size`` is
     the side of the square images it takes (the final pooling averages the last feature map).
+    ``check_fits`` first builds it on the meta device and refuses one too large for the memory
+    available (pruning, whose spec is a part of a network that exists, skips it).
     """
     cls = _lookup(name)
     builder: Callable[..., SlimmableNet] = cls
     options = dict(num_classes=num_classes, in_channels=in_channels, width=width, depth=depth,
                    channels=channels, input_size=input_size)
-    if torch.get_default_device().type != "meta":  # would it fit? counted with no storage
+    if check_fits and torch.get_default_device().type != "meta":  # counted with no storage
         with torch.device("meta"):
             _check_fits(builder(**options))
     return builder(**options)
