@@ -184,11 +184,25 @@ def test_dry_run_honours_compensate_min_channels_and_round_to(model_file, capsys
         assert kept(report) != kept(before)
 
 
-def test_ratios_override_the_configured_rule_in_a_dry_run(model_file, capsys):
-    runs = dry_run(model_file, capsys, "--ratios", "0.3", "--target-params", "0.2")
-    ((label, report),) = runs
-    ((_, at_ratio),) = dry_run(model_file, capsys, "--ratios", "0.3")
+def test_ratios_override_the_presets_rule_in_a_dry_run(model_file, capsys):
+    ((label, report),) = dry_run(model_file, capsys, "--ratios", "0.3")  # the preset's: 0.5
+    ((_, at_ratio),) = dry_run(model_file, capsys, "--ratio", "0.3")
     assert label == "ratio 0.3" and kept(report) == kept(at_ratio)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--dry-run", "--target-params", "0.2"], "--ratios and --target-params are two pruning rules"),
+    (["--dry-run", "--ratio", "0.2"], "--ratios and --ratio are two pruning rules"),
+    ([], "add --dry-run"),
+])
+def test_ratios_beside_another_rule_or_without_a_dry_run_are_refused(model_file, tmp_path,
+                                                                      capsys, extra, message):
+    out = tmp_path / "p"
+    code = main(["prune", "--checkpoint", str(model_file), "--ratios", "0.3", *extra,
+                 "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and len(err.splitlines()) == 1
+    assert not out.exists()
 
 
 def test_prune_to_target_params_writes_a_model_within_the_budget(model_file, tmp_path, capsys):

@@ -25,6 +25,7 @@ import torch
 from . import distributed, passes, pipeline, prunerule, summary
 from .commandline import build_parser, unknown_flags
 from .config import Config, command_config, config_fields
+from .config_checks import TARGETS
 from .device import resolve_device
 from .escape import shown as escaped
 from .export import SUFFIX, check_export, check_output, export_model
@@ -73,7 +74,23 @@ def _full_model_hint(path: Path) -> str:
             "ncslim run)")
 
 
+def _check_ratios(args: argparse.Namespace) -> None:
+    """``--ratios`` lists the dry run's prunings: it replaces the rule of the preset or of the
+    model's record, but one given beside it on the command line is a contradiction."""
+    if args.ratios is None:
+        return
+    if not args.dry_run:
+        raise ValueError("--ratios lists the prunings of a dry run; add --dry-run, or prune once "
+                         "with --ratio")
+    given = [f"--{k.replace('_', '-')}" for k in TARGETS
+             if getattr(args, k, None) is not None]
+    if given:
+        raise ValueError(f"--ratios and {given[0]} are two pruning rules at once; a dry run "
+                         f"reports each of --ratios, or the one rule given: drop one of them")
+
+
 def cmd_prune(args: argparse.Namespace) -> None:
+    _check_ratios(args)
     device = resolve_device(_config(args).device)  # the flags are checked before the file
     model = load_model(args.checkpoint, device, args.trust_model_code)
     cfg = _config(args, model.trained_on)
