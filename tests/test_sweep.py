@@ -206,3 +206,29 @@ def test_a_sigkilled_sweep_resumes_to_the_unbroken_result(tmp_path, unbroken_swe
     assert main(["sweep", str(path)]) == 0
     assert not list(runs.rglob(".*.tmp"))
     assert _outcome(runs) == unbroken_sweep
+
+
+def test_a_diverged_run_is_set_aside_and_the_sweep_goes_on(tmp_path, capsys):
+    """Issue 25: one run's divergence stops neither the sweep nor its rerun; the same settings
+    are not tried again, changed ones move the diverged run aside and start it afresh."""
+    grid = '[[grid]]\npenalty = ["l1", "tl1"]\n'
+    path = write_sweep(tmp_path, grid, ratios="[0.5]")
+    path.write_text(path.read_text().replace("lam = 1e-3", "lam = 1e-3\nlr = 1e30"))
+    runs = tmp_path / "runs"
+    assert main(["sweep", str(path)]) == 3
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "2 run(s) diverged" in err and "l1_s0, tl1_s0" in err and "lower their lr" in err
+    marks = {name: (runs / name / "diverged.json") for name in ("l1_s0", "tl1_s0")}
+    stamps = {name: mark.stat().st_mtime_ns for name, mark in marks.items()}  # both were tried
+    assert main(["sweep", str(path), "--dry-run"]) == 0
+    assert capsys.readouterr().out.count("diverged ") == 2
+    assert main(["sweep", str(path)]) == 3  # the same settings: not tried again
+    assert {name: mark.stat().st_mtime_ns for name, mark in marks.items()} == stamps
+    old = (runs / "l1_s0" / "config.json").read_text()
+    path.write_text(path.read_text().replace("lr = 1e30", "lr = 0.01"))
+    assert main(["sweep", str(path)]) == 0
+    for name in ("l1_s0", "tl1_s0"):
+        assert (runs / name / "ratio-0.5" / "results.json").is_file()
+        assert (runs / name / "diverged-1" / "diverged.json").is_file()  # kept, not deleted
+        assert not (runs / name / "diverged.json").exists()
+    assert (runs / "l1_s0" / "diverged-1" / "config.json").read_text() == old

@@ -257,6 +257,11 @@ def cmd_sweep(args: argparse.Namespace) -> None:
                           else "its target" for r in run.ratios)
         print(f"{status:<8} {run.name:<44} ratios {ratios}  -> {run.dir}")
     print(f"{len(listing)} training run(s) in this shard")
+    lost = [run.name for run, status in listing if status == "diverged"]
+    if lost and not args.dry_run:
+        raise TrainingDiverged(f"{len(lost)} run(s) diverged and were set aside, the others ran: "
+                               f"{', '.join(lost)}; lower their lr (or change their settings) "
+                               f"in {args.sweep_file} and run the sweep again")
 
 
 def cmd_report(args: argparse.Namespace) -> None:

@@ -5,7 +5,8 @@ When a stage diverges inside a claimed run folder, :func:`noted` records it in
 ``OUT/diverged.json``. A fresh run (no ``--resume``) in a folder holding that record does not
 refuse the folder as taken: it first moves the diverged run, every file of it, into
 ``OUT/diverged-N/`` (N = 1, 2, ...; nothing is deleted), then starts there. A run that finishes
-(a resume that got through, say) drops the record, so a finished run is never set aside.
+(a resume that got through, say) drops the record, so a finished run is never set aside. A
+sweep does the same per run when its settings change (:mod:`ncslim.sweep`).
 """
 
 from __future__ import annotations
@@ -45,16 +46,16 @@ def set_aside(out: Path) -> Path:
 
 
 @contextmanager
-def noted(out: Path, writes: bool) -> Iterator[None]:
+def noted(out: Path, writes: bool, advice: str = "with the same --out, the new run first moves "
+                                                 "this one to {aside}N/") -> Iterator[None]:
     """Around a claimed run in ``out``: a divergence is recorded (by the process that ``writes``)
-    and its advice says how the same ``--out`` takes the corrected run; a run that gets through
-    drops an earlier record."""
+    and its ``advice`` says how the corrected run takes its place (``{aside}``: where the
+    diverged run goes then); a run that gets through drops an earlier record."""
     try:
         yield
     except TrainingDiverged as err:
         if writes:
             atomic_write_text(out / MARK, json.dumps({"diverged": str(err)}, indent=2) + "\n")
-        raise TrainingDiverged(f"{err} (with the same --out, the new run first moves this one "
-                               f"to {out / ASIDE}N/)") from None
+        raise TrainingDiverged(f"{err} ({advice.format(aside=out / ASIDE)})") from None
     if writes:
         (out / MARK).unlink(missing_ok=True)

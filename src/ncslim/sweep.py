@@ -20,7 +20,8 @@ A sweep file::
     mode = ["subgradient", "proximal"]
 
 A training run is the unit of work (its ratios reuse the trained model). Finished pieces are
-skipped and an interrupted one resumes, so rerunning a killed sweep loses nothing. With
+skipped and an interrupted one resumes, so rerunning a killed sweep loses nothing. A run that
+diverges is set aside and the others go on; it is tried again once its settings change. With
 ``passes = N`` (N > 1) each ratio is its own chain of passes (:mod:`ncslim.passes`): pass 1
 prunes the shared trained model, and ``ratio-R/`` holds ``pass1/`` ... ``passN/``, the final
 model and its results. ``--shard I/N``
@@ -30,12 +31,14 @@ takes every N-th training run, so N machines split a sweep with no coordinator.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from . import diverged
 from .config import AUTO, Config, load_config, read_preset
 from .config_checks import layer_targets, one_target
 from .data import ImageData
@@ -50,11 +53,15 @@ from .pipeline import (
     sparsity_stage,
     write_config,
 )
+from .train import TrainingDiverged
 
 log = logging.getLogger("ncslim")
 SWEEP_KEYS = {"preset", "out", "seeds", "ratios", "base", "grid"}
 SET_BY_SWEEP = {"seed", "out"}  # per run, by the sweep: never in [base] or [[grid]]
 MAX_RUNS = 10_000
+DIVERGED_ADVICE = ("set aside; the sweep goes on: lower its lr (or change its settings) in the "
+                   "sweep file and run the sweep again, which moves it to {aside}N/ and starts "
+                   "it afresh")
 
 
 @dataclass(frozen=True)
@@ -78,7 +85,18 @@ class SweepRun:
         done = sum((self.ratio_dir(r) / "results.json").exists() for r in self.ratios)
         if done == len(self.ratios):
             return "done"
+        if diverged.holds_one(self.dir):
+            return "diverged"
         return "partial" if done or (self.dir / "train").exists() else "new"
+
+    def settings_changed(self) -> bool:
+        """Whether the sweep file now asks other settings of the run than its folder records
+        (a diverged run is tried again only then: the same settings diverge again)."""
+        try:
+            recorded = json.loads((self.dir / "config.json").read_text("utf-8"))["config"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return True  # nothing readable to compare: the run starts afresh
+        return recorded != json.loads(json.dumps(self.config.to_dict()))
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -219,7 +237,14 @@ def run_sweep(path: str | Path, shard: tuple[int, int] = (1, 1),
         if status == "done":
             log.info("sweep: %s already done, skipped", run.name)
             continue
-        _execute(run, cache)
+        if status == "diverged" and not run.settings_changed():
+            log.warning("sweep: %s diverged before (%s), skipped: it would again with the same "
+                        "settings", run.name, run.dir / diverged.MARK)
+            continue
+        try:
+            _execute(run, cache)
+        except TrainingDiverged as err:  # one run's divergence is its own: the others go on
+            log.warning("sweep: %s %s", run.name, err)
     return [(run, run.status()) for run in runs]
 
 
@@ -239,7 +264,11 @@ def _execute(run: SweepRun, cache: dict[tuple[Any, ...], ImageData]) -> None:
     data = cached_data(cfg, cache)
     log.info("sweep: %s", run.name)
     check_model(cfg, data)
-    with run_lock(run.dir, fresh=False):  # two shards given the same run never interleave
+    with (run_lock(run.dir, fresh=False),  # two shards given the same run never interleave
+          diverged.noted(run.dir, writes=True, advice=DIVERGED_ADVICE)):
+        if diverged.holds_one(run.dir):  # diverged before, and its settings changed since
+            log.info("sweep: %s diverged before; set aside in %s", run.name,
+                     diverged.set_aside(run.dir))
         write_config(cfg, run.dir, "sweep", data.info.fingerprint)
         # pass 1's training (the passes' own target for --lam auto); the same for every ratio
         model, sparse_acc = sparsity_stage(pass_config(cfg, 1), data, run.dir / "train",
