@@ -14,6 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 usage() { sed -n '2,/^set -euo/p' scripts/gpu_check.sh | sed -e '$d' -e 's/^# \{0,1\}//'; }
 fail() { echo "gpu_check: error: $1; see bash scripts/gpu_check.sh --help" >&2; exit 2; }
+for arg in "$@"; do case $arg in -h|--help) usage; exit 0 ;; esac; done  # whatever else is given
 device=
 args=("$@")
 i=0
@@ -30,7 +31,11 @@ while [ $i -lt ${#args[@]} ]; do  # every flag checked here, before any set-up o
     *) fail "unknown argument '$arg' (flags: --device, --only, --work, --help)" ;;
   esac
   [ -n "$value" ] && [ "${value#--}" = "$value" ] || fail "$flag needs a value, got '$value'"
-  [ "$flag" = --device ] && device=$value
+  case $flag=$value in  # the forms; the check names themselves are known to the Python side
+    --device=cuda|--device=cpu|--device=cuda:[0-9]|--device=cuda:[0-9][0-9]) device=$value ;;
+    --device=*) fail "--device '$value' is not a device; use cuda, cuda:N or cpu" ;;
+    --only=*[!a-z0-9_,.-]*) fail "--only '$value' is not a comma-separated list of check names" ;;
+  esac
   i=$((i + 1))
 done
 if [ -z "$device" ] && ! { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q '^GPU'; }; then

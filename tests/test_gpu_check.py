@@ -67,6 +67,7 @@ def test_without_a_gpu_it_says_so_in_one_line_and_exits_0_at_once():
     (["--device"], "--device needs a value"),
     (["--work", "--device", "cpu"], "--work needs a value, got '--device'"),
     (["--only=", "--device", "cpu"], "--only needs a value, got ''"),
+    (["--only", "a b"], "--only 'a b' is not a comma-separated list of check names"),
 ])
 def test_bad_arguments_are_one_line_and_exit_2(args, message):
     done = run_script(*args, timeout=120)

@@ -115,7 +115,7 @@ def test_a_file_whose_builder_ignores_its_class_count_is_refused(outputs_module,
 
 # --- 4. what a file records of its data, against its weights ---------------------------------
 
-def save_with(tmp_path: Path, record: object, classes: int = 3, name: str = "m.pt") -> Path:
+def save_with(tmp_path: Path, record: object, classes: int = 10, name: str = "m.pt") -> Path:
     model = build_model("vgg", classes, 1, width=0.0625, depth=11)
     payload = ncslim.io.model_payload(model)
     payload["trained_on"] = record
@@ -166,6 +166,9 @@ BAD_RECORDS = [
     {"dataset": "folder", "classes": [1, 2, 3]},
     {"dataset": "folder", "test_split": ["val"]},
     ["fashion-mnist"],
+    {"dataset": "imagenet"},  # not a dataset ncslim knows
+    {"dataset": "\x1b]2;owned\x07"},
+    {"dataset": "cifar100"},  # 100 classes; the network has 10 outputs
 ]
 
 
@@ -179,17 +182,28 @@ def test_a_record_that_does_not_fit_is_one_printable_line(tmp_path, capsys, reco
 
 
 @SETTINGS
-@given(names=st.lists(names, min_size=1, max_size=4, unique=True), dataset=names)
-def test_recorded_text_reaches_the_terminal_escaped(tmp_path_factory, monkeypatch, capsys, names,
-                                                    dataset):
+@given(names=st.lists(names, min_size=1, max_size=4, unique=True))
+def test_recorded_text_reaches_the_terminal_escaped(tmp_path_factory, monkeypatch, capsys, names):
     monkeypatch.setattr("ncslim.metrics._time_one", lambda model, x: 1e-6)
-    dataset = "\x1b[31m" + dataset
-    path = save_with(tmp_path_factory.mktemp("e"), {"dataset": dataset, "classes": names},
+    names = ["\x1b[31m" + names[0], *names[1:]]
+    path = save_with(tmp_path_factory.mktemp("e"), {"dataset": "folder", "classes": names},
                      len(names))
     capsys.readouterr()
     assert main(["info", "--checkpoint", str(path), "--batch-size", "2"]) == 0
     head = capsys.readouterr().out.splitlines()[0]
-    assert head.isprintable() and "trained on \\x1b[31m" in head, head
+    assert head.isprintable() and "\\x1b[31m" in head, head
+
+
+@pytest.mark.parametrize("key", ["\x1b]2;owned\x07", "\x1b[2J", "a\u202eb"])
+def test_text_a_file_puts_into_any_error_reaches_the_terminal_escaped(tmp_path, capsys, key):
+    """An unknown keyword of the stored architecture: Python's own error carries it raw."""
+    model = build_model("vgg", 10, 1, width=0.0625, depth=11)
+    payload = ncslim.io.model_payload(model)
+    payload["config"][key] = 1
+    torch.save(payload, tmp_path / "m.pt")
+    assert main(["info", "--checkpoint", str(tmp_path / "m.pt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.isprintable() and len(err.splitlines()) == 1, err
 
 
 @pytest.mark.parametrize("params", [1, 100, "own - 1"])
@@ -205,3 +219,15 @@ def test_a_full_model_smaller_than_the_pruned_one_is_refused(tmp_path, capsys, p
     payload["pruned_from"]["params"] = own  # pruned at ratio 0: as large, accepted
     torch.save(payload, tmp_path / "m.pt")
     assert ncslim.load_model(tmp_path / "m.pt").pruned_from["params"] == own
+
+
+def test_info_refuses_a_full_model_of_fewer_flops_than_the_pruned_one(tmp_path, capsys,
+                                                                      monkeypatch):
+    monkeypatch.setattr("ncslim.metrics._time_one", lambda model, x: 1e-6)
+    model = build_model("vgg", 10, 1, width=0.0625, depth=11)
+    payload = ncslim.io.model_payload(model)
+    payload["pruned_from"] = {"params": 10**9, "flops": 1000, "channels": 10**4}
+    torch.save(payload, tmp_path / "m.pt")
+    err = one_line_error(capsys, main(["info", "--checkpoint", str(tmp_path / "m.pt"),
+                                       "--batch-size", "2"]))
+    assert "records a full model of 1,000 FLOPs, fewer than this model's" in err

@@ -27,6 +27,7 @@ from .commandline import build_parser, unknown_flags
 from .config import Config, command_config, config_fields
 from .config_checks import TARGETS
 from .device import resolve_device
+from .escape import first_line
 from .escape import shown as escaped
 from .export import SUFFIX, check_export, check_output, export_model
 from .io import atomic_write_text, load_model, run_lock, save_model
@@ -219,6 +220,9 @@ def cmd_info(args: argparse.Namespace) -> None:
           f"(MACs {info['flops'] // 2:,}) per image")
     if info["pruned_from"]:
         full = info["pruned_from"]
+        if full["flops"] < info["flops"]:
+            raise ValueError(f"{args.checkpoint}: 'pruned_from' records a full model of "
+                             f"{full['flops']:,} FLOPs, fewer than this model's {info['flops']:,}")
         print(f"pruned from a model of {full['params']:,} parameters and {full['flops']:,} FLOPs "
               f"({1 - info['params'] / full['params']:.1%} / "
               f"{1 - info['flops'] / full['flops']:.1%} removed)")
@@ -318,14 +322,15 @@ def main(argv: list[str] | None = None) -> int:
         handler(args)
         distributed.shutdown(finished=True)
     except TrainingDiverged as err:
-        print(f"ncslim {args.command}: {err}", file=sys.stderr)
+        print(f"ncslim {args.command}: {escaped(err, 2000)}", file=sys.stderr)
         return 3
     except (ValueError, FileNotFoundError) as err:
-        print(f"ncslim {args.command}: error: {_first_line(err)}", file=sys.stderr)
+        print(f"ncslim {args.command}: error: {first_line(err)}", file=sys.stderr)
         return 2
     except OSError as err:  # a full disk, a read-only directory, ...
-        where = f" ({err.filename})" if err.filename else ""
-        print(f"ncslim {args.command}: error: {err.strerror or _first_line(err)}{where}; files "
+        where = f" ({escaped(err.filename, 2000)})" if err.filename else ""
+        reason = escaped(err.strerror) if err.strerror else first_line(err)
+        print(f"ncslim {args.command}: error: {reason}{where}; files "
               f"written before are intact; fix it{_continue_with(args, argv) or ' and rerun'}",
               file=sys.stderr)
         return 2
@@ -368,11 +373,6 @@ def _holds_run(args: argparse.Namespace) -> bool:
     except (ValueError, TypeError, OSError):  # the advice stays as it was
         return True
     return any((out / mark).is_file() for mark in pipeline.RUN_MARKS)
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 if __name__ == "__main__":

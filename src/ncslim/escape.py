@@ -16,3 +16,10 @@ def shown(text: Any, limit: int = 200) -> str:
     if not text.isprintable():
         text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
     return text + ("..." if cut else "")
+
+
+def first_line(err: BaseException, limit: int = 2000) -> str:
+    """The first line of an error's message, safe to print (:func:`shown`; an error raised on
+    text from a file, such as an unknown keyword, carries that text); its type when empty."""
+    text = str(err).strip()
+    return shown(text.splitlines()[0], limit) if text else type(err).__name__

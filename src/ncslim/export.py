@@ -32,12 +32,13 @@ import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
 from torch import nn
 
+from .escape import first_line
 from .io import atomic_path, not_a_file
 from .liverun import refuse_near_live_run
 from .regularizer import unwrap
@@ -48,6 +49,9 @@ SUFFIXES = {"onnx": (".onnx",), "torchscript": (".ts", ".torchscript")}  # a for
 # ncslim's signature in each file it exports (ONNX metadata_props, a TorchScript extra file):
 # how export knows a file at its output is an earlier export of its own, safe to replace
 SIGNATURE = "ncslim.export"
+ONNX_METADATA_FIELD = 14  # ModelProto.metadata_props (onnx.proto)
+MAX_METADATA_ENTRY = 1 << 16  # bytes of one metadata entry read to find the signature
+MAX_TOP_FIELDS = 10_000  # top-level fields read before a file is judged not an export of ours
 # whose log the exporters write (onnxscript's optimiser and onnx_ir's passes log at INFO)
 EXPORTER_LOGGERS = ("torch", "onnxscript", "onnx_ir", "onnx")
 
@@ -105,8 +109,8 @@ def export_model(model: nn.Module, path: str | os.PathLike, format: str = "onnx"
         with torch.no_grad():
             model(example_input(shape))
     except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
-        raise ValueError(f"the model does not take inputs of shape {shape}: {first}") from None
+        raise ValueError(f"the model does not take inputs of shape {shape}: "
+                         f"{first_line(err)}") from None
     if format == "onnx":
         _needs("onnx", "onnxscript")
     with atomic_path(path) as tmp:
@@ -162,14 +166,59 @@ def own_export(path: Path, format: str) -> str | None:
                 signed = entry is not None and entry.file_size < 4096 and \
                     json.loads(archive.read(entry)).get("writer") == "ncslim"
         else:
-            import onnx
-
-            props = onnx.load(str(path), load_external_data=False).metadata_props
-            signed = any(p.key == SIGNATURE and json.loads(p.value).get("writer") == "ncslim"
-                         for p in props)
-    except Exception:  # noqa: BLE001  unreadable, another format, onnx missing: not known ours
+            value = _onnx_metadata(path).get(SIGNATURE)
+            signed = value is not None and json.loads(value).get("writer") == "ncslim"
+    except Exception:  # noqa: BLE001  unreadable, another format: not known ours
         signed = False
     return None if signed else f"it holds no ncslim {format} signature"
+
+
+def _varint(f: BinaryIO) -> int:
+    value = shift = 0
+    while True:
+        byte = f.read(1)
+        if not byte or shift > 63:
+            raise ValueError("not a protobuf message")
+        value |= (byte[0] & 0x7F) << shift
+        shift += 7
+        if byte[0] < 0x80:
+            return value
+
+
+def _onnx_metadata(path: Path) -> dict[str, str]:
+    """The ``metadata_props`` of an ONNX file, read field by field from the top-level message
+    and seeking past the rest (the graph holds the weights): bounded memory whatever the file."""
+    found: dict[str, str] = {}
+    with path.open("rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        for _ in range(MAX_TOP_FIELDS):  # a model has a few; more is not an export of ours
+            if f.tell() >= size:
+                return found
+            field, wire = divmod(_varint(f), 8)
+            if field == 0:
+                raise ValueError("not a protobuf message")
+            if wire == 0:
+                _varint(f)
+            elif wire in (1, 5):
+                f.seek(8 if wire == 1 else 4, os.SEEK_CUR)
+            elif wire == 2:
+                length = _varint(f)
+                if field != ONNX_METADATA_FIELD:
+                    f.seek(length, os.SEEK_CUR)
+                    continue
+                if length > MAX_METADATA_ENTRY:
+                    raise ValueError("an oversized metadata entry")
+                entry = io.BytesIO(f.read(length))
+                pair = {}
+                while entry.tell() < length:
+                    key, kind = divmod(_varint(entry), 8)
+                    if kind != 2:
+                        raise ValueError("not a metadata entry")
+                    pair[key] = entry.read(_varint(entry)).decode("utf-8")
+                found[pair.get(1, "")] = pair.get(2, "")
+            else:
+                raise ValueError("not an ONNX file")
+    raise ValueError("too many fields for an ONNX model")
 
 
 @contextmanager

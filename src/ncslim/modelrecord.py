@@ -4,7 +4,8 @@ A model file records the data it was trained on (``trained_on``: the dataset, it
 for an image folder the input size, class names and test split). ``prune`` and ``finetune``
 take the dataset from it and ``info`` prints it, so each field is checked against the weights
 first: an image folder's class names must be as many as the network's outputs and distinct, its
-input size the model's own, the other fields plain values of their kind. Text from a file
+input size the model's own, a built-in dataset's classes as many as the outputs, the other
+fields plain values of their kind. Text from a file
 reaches the terminal through :func:`shown`, which escapes control characters and ANSI escapes.
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from .config import DATA_RECORD
-from .data import MAX_CLASS_NAME, MAX_CLASSES
+from .data import DATASETS, MAX_CLASS_NAME, MAX_CLASSES, dataset_names
 from .escape import shown
 
 MAX_TEXT = 4096  # characters of a recorded dataset name or test split
@@ -41,12 +42,24 @@ def check_trained_on(record: Any, num_classes: int, input_size: int) -> dict[str
             raise _bad(f"its {key} must be 1 to {MAX_TEXT} characters")
         if key in ("limit_train", "limit_test", "input_size") and value is not None and value < 1:
             raise _bad(f"its {key} must be positive, got {value}")
+    _check_dataset(record["dataset"], num_classes)
     if record.get("input_size") not in (None, input_size):
         raise ValueError(f"'trained_on' says {record['input_size']}x{record['input_size']} "
                          f"images, but the model takes {input_size}x{input_size}")
     if "classes" in record:
         _check_classes(record["classes"], num_classes)
     return dict(record)
+
+
+def _check_dataset(name: str, num_classes: int) -> None:
+    """A dataset ncslim knows, and for a built-in one, as many classes as the network has
+    outputs (an image folder's are checked by its class names)."""
+    if name not in dataset_names():
+        raise _bad(f"an unknown dataset {shown(repr(name))}; ncslim knows "
+                   f"{', '.join(dataset_names())}")
+    if name in DATASETS and DATASETS[name].num_classes != num_classes:
+        raise ValueError(f"'trained_on' says {name}, which has {DATASETS[name].num_classes} "
+                         f"classes, but the network has {num_classes:,} outputs")
 
 
 def _bad(detail: str) -> ValueError:
@@ -69,7 +82,8 @@ def _check_classes(names: list[Any], num_classes: int) -> None:
 
 def check_pruned_from(record: dict[str, int] | None, model: Any) -> dict[str, int] | None:
     """A pruned model's record of its full model (checked for form by the loader): the full
-    model cannot have had fewer parameters than ``model`` has now."""
+    model cannot have had fewer parameters than ``model`` has now (its FLOPs, which take a
+    forward pass to count, are checked where they are shown: ``ncslim info``)."""
     params = sum(p.numel() for p in model.parameters())
     if record is not None and record["params"] < params:
         raise ValueError(f"'pruned_from' records a full model of {record['params']:,} "

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from .escape import first_line
 from .metrics import (
     check_batch_size,
     check_batch_time,
@@ -96,7 +97,7 @@ def check_timing(model: SlimmableNet, batch_size: int, device: torch.device,
         activations, flops = forward_cost(model)
     except (RuntimeError, NotImplementedError, TypeError) as err:
         log.warning("the memory and time of timing %s cannot be estimated beforehand (%s)",
-                    model.arch, str(err).strip().splitlines()[0] if str(err).strip() else err)
+                    model.arch, first_line(err))
         return None
     size = model.input_size
     what = f"timing {model.arch} at batch {batch_size} on {size}x{size} images"

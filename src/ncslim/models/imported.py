@@ -48,7 +48,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..escape import shown
+from ..escape import first_line, shown
 from .base import MAX_DEPTH, MAX_LAYER_CHANNELS, TracedNet, register_model
 
 BUILDER = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
@@ -190,12 +190,7 @@ def _failure(err: BaseException) -> str:
     """``Type: first line`` of an error the user's code raised, printable; an exit says so."""
     if isinstance(err, SystemExit):
         return f"it exited (SystemExit {shown(repr(err.code))})"
-    return f"{type(err).__name__}: {shown(_first_line(err))}"
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else "(no message)"
+    return f"{type(err).__name__}: {first_line(err, 200) if str(err).strip() else '(no message)'}"
 
 
 def check_spec(channels: Any) -> dict[str, Any]:
