@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .io import atomic_write_text
+from .liverun import LOCK_NAME
 from .train import TrainingDiverged
 
 MARK = "diverged.json"
@@ -40,7 +41,7 @@ def set_aside(out: Path) -> Path:
     aside = out / f"{ASIDE}{n}"
     aside.mkdir()
     for entry in sorted(out.iterdir()):
-        if entry.name != ".lock" and not entry.name.startswith(ASIDE):
+        if entry.name != LOCK_NAME and not entry.name.startswith(ASIDE):
             os.replace(entry, aside / entry.name)  # the same folder tree: a rename, never a copy
     return aside
 
