@@ -10,9 +10,12 @@ import struct
 import subprocess
 import sys
 import tempfile
+import time
+import warnings
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -22,6 +25,7 @@ from ncslim.data import DataError
 from ncslim.data import decode as D
 
 Image = pytest.importorskip("PIL.Image")
+Image.init()  # every plugin imported now: PalmImagePlugin loads an image as it is imported
 SETTINGS = settings(max_examples=40, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -224,3 +228,198 @@ def test_a_fifo_put_in_place_of_an_image_after_the_scan_is_refused_not_waited_on
             pass
         pytest.fail("decoding waited on a FIFO")
     assert outcome and "FIFO" in str(outcome[0]) and str(fifo) in str(outcome[0])
+
+
+# --------------------------------------- the budget applies to what is decoded (JPEG draft)
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory) -> Path:
+    """A real 96-megapixel JPEG (12000 x 8000, a 100 MP camera's photo): over Pillow's warning
+    (89 megapixels) and the budget from its header; its draft for 224 decodes 1500 x 1000."""
+    path = tmp_path_factory.mktemp("photo") / "photo.jpg"
+    Image.new("RGB", (12000, 8000), (200, 60, 20)).save(path, quality=5)
+    assert path.stat().st_size < 3_000_000
+    return path
+
+
+def test_a_large_jpeg_that_its_draft_brings_under_the_budget_is_decoded(photo):
+    """Regression: Pillow's warning turned into a refusal before the draft refused it."""
+    filters = list(warnings.filters)
+    started = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = D.decode_image(str(photo), 224)
+    assert time.perf_counter() - started < 5
+    assert out.shape == (3, 224, 224) and out.dtype == np.uint8
+    assert abs(int(out[0].mean()) - 200) < 30 and int(out[2].mean()) < 60  # the colour it was
+    assert not caught  # Pillow's decompression-bomb warning is ignored, not printed
+    assert warnings.filters == filters  # and only while the file was opened
+
+
+def test_a_large_jpeg_whose_draft_stays_over_the_budget_is_refused_in_one_line(photo,
+                                                                                monkeypatch):
+    monkeypatch.setattr(D, "MAX_PIXELS", 1_000_000)  # the draft for 224 decodes 1,500,000
+    with pytest.raises(DataError) as err:
+        D.decode_image(str(photo), 224)
+    text = str(err.value)
+    assert "\n" not in text and text.startswith(f"{photo}: 12000 x 8000, decoded at a reduced "
+                                                f"scale to 1500 x 1000 = 1,500,000 pixels, more "
+                                                f"than the 1,000,000 an image may decode to")
+
+
+def test_a_jpeg_over_pillows_hard_limit_is_decoded_when_its_draft_fits(tmp_path, monkeypatch):
+    """Pillow refuses more than twice its limit (179 megapixels) before any draft; a JPEG is
+    then opened without Pillow's check and its draft checked (here both limits are scaled down:
+    a 200-megapixel photo would take seconds to make)."""
+    path = tmp_path / "panorama.jpg"
+    Image.new("RGB", (1200, 800), (20, 60, 200)).save(path, quality=5)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 400_000)  # refuses over 800,000
+    monkeypatch.setattr(D, "MAX_PIXELS", 100_000)
+    assert D.decode_image(str(path), 32).shape == (3, 32, 32)  # draft 1/8: 150 x 100
+    with pytest.raises(DataError, match=r"decoded at a reduced scale to 300 x 200 = 60,000 "
+                                        r"pixels, more than the 50,000"):
+        monkeypatch.setattr(D, "MAX_PIXELS", 50_000)
+        D.decode_image(str(path), 200)  # draft 1/4
+    png_path = tmp_path / "panorama.png"
+    Image.new("RGB", (1200, 800)).save(png_path)
+    with pytest.raises(DataError) as err:
+        D.decode_image(str(png_path), 32)  # no draft: Pillow's error, in the one line
+    assert str(err.value) == (f"{png_path}: 960,000 pixels, more than the 50,000 an image may "
+                              f"decode to; downscale it or remove it")
+
+
+def test_a_progressive_jpeg_counts_the_coefficients_libjpeg_holds(tmp_path, monkeypatch):
+    """libjpeg decodes a JPEG in several scans through a buffer of every coefficient of the
+    full-size image (2 bytes each), whatever the draft: a 96-megapixel progressive photo took
+    283 MiB to decode at 1/8 scale, a baseline one 15 MiB. 1200 x 800 at 4:2:0: 2,880,000 bytes
+    of coefficients; here the budget is scaled down."""
+    monkeypatch.setattr(D, "MAX_PIXELS", 100_000)
+    picture = Image.new("RGB", (1200, 800), (20, 60, 200))
+    baseline, progressive = tmp_path / "baseline.jpg", tmp_path / "progressive.jpg"
+    picture.save(baseline, quality=5)
+    picture.save(progressive, quality=5, progressive=True)
+    assert D.decode_image(str(baseline), 32).shape == (3, 32, 32)  # 150 x 100 at 1/8
+    held = -(-2_880_000 // D.PEAK_BYTES_PER_PIXEL)
+    with pytest.raises(DataError) as err:
+        D.decode_image(str(progressive), 32)
+    assert str(err.value) == (
+        f"{progressive}: 1200 x 800 JPEG in several scans (progressive), which libjpeg decodes "
+        f"through all 3 MiB of its coefficients whatever the scale: as much memory as "
+        f"{15_000 + held:,} pixels, more than the 100,000 an image may decode to; save it as a "
+        f"baseline JPEG, downscale it or remove it")
+    monkeypatch.setattr(D, "MAX_PIXELS", 15_000 + held)  # exact: the buffer fits
+    assert D.decode_image(str(progressive), 32).shape == (3, 32, 32)
+
+
+def test_a_sequential_jpeg_in_one_scan_a_component_is_buffered_too(tmp_path, monkeypatch):
+    """libjpeg buffers a JPEG whose first scan holds fewer components than its frame (header
+    only: the scan's component count is made 1, and the file is refused before decoding)."""
+    monkeypatch.setattr(D, "MAX_PIXELS", 100_000)
+    buf = io.BytesIO()
+    Image.new("RGB", (1200, 800), (20, 60, 200)).save(buf, "JPEG", quality=5)
+    data = bytearray(buf.getvalue())
+    sos = data.index(b"\xff\xda")
+    assert data[sos + 4] == 3
+    data[sos + 4] = 1
+    path = tmp_path / "scans.jpg"
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="JPEG in several scans"):
+        D.decode_image(str(path), 32)
+
+
+@pytest.mark.parametrize("size", [(12000, 8000), (8192, 4097)])
+def test_a_png_over_the_budget_is_still_refused_in_one_line_without_a_warning(tmp_path, size):
+    """Header only: 96 megapixels (Pillow warns) and one row over the budget (it does not)."""
+    width, height = size
+    path = tmp_path / "big.png"
+    path.write_bytes(png(width, height, 8, 2))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(DataError) as err:
+            D.decode_image(str(path), 224)
+    assert str(err.value) == (f"{path}: {width} x {height} = {width * height:,} pixels, more "
+                              f"than the 33,554,432 an image may decode to; downscale it or "
+                              f"remove it")
+    assert not caught
+
+
+# ------------------------------------------------------------------ the pool's memory is bounded
+
+
+def test_the_pool_has_few_enough_workers_that_its_peak_is_bounded():
+    per_image = D.MAX_PIXELS * D.PEAK_BYTES_PER_PIXEL
+    most = D.pool_workers(1024)
+    assert most * per_image <= D.DECODE_MEMORY < (most + 1) * per_image
+    assert most >= 4  # a photo folder still decodes in parallel
+    assert [D.pool_workers(k) for k in (0, 1, 2, most, most + 1, 64)] == [1, 1, 2, most, most,
+                                                                          most]
+    assert D.pool_text(10_000, 64) == f"with {most} processes"
+    assert D.pool_text(10_000, 2, "threads") == "with 2 threads"
+    assert D.pool_text(10, 64) == "in this process"
+
+
+def test_the_pool_bound_follows_the_budget(monkeypatch):
+    monkeypatch.setattr(D, "MAX_PIXELS", 1 << 20)  # 17 MiB an image: 240 workers fit
+    assert D.pool_workers(64) == 64
+    monkeypatch.setattr(D, "DECODE_MEMORY", 1 << 20)  # less than one image: still one worker
+    assert D.pool_workers(64) == 1
+
+
+@pytest.mark.parametrize("pool", ["processes", "threads"])
+def test_decode_images_starts_no_more_workers_than_the_bound(tmp_path, monkeypatch, pool):
+    started = []
+    make = D._executor
+
+    def executor(kind, workers):
+        started.append(workers)
+        return make(kind, workers)
+
+    monkeypatch.setattr(D, "_executor", executor)
+    monkeypatch.setattr(D, "SERIAL_BELOW", 0)
+    monkeypatch.setattr(D, "CHUNK", 1)
+    path = tmp_path / "a.png"
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(path)
+    out = D.decode_images([str(path)] * 3, 4, workers=1000, pool=pool)
+    assert out.shape == (3, 3, 4, 4) and started == [D.pool_workers(1000)]
+
+
+# --------------------------------------------------- formats decoded by another program (EPS/PS)
+
+
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n/loop { loop } def loop\n%%EOF\n"
+
+
+def test_eps_and_ps_are_not_counted_as_images():
+    suffixes = D.image_suffixes()
+    assert ".eps" not in suffixes and ".ps" not in suffixes
+    assert {".jpg", ".png", ".webp"} <= suffixes
+
+
+def test_a_folder_of_eps_files_holds_no_images(tmp_path):
+    from ncslim.data.folder import scan_folder
+
+    for name in ("cat", "dog"):
+        (tmp_path / name).mkdir()
+        for i in range(3):
+            (tmp_path / name / f"{i}.eps").write_bytes(EPS)
+    with pytest.raises(DataError) as err:
+        scan_folder(tmp_path)
+    text = str(err.value)
+    assert "\n" not in text and "the class folder holds no images" in text
+
+
+def test_an_eps_file_under_an_image_name_is_refused_without_running_ghostscript(tmp_path,
+                                                                                 monkeypatch):
+    ran = []
+    monkeypatch.setattr(subprocess, "check_call", lambda *a, **k: ran.append(a))
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: ran.append(a))
+    path = tmp_path / "loop.png"
+    path.write_bytes(EPS)
+    with pytest.raises(DataError) as err:
+        D.decode_image(str(path), 32)
+    text = str(err.value)
+    assert text == (f"{path}: an EPS or PostScript file, which Pillow decodes by running "
+                    f"Ghostscript, with no time limit, so ncslim does not decode it; convert it "
+                    f"to PNG or remove it")
+    assert not ran
