@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from .io import CHECKPOINT_FORMAT, atomic_write_text, safe_load
-from .regular import read_text
+from .rundata import MetricsError, metrics_records
 
 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
@@ -46,25 +46,17 @@ def read_metrics(path: Path, keep: int, rewrite: bool = True) -> list[dict[str, 
     """The metrics of the first ``keep`` epochs; later lines (written before a crash) go
     (from the file too, when ``rewrite``).
 
-    A last line cut short by a crash mid-append is one of those later lines and goes too.
+    Read by :func:`ncslim.rundata.metrics_records`, the one reader of the file, with a last line
+    cut short by a crash mid-append left out (it is one of those later lines); any other line
+    that is not an epoch record is damage, named by file and line.
     """
     if not path.exists() and not path.is_symlink():
         return []
     try:
-        lines = [line for line in read_text(path).splitlines() if line.strip()]
-    except UnicodeDecodeError:
-        raise damaged(path, "it is not UTF-8 text") from None
-    records = []
-    for number, line in enumerate(lines, 1):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            if number < len(lines):
-                raise damaged(path, f"line {number} is not JSON") from None
-            continue  # the last line, cut short by a crash mid-append
-        if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
-            raise damaged(path, f"line {number} is not an epoch's record")
-        records.append(record)
+        records = [record for _, record in metrics_records(path, torn_tail=True)]
+    except MetricsError as err:
+        where = f"line {err.line} is " if err.line is not None else "it is "
+        raise damaged(path, where + err.problem) from None
     records = [r for r in records if r["epoch"] <= keep]
     if [r["epoch"] for r in records] != list(range(1, keep + 1)):
         raise damaged(path, f"it does not hold the records of epochs 1-{keep}, which last.pt "

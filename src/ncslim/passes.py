@@ -39,7 +39,7 @@ from .models import SlimmableNet
 from .progress import RunProgress
 from .prunerule import SHORTFALL
 from .pruning import prune_model
-from .regular import read_text
+from .regular import JSON_RECORD_LIMIT, read_text
 from .summary import SUMMARY_FILE, format_results
 from .train import steps_per_epoch
 
@@ -132,7 +132,8 @@ def run_passes(cfg: Config, data: ImageData, out: Path, full: SlimmableNet, spar
         if resume and (folder / "results.json").is_file():  # a finished pass
             model = load_model(folder / "final.pt", device,  # its own --model: consented
                                trust_code=cfg.model.split(":")[0] if cfg.model else None)
-            outcomes.append(json.loads(read_text(folder / "results.json")))
+            outcomes.append(json.loads(read_text(folder / "results.json", limit=JSON_RECORD_LIMIT,
+                                                 fix="start the run afresh in another --out")))
             if progress is not None:
                 progress.skip(_steps(cfg, data, index))
             continue

@@ -102,19 +102,42 @@ def open_regular(path: str | os.PathLike, mode: str = "rb", *, what: str = "", f
     return io.TextIOWrapper(raw, encoding=encoding or "utf-8")
 
 
-def read_bytes(path: str | os.PathLike, *, what: str = "", fix: str = FIX,
-               limit: int | None = None) -> bytes:
-    """The bytes of the regular file ``path``; over ``limit`` bytes is a one-line ValueError."""
+MiB = 1 << 20
+# The most ncslim reads of a JSON record it writes itself: a run's ``config.json`` (a few KB) or
+# ``results.json`` (a few KB, up to some MB with the |gamma| of every channel of a wide network).
+JSON_RECORD_LIMIT = 64 * MiB
+
+
+def _too_large(path: str | os.PathLike, what: str, fix: str, limit: int,
+               size: int | None) -> ValueError:
+    """The one-line error for a file over ``limit`` bytes (``size``: None when it grew past the
+    limit while it was read)."""
+    label = f"{what} {path}" if what else str(path)
+    has = f"{size:,} bytes, more" if size is not None else "more"
+    return ValueError(f"{label}: {has} than the {_amount(limit)} ncslim reads there; is it the "
+                      f"right file? {fix}")
+
+
+def _amount(limit: int) -> str:
+    return f"{limit // MiB} MiB" if limit >= MiB and limit % MiB == 0 else f"{limit:,} bytes"
+
+
+def read_bytes(path: str | os.PathLike, *, limit: int, what: str = "", fix: str = FIX) -> bytes:
+    """The bytes of the regular file ``path``, at most ``limit`` of them: a larger file is a
+    one-line ValueError naming it, its size and the limit, told from its size before a byte is
+    read (and a file that grows past the limit while read is refused all the same)."""
     with open_regular(path, "rb", what=what, fix=fix) as f:
-        data = f.read() if limit is None else f.read(limit + 1)
-    if limit is not None and len(data) > limit:
-        label = f"{what} {path}" if what else str(path)
-        raise ValueError(f"{label}: more than {limit:,} bytes; is it the right file?")
+        size = os.fstat(f.fileno()).st_size
+        if size > limit:
+            raise _too_large(path, what, fix, limit, size)
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise _too_large(path, what, fix, limit, None)
     return data
 
 
-def read_text(path: str | os.PathLike, *, what: str = "", fix: str = FIX,
+def read_text(path: str | os.PathLike, *, limit: int, what: str = "", fix: str = FIX,
               encoding: str = "utf-8") -> str:
-    """The text of the regular file ``path`` (see :func:`open_regular`)."""
-    with open_regular(path, "r", what=what, fix=fix, encoding=encoding) as f:
-        return f.read()
+    """The text of the regular file ``path`` of at most ``limit`` bytes (see
+    :func:`read_bytes`); text that is not ``encoding`` is a UnicodeDecodeError (a ValueError)."""
+    return read_bytes(path, limit=limit, what=what, fix=fix).decode(encoding)

@@ -16,6 +16,11 @@ A run of several passes (``ncslim run --passes N``) is one row, its final model 
 original, with ``passes`` in both tables; its figures show its last pass's training and cut.
 ``summary.md`` then lists every pass of every such run below the table. The ``results.json``
 each pass folder holds is that pass's own and is not a row.
+
+Everything is read and checked before a file is written (every ``results.json``, every
+``metrics.jsonl`` a figure draws, each within a size limit): bad input is one line, exit 2, and
+``--out`` as it was. A report replaces only files that a report wrote (:func:`refuse_foreign`):
+a ``summary.md``, ``results.csv`` or figure of the user's own at one of its names is refused.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import stat
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -31,7 +37,7 @@ from typing import Any
 from .config import Config
 from .io import atomic_path, atomic_write_text
 from .liverun import refuse_near_live_run
-from .regular import check_regular, read_text
+from .regular import JSON_RECORD_LIMIT, open_regular, read_bytes
 
 COLUMNS = ["setting", "penalty", "params", "lam", "mode", "ratio", "passes", "seed", "acc_sparse",
            "acc_pruned", "acc_finetuned", "params_removed", "flops_removed", "speedup",
@@ -68,12 +74,15 @@ def collect(runs_dir: str | Path) -> list[dict[str, Any]]:
         raise ValueError(f"no results.json below {root}; run `ncslim run` or `ncslim sweep` first")
     rows = []
     for path in paths:
-        check_regular(path, fix="remove it or rerun that run")  # a FIFO would hang the read
+        # a FIFO is refused unopened (it would hang the read), a file over the limit unread
+        data = read_bytes(path, limit=JSON_RECORD_LIMIT, fix="remove it or rerun that run")
         try:
-            row = _row(path, root)
+            row = _row(json.loads(data.decode("utf-8")), path, root)
             if row is not None:
+                summary_table([row])  # every value the table shows, checked before any write
                 rows.append(row)
-        except (ValueError, KeyError, TypeError, AttributeError, StopIteration) as err:
+        except (ValueError, KeyError, TypeError, AttributeError, StopIteration,
+                ZeroDivisionError) as err:
             what = (f", line {err.lineno}: not valid JSON ({err.msg} at column {err.colno})"
                     if isinstance(err, json.JSONDecodeError) else
                     f": not what ncslim writes ({type(err).__name__}: {err})")
@@ -84,10 +93,18 @@ def collect(runs_dir: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _row(path: Path, root: Path) -> dict[str, Any] | None:
-    """The table row of one results.json; None for one pass of a run of several (its
-    ``passN/results.json``: the run's own results.json is the row)."""
-    results = json.loads(read_text(path))
+NUMBERS = ("acc_sparse", "acc_pruned", "acc_finetuned", "params_removed", "flops_removed",
+           "speedup", "channels_removed")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _row(results: Any, path: Path, root: Path) -> dict[str, Any] | None:
+    """The table row of one results.json (``results``, read from ``path``); None for one pass
+    of a run of several (its ``passN/results.json``: the run's own results.json is the row).
+    A value the table or figures cannot show is a TypeError (or KeyError, ...)."""
     config = results["config"]
     if config.get("passes", 1) > 1 and "passes" not in results:
         return None
@@ -112,6 +129,15 @@ def _row(path: Path, root: Path) -> dict[str, Any] | None:
         "_results": results, "_dir": path.parent,
     }
     row["setting"] = _setting(row) + (" distilled" if config.get("distill") else "")
+    bad = [key for key in NUMBERS if not _is_number(row[key])]
+    if not (row["ratio"] is None or _is_number(row["ratio"])):
+        bad.append("ratio")
+    if not (isinstance(row["lam"], str) or _is_number(row["lam"])):
+        bad.append("lam")
+    if isinstance(row["seed"], bool) or not isinstance(row["seed"], int):
+        bad.append("seed")
+    if bad:
+        raise TypeError(f"its {bad[0]} is not a number")
     return row
 
 
@@ -194,16 +220,85 @@ def _pass_table(rows: list[dict[str, Any]]) -> list[str]:
             "| FLOPs removed |", "|" + "---|" * 7, *lines]
 
 
+CSV_HEAD = "setting,penalty,"  # how every results.csv of a report begins (its column names)
+SUMMARY_HEAD = "| setting | lam |"  # how every summary.md of a report begins (its table's head)
+SNIFF = 64 * 1024  # what is read of a file at an output name to tell whose it is
+
+
+def _png_software(head: bytes) -> str | None:
+    """The ``Software`` text chunk of a PNG that begins with ``head``; None if it has none
+    before its image data (or is no PNG)."""
+    if not head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return None
+    at = 8
+    while at + 8 <= len(head):
+        length, kind = int.from_bytes(head[at:at + 4], "big"), head[at + 4:at + 8]
+        if kind in (b"IDAT", b"IEND"):
+            return None
+        if kind == b"tEXt":
+            key, _, value = head[at + 8:at + 8 + length].partition(b"\0")
+            if key == b"Software":
+                return value.decode("latin-1")
+        at += 12 + length
+    return None
+
+
+def _written_by_report(path: Path, older_figures: bool = False) -> bool:
+    """Whether ``path`` is missing or a file a report wrote (see :func:`refuse_foreign`)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return True
+    if not stat.S_ISREG(mode):  # a link, a FIFO, a folder: never what a report writes
+        return False
+    with open_regular(path, "rb") as f:
+        head = f.read(SNIFF)
+    if path.suffix == ".png":
+        from .figurebase import SOFTWARE
+
+        software = _png_software(head) or ""
+        return software == SOFTWARE or (older_figures and software.startswith("Matplotlib"))
+    first = head.split(b"\n", 1)[0].decode("utf-8", "replace")
+    return first.startswith(CSV_HEAD if path.suffix == ".csv" else SUMMARY_HEAD)
+
+
+def refuse_foreign(out: Path, names: list[str]) -> None:
+    """Refuse, in one line naming it, a file at one of the output ``names`` in ``out`` that a
+    report did not write: the report would replace it.
+
+    A report's files say so themselves, so no list of them is kept that could go stale: its
+    ``results.csv`` begins with its column names (``setting,penalty,...``), its ``summary.md``
+    with its table's head (``| setting | lam | ...``), and each figure is a PNG whose text chunk
+    ``Software`` is ``ncslim report``. Figures of reports from before that chunk (``Software:
+    Matplotlib ...``) count as a report's where the folder's ``results.csv`` is a report's. A
+    link, FIFO or folder at an output name is never a report's. A report regenerated into its
+    own earlier folder therefore replaces its own files and nothing else.
+    """
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is a file, not a folder; choose another --out")
+    older_figures = (out / "results.csv").is_file() and _written_by_report(out / "results.csv")
+    for name in names:
+        if not _written_by_report(out / name, older_figures):
+            raise ValueError(f"{out / name}: not written by ncslim report, and the report would "
+                             f"replace it; choose another --out, or remove the file")
+
+
 def report(runs_dir: str | Path, out: str | Path | None = None) -> dict[str, Path]:
-    """Table and figures for every run below ``runs_dir``; returns the files written."""
+    """Table and figures for every run below ``runs_dir``; returns the files written.
+
+    Every file read is read and checked first, and the files at the output names are checked
+    to be a report's own (:func:`refuse_foreign`): only then is anything written."""
     out = Path(out) if out is not None else Path(runs_dir) / "report"
     refuse_near_live_run(out)  # never into a run in progress (its train/, say)
-    rows = collect(runs_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    files = {"csv": out / "results.csv", "markdown": out / "summary.md"}
-    write_csv(rows, files["csv"])
-    atomic_write_text(files["markdown"], summary_table(rows))
+    rows = collect(runs_dir)  # every results.json, checked
     from . import figures
 
-    files.update(figures.draw_all(rows, out))
+    table = summary_table(rows)
+    planned = figures.plan(rows)  # every metrics.jsonl a figure draws, read and checked
+    files = {"csv": out / "results.csv", "markdown": out / "summary.md"}
+    refuse_foreign(out, [path.name for path in files.values()] + [f.name for f in planned])
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(rows, files["csv"])
+    atomic_write_text(files["markdown"], table)
+    files.update(figures.draw_all(rows, out, planned))
     return files

@@ -19,7 +19,7 @@ from . import __version__, distributed, diverged
 from .config import AUTO, Config
 from .io import atomic_write_text, run_lock
 from .liverun import refuse_near_live_run
-from .regular import read_bytes
+from .regular import JSON_RECORD_LIMIT, read_bytes
 
 
 def code_version() -> dict[str, Any]:
@@ -106,7 +106,8 @@ def _ranking_applied(config: dict[str, Any]) -> Any:
 
 
 def _check_same_run(cfg: Config, path: Path, command: str, fingerprint: str = "") -> None:
-    data = read_bytes(path, fix="remove it or choose another --out")  # NotAFileError: named
+    data = read_bytes(path, limit=JSON_RECORD_LIMIT,  # NotAFileError, too large: named
+                      fix="remove it or choose another --out")
     try:
         record = json.loads(data.decode("utf-8"))
         started, before = record["command"], record["config"]

@@ -91,9 +91,15 @@ class SweepRun:
 
     def settings_changed(self) -> bool:
         """Whether the sweep file now asks other settings of the run than its folder records
-        (a diverged run is tried again only then: the same settings diverge again)."""
+        (a diverged run is tried again only then: the same settings diverge again).
+
+        ``config.json`` is read as a regular file within a limit: a FIFO or a huge file there
+        counts as unreadable (the run is set aside whole, that file with it), never read."""
+        from .regular import JSON_RECORD_LIMIT, read_text
+
         try:
-            recorded = json.loads((self.dir / "config.json").read_text("utf-8"))["config"]
+            recorded = json.loads(read_text(self.dir / "config.json",
+                                            limit=JSON_RECORD_LIMIT))["config"]
         except (OSError, ValueError, KeyError, TypeError):
             return True  # nothing readable to compare: the run starts afresh
         return recorded != json.loads(json.dumps(self.config.to_dict()))
