@@ -166,6 +166,72 @@ def test_once_the_live_run_has_ended_its_subfolder_is_free(tmp_path, capsys):
     assert (run / "finetune" / "p" / "pruned.pt").is_file()
 
 
+class Hung(BaseException):
+    """Raised by the alarm: no ``except ValueError``/``OSError`` of the CLI can swallow it."""
+
+
+def _hung(*_):
+    raise Hung("the command hung")
+
+
+NOT_A_LOCK = {  # what OUT/.lock is, and how it is named in the refusal; "outside" is a user file
+    "link-to-a-file": ("a symbolic link", lambda lock, outside: lock.symlink_to(outside)),
+    "dangling-link": ("a symbolic link", lambda lock, outside: lock.symlink_to(outside.parent
+                                                                               / "nowhere")),
+    "fifo": ("a FIFO", lambda lock, outside: os.mkfifo(lock)),
+    "hard-link": ("a hard link to another file (2 names)", lambda lock, outside: os.link(outside,
+                                                                                       lock)),
+    "directory": ("a directory", lambda lock, outside: lock.mkdir()),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NOT_A_LOCK))
+def test_a_lock_file_that_is_not_ncslims_is_refused_and_nothing_is_written(tmp_path, capsys,
+                                                                           case):
+    import signal
+
+    kind, make = NOT_A_LOCK[case]
+    out, outside, full = tmp_path / "p", tmp_path / "notes.txt", saved(tmp_path / "m.pt")
+    out.mkdir()
+    outside.write_bytes(b"my notes\n\x00\xff")
+    make(out / ".lock", outside)
+    before = set(tmp_path.rglob("*"))
+    old = signal.signal(signal.SIGALRM, _hung)
+    signal.alarm(60)  # a FIFO opened blocking would wait for a writer forever
+    try:
+        err = one_line_error(["prune", "--checkpoint", str(full), "--out", str(out)], capsys)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    assert err.endswith(f"{out / '.lock'} is {kind}, not ncslim's lock file; remove it or "
+                        f"choose another --out")
+    assert outside.read_bytes() == b"my notes\n\x00\xff"  # no pid written through the link
+    assert set(tmp_path.rglob("*")) == before  # the dangling link's target is not created
+
+
+def test_a_claim_removes_only_ncslims_own_partial_files(tmp_path):
+    out, elsewhere, full = tmp_path / "d", tmp_path / "elsewhere", saved(tmp_path / "m.pt")
+    stale = [out / ".prune.json.1a2b3c4d.tmp", out / "train" / ".last.pt.0badf00d.tmp",
+             out / "ratio-0.5" / "pass2" / "finetune" / ".best.pt.5e6f7a8b.tmp"]
+    users = [out / ".notes.tmp", out / "x" / ".notes.tmp", out / ".draft.1234567.tmp",
+             out / ".a.1A2B3C4D.tmp", out / "notes.1a2b3c4d.tmp", out / ".a.1a2b3c4d.tmp.bak",
+             out / ".git" / ".index.1a2b3c4d.tmp", out / "a" / "b" / "c" / "d" / ".m.1a2b3c4d.tmp",
+             elsewhere / ".last.pt.1a2b3c4d.tmp"]
+    for path in stale + users:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"some bytes")
+    (out / "linked").symlink_to(elsewhere)  # a link to a folder is never followed
+    (out / ".model.pt.2b3c4d5e.tmp").symlink_to(users[0])  # named like a partial, but a link
+    assert main(["prune", "--checkpoint", str(full), "--out", str(out)]) == 0
+    assert [p for p in stale if p.exists()] == []  # a killed run's half-written files: cleaned
+    assert [p for p in users if p.read_bytes() != b"some bytes"] == []
+    assert (out / ".model.pt.2b3c4d5e.tmp").is_symlink() and (out / "pruned.pt").is_file()
+    from ncslim.io import _create_beside
+    from ncslim.liverun import PARTIAL_NAME
+
+    assert PARTIAL_NAME.fullmatch(_create_beside(out / "m.pt").name)  # as atomic_path names them
+
+
 # ---- (B) export's output: only its own earlier exports are replaced -------------------------
 
 def foreign_onnx(path: Path) -> None:
@@ -315,3 +381,23 @@ def test_report_errors_name_the_file_and_line(tmp_path, content, where):
     (run / "train" / "metrics.jsonl").write_text(content)
     with pytest.raises(ValueError, match="metrics.jsonl, " + where.replace("(", r"\(")):
         read_metrics(run / "train" / "metrics.jsonl")  # what report's curves read
+
+
+def test_the_onnx_signature_is_read_without_loading_the_file(tmp_path):
+    """The metadata of a real export, read field by field, is onnx's own; a huge or endless
+    foreign file is judged in bounded time and memory (it is sparse: nothing is read)."""
+    onnx = pytest.importorskip("onnx")
+    from ncslim.export import _onnx_metadata
+
+    path = tmp_path / "m.onnx"
+    model = ncslim.build_model("vgg", depth=11, width=0.0625, num_classes=10)
+    ncslim.export_model(model, path)
+    props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert _onnx_metadata(path) == props and SIGNATURE in props
+    huge = tmp_path / "huge.onnx"
+    with huge.open("wb") as f:
+        f.truncate(8 << 30)  # 8 GiB of zeros: field 0 is no protobuf field
+    assert own_export(huge, "onnx") == "it holds no ncslim onnx signature"
+    many = tmp_path / "many.onnx"
+    many.write_bytes(b"\x08\x01" * 20_000)  # ir_version, again and again
+    assert own_export(many, "onnx") == "it holds no ncslim onnx signature"
