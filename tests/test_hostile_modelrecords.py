@@ -231,3 +231,10 @@ def test_info_refuses_a_full_model_of_fewer_flops_than_the_pruned_one(tmp_path, 
     err = one_line_error(capsys, main(["info", "--checkpoint", str(tmp_path / "m.pt"),
                                        "--batch-size", "2"]))
     assert "records a full model of 1,000 FLOPs, fewer than this model's" in err
+
+
+def test_every_field_ncslim_records_has_its_kind_checked():
+    from ncslim.config import DATA_RECORD
+    from ncslim.modelrecord import _KINDS
+
+    assert set(DATA_RECORD) <= set(_KINDS)

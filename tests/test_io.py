@@ -10,7 +10,8 @@ import torch
 from conftest import TINY_IDS, TINY_MODELS, spread_bn
 
 import ncslim
-from ncslim.io import _claim, atomic_write_text, run_lock
+from ncslim.io import atomic_write_text, run_lock
+from ncslim.liverun import _claim
 
 
 @pytest.mark.parametrize(("arch", "kwargs"), TINY_MODELS, ids=TINY_IDS)

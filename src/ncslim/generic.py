@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .escape import first_line
 from .selection import channel_scores, select_channels
 
 _BN = nn.modules.batchnorm._BatchNorm
@@ -189,7 +190,7 @@ def _trace(tp: Any, model: nn.Module, example_inputs: Any) -> Any:
             return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs,
                                                          verbose=False)
     except Exception as err:  # any failure to trace is the model's, reported in one line
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         raise ValueError(f"Torch-Pruning cannot trace {type(model).__name__} on the example "
                          f"inputs: {first}") from err
     finally:
@@ -217,7 +218,7 @@ def _check_runs(small: nn.Module, model: nn.Module, example_inputs: torch.Tensor
     except RuntimeError as err:
         culprit = inside[-1] if inside and names[inside[-1]] else None
         where = f" in layer {names[culprit]} ({type(culprit).__name__})" if culprit else ""
-        first = str(err).strip().splitlines()[0]
+        first = first_line(err)
         raise ValueError(f"the pruned {type(model).__name__} fails{where}: {first}; Torch-Pruning "
                          f"did not see how that layer couples channels: let it read widths from "
                          f"its input (not fixed numbers), or keep the layers whose outputs reach "

@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .escape import first_line
 from .liverun import PARTIAL as _PARTIAL
-from .liverun import _claim as _claim  # re-exported: tests import it here
 from .liverun import run_lock as run_lock  # re-exported: its documented home
 from .modelrecord import check_pruned_from, check_trained_on
 from .models import SlimmableNet, build_model
@@ -162,7 +162,7 @@ def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
         raise
     except Exception as err:  # noqa: BLE001  anything a damaged pickle makes the unpickler raise
         # (KeyError, IndexError, AttributeError, ... besides UnpicklingError): an unreadable file
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = first_line(err)
         raise ModelFileError(f"{path}: not a readable ncslim file (corrupt, truncated or not "
                              f"saved by ncslim): {reason}") from err
 
@@ -229,7 +229,7 @@ def model_from_payload(payload: Any, source: str, trust_code: Any = None) -> Sli
         model.trained_on = check_trained_on(payload.get("trained_on"), model.num_classes,
                                             model.input_size)
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         raise ModelFileError(f"{source}: the stored architecture and weights do not fit "
                              f"together: {first}") from err
     return model

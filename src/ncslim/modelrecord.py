@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from .config import DATA_RECORD
 from .data import DATASETS, MAX_CLASS_NAME, MAX_CLASSES, dataset_names
 from .escape import shown
 
 MAX_TEXT = 4096  # characters of a recorded dataset name or test split
+# the kinds of every field a file may record: those of DATA_RECORD, and an image folder's
 _KINDS: dict[str, tuple[type, ...]] = {
     "dataset": (str,), "limit_train": (int, type(None)), "limit_test": (int, type(None)),
     "svhn_extra": (bool,), "input_size": (int, type(None)), "test_split": (str,),
@@ -31,11 +31,10 @@ def check_trained_on(record: Any, num_classes: int, input_size: int) -> dict[str
         return None
     if not isinstance(record, dict) or not isinstance(record.get("dataset"), str):
         raise _bad(f"got {shown(repr(record))}")
-    known = set(DATA_RECORD) | set(_KINDS)
     for key, value in record.items():
-        if key not in known:
+        if key not in _KINDS:
             raise _bad(f"an unknown field {shown(repr(key))}")
-        kinds = _KINDS.get(key, (str, int, bool, type(None)))
+        kinds = _KINDS[key]
         if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
             raise _bad(f"its {key} is a {type(value).__name__}: {shown(repr(value))}")
         if isinstance(value, str) and not 0 < len(value) <= MAX_TEXT:

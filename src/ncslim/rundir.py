@@ -1,5 +1,7 @@
 """A run's folder: claiming it for one run, its ``config.json`` record, and what a resume must
-agree with. Imports :mod:`ncslim.io`, the configuration and :mod:`ncslim.distributed` only.
+agree with; a diverged run in it set aside (:mod:`ncslim.diverged`). Imports the file and
+lock helpers (:mod:`ncslim.io`, :mod:`ncslim.liverun`, :mod:`ncslim.regular`), the
+configuration, :mod:`ncslim.distributed` and :mod:`ncslim.diverged`.
 """
 
 from __future__ import annotations
