@@ -42,8 +42,8 @@ from ncslim.config import load_config
 from ncslim.data import PAD, ImageData, batches
 from ncslim.methods import make_method
 from ncslim.pipeline import load_data, new_model
-from ncslim.progress import EpochProgress, RunProgress
 from ncslim.train import Trainer, epoch_generator
+from ncslim.util.progress import EpochProgress, RunProgress
 
 
 class PerSampleDataset(Dataset):

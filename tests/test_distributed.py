@@ -79,7 +79,7 @@ def test_parts_of_a_batch_are_its_images_and_augmentation():
 BN_CHECK = """
 import torch, torch.distributed as dist
 from torch import nn
-from ncslim.distributed import GlobalBatchNorm2d, sync_batchnorm, plain_batchnorm
+from ncslim.util.distributed import GlobalBatchNorm2d, sync_batchnorm, plain_batchnorm
 
 dist.init_process_group("gloo")
 rank = dist.get_rank()

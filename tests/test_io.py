@@ -11,7 +11,7 @@ from conftest import TINY_IDS, TINY_MODELS, spread_bn
 
 import ncslim
 from ncslim.io import atomic_write_text, run_lock
-from ncslim.liverun import _claim
+from ncslim.util.liverun import _claim
 
 
 @pytest.mark.parametrize(("arch", "kwargs"), TINY_MODELS, ids=TINY_IDS)

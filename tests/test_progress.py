@@ -8,8 +8,8 @@ import re
 
 import torch
 
-from ncslim import progress as progress_module
-from ncslim.progress import LossReadout, RunProgress, format_seconds
+from ncslim.util import progress as progress_module
+from ncslim.util.progress import LossReadout, RunProgress, format_seconds
 
 CPU = torch.device("cpu")
 

@@ -16,8 +16,8 @@ from ncslim import pipeline
 from ncslim.config import load_config
 from ncslim.io import run_lock
 from ncslim.methods import make_method
-from ncslim.progress import RunProgress
 from ncslim.train import Trainer, lr_at, steps_per_epoch
+from ncslim.util.progress import RunProgress
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 needs_fashion = pytest.mark.skipif(not FASHION.is_dir(),

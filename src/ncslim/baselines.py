@@ -33,7 +33,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import distributed
 from .config import Config
 from .data import ImageData
 from .io import atomic_write_text, save_model
@@ -50,12 +49,13 @@ from .pipeline import (
     sparsity_stage,
     write_config,
 )
-from .progress import RunProgress
 from .pruning import LayerReport, PruneReport, inherit_record, pruning_report
 from .selection import DEFAULT_MIN_CHANNELS
 from .sparsity import SparsityMethod, unwrap
 from .summary import SUMMARY_FILE, format_results
 from .train import steps_per_epoch
+from .util import distributed
+from .util.progress import RunProgress
 
 log = logging.getLogger("ncslim")
 

@@ -22,18 +22,19 @@ from typing import Any
 
 import torch
 
-from . import distributed, passes, pipeline, prunerule, summary
+from . import passes, pipeline, prunerule, summary
 from .commandline import build_parser, unknown_flags
 from .config import Config, command_config, config_fields
 from .config_checks import TARGETS
 from .device import resolve_device
-from .escape import first_line
-from .escape import shown as escaped
 from .export import SUFFIX, check_export, check_output, export_model
 from .io import atomic_write_text, load_model, run_lock, save_model
 from .metrics import count_params, threads_text
 from .models import build_model, check_arch
 from .train import TrainingDiverged
+from .util import distributed
+from .util.escape import first_line
+from .util.escape import shown as escaped
 
 log = logging.getLogger("ncslim")
 __all__ = ["build_parser", "main"]

@@ -291,7 +291,7 @@ def preset_names() -> list[str]:
 
 def read_preset(name_or_path: str) -> dict[str, Any]:
     """The keys of a preset (by name) or of a TOML file (by path)."""
-    from .regular import check_regular, read_bytes
+    from .util.regular import check_regular, read_bytes
 
     path = Path(name_or_path)
     is_name = not path.suffix and "/" not in name_or_path and not path.exists()

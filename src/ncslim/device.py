@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from . import distributed
 from .config import Config
+from .util import distributed
 
 __all__ = ["amp_dtype", "autocast", "resolve_device"]
 

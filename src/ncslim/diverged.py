@@ -18,8 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .io import atomic_write_text
-from .liverun import LOCK_NAME
 from .train import TrainingDiverged
+from .util.liverun import LOCK_NAME
 
 MARK = "diverged.json"
 ASIDE = "diverged-"  # OUT/diverged-N/: a diverged run set aside by the fresh run after it

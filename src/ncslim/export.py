@@ -38,10 +38,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .escape import first_line
 from .io import atomic_path, not_a_file
-from .liverun import refuse_near_live_run
 from .regularizer import unwrap
+from .util.escape import first_line
+from .util.liverun import refuse_near_live_run
 
 FORMATS = ("onnx", "torchscript")
 SUFFIX = {"onnx": ".onnx", "torchscript": ".ts"}

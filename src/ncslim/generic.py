@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .escape import first_line
 from .selection import channel_scores, select_channels
+from .util.escape import first_line
 
 _BN = nn.modules.batchnorm._BatchNorm
 

@@ -23,15 +23,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from .escape import first_line
-from .liverun import PARTIAL as _PARTIAL
-from .liverun import run_lock as run_lock  # re-exported: its documented home
 from .modelrecord import check_pruned_from, check_trained_on
 from .models import SlimmableNet, build_model
 from .models.imported import require_consent
-from .regular import NotAFileError, check_regular, open_regular
-from .regular import not_a_file as not_a_file  # re-exported: older callers import it here
 from .regularizer import unwrap
+from .util.escape import first_line
+from .util.liverun import PARTIAL as _PARTIAL
+from .util.liverun import run_lock as run_lock  # re-exported: its documented home
+from .util.regular import NotAFileError, check_regular, open_regular
+from .util.regular import not_a_file as not_a_file  # re-exported: older callers import it here
 
 FORMAT = "ncslim.model"
 CHECKPOINT_FORMAT = "ncslim.checkpoint"

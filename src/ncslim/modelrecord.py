@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from .data import DATASETS, MAX_CLASS_NAME, MAX_CLASSES, dataset_names
-from .escape import shown
+from .util.escape import shown
 
 MAX_TEXT = 4096  # characters of a recorded dataset name or test split
 # the kinds of every field a file may record: those of DATA_RECORD, and an image folder's

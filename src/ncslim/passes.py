@@ -30,18 +30,19 @@ from typing import Any
 
 import torch
 
-from . import distributed, pipeline
+from . import pipeline
 from .config import Config
 from .data import ImageData
 from .io import atomic_write_text, load_model, save_model
 from .metrics import latency_warnings
 from .models import SlimmableNet
-from .progress import RunProgress
 from .prunerule import SHORTFALL
 from .pruning import prune_model
-from .regular import JSON_RECORD_LIMIT, read_text
 from .summary import SUMMARY_FILE, format_results
 from .train import steps_per_epoch
+from .util import distributed
+from .util.progress import RunProgress
+from .util.regular import JSON_RECORD_LIMIT, read_text
 
 log = logging.getLogger("ncslim")
 

@@ -21,7 +21,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import distributed
 from .config import DATA_RECORD, Config
 from .data import FOLDER, DatasetInfo, ImageData, load_dataset
 from .data.layoutcheck import check_out_outside
@@ -34,7 +33,6 @@ from .metrics import (
     latency_warnings,
 )
 from .models import SlimmableNet, build_model
-from .progress import RunProgress
 from .prunerule import check_reachable, check_reachable_in_passes, prune, shortfall_warnings
 from .pruning import PruneReport, prune_model
 from .regularizer import find_scales
@@ -59,6 +57,8 @@ from .train import (
     gamma_stats,
     steps_per_epoch,
 )
+from .util import distributed
+from .util.progress import RunProgress
 from .warmstart import init_weights
 
 log = logging.getLogger("ncslim")

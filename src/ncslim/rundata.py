@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .regular import MiB, open_regular
+from .util.regular import MiB, open_regular
 
 # ncslim writes a line of about 1 KB an epoch: 128 MiB is over 100,000 epochs, and what is kept
 # of it (the parsed records) stays within a few hundred MB

@@ -17,11 +17,12 @@ from typing import Any
 
 import torch
 
-from . import __version__, distributed, diverged
+from . import __version__, diverged
 from .config import AUTO, Config
 from .io import atomic_write_text, run_lock
-from .liverun import refuse_near_live_run
-from .regular import JSON_RECORD_LIMIT, read_bytes
+from .util import distributed
+from .util.liverun import refuse_near_live_run
+from .util.regular import JSON_RECORD_LIMIT, read_bytes
 
 
 def code_version() -> dict[str, Any]:

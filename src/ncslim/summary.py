@@ -8,7 +8,6 @@ from typing import Any
 
 import torch
 
-from .escape import first_line
 from .metrics import (
     check_batch_size,
     check_batch_time,
@@ -23,6 +22,7 @@ from .metrics import (
 from .models import SlimmableNet
 from .models.memory import TIMING_MEMORY, check_memory, forward_cost, gib
 from .regularizer import find_scales
+from .util.escape import first_line
 
 log = logging.getLogger("ncslim")
 

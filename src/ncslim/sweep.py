@@ -95,7 +95,7 @@ class SweepRun:
 
         ``config.json`` is read as a regular file within a limit: a FIFO or a huge file there
         counts as unreadable (the run is set aside whole, that file with it), never read."""
-        from .regular import JSON_RECORD_LIMIT, read_text
+        from .util.regular import JSON_RECORD_LIMIT, read_text
 
         try:
             recorded = json.loads(read_text(self.dir / "config.json",

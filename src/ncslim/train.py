@@ -24,15 +24,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import distributed
 from .checkpoint import check_optimizer_state, damaged, load_checkpoint, read_metrics
 from .config import Config
 from .data import ImageData, batches
 from .device import amp_dtype, autocast
 from .io import CHECKPOINT_FORMAT, FORMAT_VERSION, atomic_save, model_payload, nonfinite_entry
-from .progress import EpochProgress, RunProgress
 from .regularizer import find_scales
 from .sparsity import SparsityMethod
+from .util import distributed
+from .util.progress import EpochProgress, RunProgress
 
 log = logging.getLogger("ncslim")
 

@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import distributed
 from .regularizer import LayerFilter, find_scales
 from .sparsity import SparsityMethod
+from .util import distributed
 
 MU_THRESHOLD = 0.02
 SIGMA_THRESHOLD = 0.01

@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from ..regular import open_regular
+from ..util.regular import open_regular
 from .catalog import DataError, _one_line
 from .jpegscan import coefficient_buffer
 from .orphan import die_with_parent

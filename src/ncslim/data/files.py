@@ -10,7 +10,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from ..regular import open_regular
+from ..util.regular import open_regular
 from .catalog import _CIFAR, _FIX, DEBIAN_PACKAGES, MD5, DataError, _one_line
 
 

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..regular import kind_problem
+from ..util.regular import kind_problem
 from .catalog import FOLDER, DataError, DatasetInfo, _one_line
 from .decode import (
     CONVERSION,

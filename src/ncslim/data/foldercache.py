@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..regular import open_regular
+from ..util.regular import open_regular
 from .catalog import _one_line, cache_root
 
 log = logging.getLogger("ncslim")

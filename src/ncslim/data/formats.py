@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..regular import NotAFileError, open_regular, read_bytes
+from ..util.regular import NotAFileError, open_regular, read_bytes
 from .catalog import (
     _CIFAR,
     _FIX,

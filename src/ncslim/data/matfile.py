@@ -15,7 +15,7 @@ import zlib
 from pathlib import Path
 from typing import BinaryIO
 
-from ..regular import open_regular
+from ..util.regular import open_regular
 from .catalog import _FIX, DataError
 
 MAX_IMAGES = 2_000_000  # SVHN's largest file (extra) holds 531,131

@@ -48,7 +48,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..escape import first_line, shown
+from ..util.escape import first_line, shown
 from .base import MAX_DEPTH, MAX_LAYER_CHANNELS, TracedNet, register_model
 
 BUILDER = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
