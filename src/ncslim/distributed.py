@@ -1,7 +1,10 @@
-"""Moved to :mod:`ncslim.util.distributed` (issue 26); this name stays for one release."""
+"""Moved to :mod:`ncslim.util.distributed` (issue 26); this name stays for one release: each name is
+looked up there."""
 
-import sys
+from typing import Any
 
 from .util import distributed as _moved
 
-sys.modules[__name__] = _moved
+
+def __getattr__(name: str) -> Any:
+    return getattr(_moved, name)
