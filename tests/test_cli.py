@@ -11,8 +11,9 @@ import pytest
 import torch
 
 import ncslim
-from ncslim import pipeline, summary
+from ncslim import pipeline
 from ncslim.cli import main
+from ncslim.report import summary
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 needs_fashion = pytest.mark.skipif(not FASHION.is_dir(),

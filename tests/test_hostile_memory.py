@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 from test_hostile import _exit_2_one_line
 
 import ncslim
-from ncslim import summary
 from ncslim.cli import main
 from ncslim.models import memory
+from ncslim.report import summary
 
 SETTINGS = settings(max_examples=40, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -20,7 +20,7 @@ from conftest import write_fashion
 import ncslim
 from ncslim.cli import main
 from ncslim.export import SIGNATURE, own_export
-from ncslim.rundata import read_metrics
+from ncslim.report.rundata import read_metrics
 
 ARCH = ["--arch", "vgg", "--depth", "11", "--width", "0.0625"]
 

@@ -23,7 +23,7 @@ from ncslim.penalty_registry import (
     resolve_params,
     stray_params,
 )
-from ncslim.report import _penalty_label
+from ncslim.report.make import _penalty_label
 
 
 @pytest.mark.parametrize("name", PENALTIES)

@@ -13,7 +13,7 @@ from conftest import write_fashion
 from ncslim.cli import main
 from ncslim.config import Config
 from ncslim.report import report as make_report
-from ncslim.rundata import channel_bars, gamma_histogram, run_curves
+from ncslim.report.rundata import channel_bars, gamma_histogram, run_curves
 
 PNG = b"\x89PNG\r\n\x1a\n"
 RUN_FILES = {"curves": "run_training_curves.png", "gamma": "run_gamma_histogram.png",

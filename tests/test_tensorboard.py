@@ -18,7 +18,7 @@ from ncslim import pipeline
 from ncslim.cli import main
 from ncslim.config import load_config
 from ncslim.data import catalog
-from ncslim.tensorboard_log import HISTOGRAM, HISTOGRAM_ALL, scalars
+from ncslim.report.tensorboard_log import HISTOGRAM, HISTOGRAM_ALL, scalars
 from ncslim.train import Trainer
 from ncslim.util import distributed
 

@@ -50,9 +50,9 @@ from .pipeline import (
     write_config,
 )
 from .pruning import LayerReport, PruneReport, inherit_record, pruning_report
+from .report.summary import SUMMARY_FILE, format_results
 from .selection import DEFAULT_MIN_CHANNELS
 from .sparsity import SparsityMethod, unwrap
-from .summary import SUMMARY_FILE, format_results
 from .train import steps_per_epoch
 from .util import distributed
 from .util.progress import RunProgress

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from .io import CHECKPOINT_FORMAT, atomic_write_text, safe_load
-from .rundata import MetricsError, metrics_records
+from .report.rundata import MetricsError, metrics_records
 
 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from . import passes, pipeline, prunerule, summary
+from . import passes, pipeline, prunerule
 from .commandline import build_parser, unknown_flags
 from .config import Config, command_config, config_fields
 from .config_checks import TARGETS
@@ -31,6 +31,7 @@ from .export import SUFFIX, check_export, check_output, export_model
 from .io import atomic_write_text, load_model, run_lock, save_model
 from .metrics import count_params, threads_text
 from .models import build_model, check_arch
+from .report import summary
 from .train import TrainingDiverged
 from .util import distributed
 from .util.escape import first_line

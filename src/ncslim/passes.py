@@ -38,7 +38,7 @@ from .metrics import latency_warnings
 from .models import SlimmableNet
 from .prunerule import SHORTFALL
 from .pruning import prune_model
-from .summary import SUMMARY_FILE, format_results
+from .report.summary import SUMMARY_FILE, format_results
 from .train import steps_per_epoch
 from .util import distributed
 from .util.progress import RunProgress

@@ -36,6 +36,8 @@ from .models import SlimmableNet, build_model
 from .prunerule import check_reachable, check_reachable_in_passes, prune, shortfall_warnings
 from .pruning import PruneReport, prune_model
 from .regularizer import find_scales
+from .report.summary import SUMMARY_FILE, format_results
+from .report.tensorboard_log import LOGDIR, TensorBoardLog, summary_writer
 from .rundir import (  # noqa: F401  (callers reach these through pipeline too)
     FREE_ON_RESUME,
     RUN_MARKS,
@@ -47,8 +49,6 @@ from .rundir import (  # noqa: F401  (callers reach these through pipeline too)
     write_config,
 )
 from .sparsity import SparsityMethod
-from .summary import SUMMARY_FILE, format_results
-from .tensorboard_log import LOGDIR, TensorBoardLog, summary_writer
 from .train import (
     EpochObserver,
     Trainer,

@@ -14,8 +14,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .io import atomic_path  # noqa: E402
-from .util.regular import NotAFileError  # noqa: E402
+from ..io import atomic_path  # noqa: E402
+from ..util.regular import NotAFileError  # noqa: E402
 
 DPI = 130
 SOFTWARE = "ncslim report"  # the PNG text chunk "Software" of every figure: a report's own file

@@ -34,10 +34,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from .config import Config
-from .io import atomic_path, atomic_write_text
-from .util.liverun import refuse_near_live_run
-from .util.regular import JSON_RECORD_LIMIT, open_regular, read_bytes
+from ..config import Config
+from ..io import atomic_path, atomic_write_text
+from ..util.liverun import refuse_near_live_run
+from ..util.regular import JSON_RECORD_LIMIT, open_regular, read_bytes
 
 COLUMNS = ["setting", "penalty", "params", "lam", "mode", "ratio", "passes", "seed", "acc_sparse",
            "acc_pruned", "acc_finetuned", "params_removed", "flops_removed", "speedup",
