@@ -226,7 +226,7 @@ def test_a_claim_removes_only_ncslims_own_partial_files(tmp_path):
     assert [p for p in stale if p.exists()] == []  # a killed run's half-written files: cleaned
     assert [p for p in users if p.read_bytes() != b"some bytes"] == []
     assert (out / ".model.pt.2b3c4d5e.tmp").is_symlink() and (out / "pruned.pt").is_file()
-    from ncslim.io import _create_beside
+    from ncslim.util.files import _create_beside
     from ncslim.util.liverun import PARTIAL_NAME
 
     assert PARTIAL_NAME.fullmatch(_create_beside(out / "m.pt").name)  # as atomic_path names them

@@ -35,7 +35,7 @@ from torch import nn
 
 from .config import Config
 from .data import ImageData
-from .io import atomic_write_text, save_model
+from .io import save_model
 from .metrics import count_flops, count_params
 from .models import SlimmableNet, build_model
 from .models.vgg import POOL
@@ -55,6 +55,7 @@ from .selection import DEFAULT_MIN_CHANNELS
 from .sparsity import SparsityMethod, unwrap
 from .train import steps_per_epoch
 from .util import distributed
+from .util.files import atomic_write_text
 from .util.progress import RunProgress
 
 log = logging.getLogger("ncslim")

@@ -28,7 +28,7 @@ from .config import Config, command_config, config_fields
 from .config_checks import TARGETS
 from .device import resolve_device
 from .export import SUFFIX, check_export, check_output, export_model
-from .io import atomic_write_text, load_model, run_lock, save_model
+from .io import load_model, run_lock, save_model
 from .metrics import count_params, threads_text
 from .models import build_model, check_arch
 from .report import summary
@@ -36,6 +36,7 @@ from .train import TrainingDiverged
 from .util import distributed
 from .util.escape import first_line
 from .util.escape import shown as escaped
+from .util.files import atomic_write_text
 
 log = logging.getLogger("ncslim")
 __all__ = ["build_parser", "main"]

@@ -17,8 +17,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .io import atomic_write_text
 from .train import TrainingDiverged
+from .util.files import atomic_write_text
 from .util.liverun import LOCK_NAME
 
 MARK = "diverged.json"

@@ -38,9 +38,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .io import atomic_path, not_a_file
+from .io import not_a_file
 from .regularizer import unwrap
 from .util.escape import first_line
+from .util.files import atomic_path
 from .util.liverun import refuse_near_live_run
 
 FORMATS = ("onnx", "torchscript")

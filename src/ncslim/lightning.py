@@ -37,13 +37,13 @@ import torch
 from torch import nn
 
 from .controller import START_LAM, LambdaController
-from .io import atomic_write_text
 from .models import SlimmableNet, TracedNet
 from .penalties import make_penalty
 from .pruning import PruneReport, prune_model, prune_to_budget
 from .regularizer import MODES, LayerFilter, SparsityRegularizer, find_scales
 from .selection import DEFAULT_MIN_CHANNELS, DEFAULT_RANKING, resolve_ranking
 from .sparsity import SparsityMethod, unwrap
+from .util.files import atomic_write_text
 
 try:
     from lightning.pytorch import Callback

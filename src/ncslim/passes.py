@@ -33,7 +33,7 @@ import torch
 from . import pipeline
 from .config import Config
 from .data import ImageData
-from .io import atomic_write_text, load_model, save_model
+from .io import load_model, save_model
 from .metrics import latency_warnings
 from .models import SlimmableNet
 from .prunerule import SHORTFALL
@@ -41,6 +41,7 @@ from .pruning import prune_model
 from .report.summary import SUMMARY_FILE, format_results
 from .train import steps_per_epoch
 from .util import distributed
+from .util.files import atomic_write_text
 from .util.progress import RunProgress
 from .util.regular import JSON_RECORD_LIMIT, read_text
 

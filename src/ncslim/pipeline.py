@@ -26,7 +26,7 @@ from .data import FOLDER, DatasetInfo, ImageData, load_dataset
 from .data.layoutcheck import check_out_outside
 from .device import resolve_device
 from .distill import distill_record, distillation
-from .io import atomic_write_text, save_model
+from .io import save_model
 from .methods import make_method
 from .metrics import (
     latency_table,
@@ -58,6 +58,7 @@ from .train import (
     steps_per_epoch,
 )
 from .util import distributed
+from .util.files import atomic_write_text
 from .util.progress import RunProgress
 from .warmstart import init_weights
 

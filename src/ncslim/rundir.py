@@ -19,8 +19,9 @@ import torch
 
 from . import __version__, diverged
 from .config import AUTO, Config
-from .io import atomic_write_text, run_lock
+from .io import run_lock
 from .util import distributed
+from .util.files import atomic_write_text
 from .util.liverun import refuse_near_live_run
 from .util.regular import JSON_RECORD_LIMIT, read_bytes
 

@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ..io import atomic_path  # noqa: E402
+from ..util.files import atomic_path  # noqa: E402
 from ..util.regular import NotAFileError  # noqa: E402
 
 DPI = 130

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config
-from ..io import atomic_path, atomic_write_text
+from ..util.files import atomic_path, atomic_write_text
 from ..util.liverun import refuse_near_live_run
 from ..util.regular import JSON_RECORD_LIMIT, open_regular, read_bytes
 

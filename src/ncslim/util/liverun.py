@@ -27,7 +27,7 @@ from typing import IO
 
 LOCK_NAME = ".lock"
 PARTIAL = ".tmp"  # io.atomic_path's temporary files: ".<name>.<random>.tmp" beside the target
-# exactly the names io._create_beside gives them (``secrets.token_hex(4)``: 8 lowercase hex
+# exactly the names files._create_beside gives them (``secrets.token_hex(4)``: 8 lowercase hex
 # digits): a user's ".notes.tmp" or ".draft.tmp" beside them is never taken for one
 PARTIAL_NAME = re.compile(r"\..+\.[0-9a-f]{8}" + re.escape(PARTIAL), re.DOTALL)
 # how deep below a claimed folder its cut-short writers' partial files are looked for: the
