@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import hashlib
 import struct
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -74,3 +76,14 @@ def write_fashion(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
             (folder / name).write_bytes(gzip.compress(raw))
             sums[name] = hashlib.md5(raw).hexdigest()
     monkeypatch.setitem(D.MD5, "fashion-mnist", sums)
+
+
+def hold_lock(folder: Path) -> subprocess.Popen:
+    """Another live ncslim process holding ``folder`` (as ``ncslim run --out folder`` does)."""
+    code = ("import sys, time\nfrom ncslim.util.liverun import run_lock\n"
+            "with run_lock(sys.argv[1], fresh=False):\n"
+            "    print('held', flush=True)\n    time.sleep(120)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE,
+                              text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder

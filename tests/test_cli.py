@@ -436,11 +436,11 @@ def test_a_run_recorded_before_compensate_had_a_default_still_resumes(tmp_path):
     cfg = ncslim.config.load_config("demo", {"out": str(tmp_path)})
     record = {**cfg.to_dict(), "compensate": False}  # how an earlier version wrote it
     (tmp_path / "config.json").write_text(json.dumps({"command": "run", "config": record}))
-    pipeline._check_same_run(cfg, tmp_path / "config.json", "run")  # unset = off: the same
+    pipeline.check_same_run(cfg, tmp_path / "config.json", "run")  # unset = off: the same
     auto = ncslim.config.load_config("demo", {"out": str(tmp_path), "lam": "auto",
                                               "compensate": False})
     with pytest.raises(ValueError, match="--lam auto"):
-        pipeline._check_same_run(auto, tmp_path / "config.json", "run")
+        pipeline.check_same_run(auto, tmp_path / "config.json", "run")
 
 
 @pytest.mark.parametrize(("line", "message"), [

@@ -9,13 +9,11 @@ values that could only fail late, and advice that must work when taken.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import write_fashion
+from conftest import hold_lock, write_fashion
 
 import ncslim
 from ncslim.cli import main
@@ -48,17 +46,6 @@ def snapshot(folder: Path) -> dict[str, tuple[int, bytes]]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def hold(folder: Path) -> subprocess.Popen:
-    """Another live ncslim process holding ``folder`` (as ``ncslim run --out folder`` does)."""
-    code = ("import sys, time\nfrom ncslim.io import run_lock\n"
-            "with run_lock(sys.argv[1], fresh=False):\n"
-            "    print('held', flush=True)\n    time.sleep(120)\n")
-    holder = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE,
-                              text=True)
-    assert holder.stdout.readline().strip() == "held"
-    return holder
-
-
 def saved(path: Path, **kwargs) -> Path:
     ncslim.save_model(ncslim.build_model("vgg", depth=11, width=0.0625, num_classes=10,
                                          in_channels=1, **kwargs), path)
@@ -86,7 +73,7 @@ def writing(run: Path) -> None:
 def refused_beside_a_live_run(run: Path, held: Path, argv: list[str], capsys) -> tuple[str, int]:
     """The one-line error of ``argv`` while another process holds ``held`` (in or at ``run``,
     whose partial checkpoint is being written), and that process's pid; ``run`` is unchanged."""
-    holder = hold(held)
+    holder = hold_lock(held)
     writing(run)
     before = snapshot(run)
     try:
@@ -158,7 +145,7 @@ def test_a_folder_holding_a_live_run_below_it_is_refused(tmp_path, monkeypatch, 
 
 def test_once_the_live_run_has_ended_its_subfolder_is_free(tmp_path, capsys):
     run, full = live_run(tmp_path), saved(tmp_path / "full.pt")
-    holder = hold(run)
+    holder = hold_lock(run)
     writing(run)
     holder.kill()
     holder.wait()  # SIGKILLed: the kernel dropped its lock; its .lock file stays, harmless

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import hold_lock
 
 import ncslim
 import ncslim.cli
@@ -172,19 +173,9 @@ def test_training_never_holds_a_float_copy_of_the_dataset(tmp_path):
     assert 0 < mode.largest < images.numel() // 8
 
 
-def _hold_lock(out: Path) -> subprocess.Popen:
-    code = ("import sys, time\nfrom ncslim.io import run_lock\n"
-            "with run_lock(sys.argv[1], fresh=False):\n"
-            "    print('held', flush=True)\n    time.sleep(120)\n")
-    holder = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE,
-                              text=True)
-    assert holder.stdout.readline().strip() == "held"
-    return holder
-
-
 def test_run_lock_refuses_a_live_holder_and_is_freed_by_sigkill(tmp_path):
     out = tmp_path / "run"
-    holder = _hold_lock(out)
+    holder = hold_lock(out)
     try:
         refused = rf"in use by another running ncslim process \(pid {holder.pid}\); wait for it"
         with pytest.raises(ValueError, match=refused), run_lock(out, fresh=False):
@@ -199,7 +190,7 @@ def test_run_lock_refuses_a_live_holder_and_is_freed_by_sigkill(tmp_path):
 @needs_fashion
 def test_a_second_live_run_in_the_same_directory_is_refused(tmp_path):
     cfg = tiny_config(tmp_path, epochs=1)
-    holder = _hold_lock(Path(cfg.out))
+    holder = hold_lock(Path(cfg.out))
     try:
         for resume in (False, True):  # --resume too, once the holder has written its config
             with pytest.raises(ValueError, match="in use by another running ncslim process"):
@@ -215,7 +206,7 @@ def test_prune_never_writes_into_a_live_run(tmp_path, capsys):
     model = tmp_path / "m.pt"
     ncslim.save_model(ncslim.build_model("vgg", depth=11, width=0.0625), model)
     out = tmp_path / "live"
-    holder = _hold_lock(out)
+    holder = hold_lock(out)
     try:
         code = ncslim.cli.main(["prune", "--checkpoint", str(model), "--out", str(out)])
         assert code == 2 and "in use by another running ncslim process" in capsys.readouterr().err

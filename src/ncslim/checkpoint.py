@@ -47,9 +47,9 @@ def read_metrics(path: Path, keep: int, rewrite: bool = True) -> list[dict[str, 
     """The metrics of the first ``keep`` epochs; later lines (written before a crash) go
     (from the file too, when ``rewrite``).
 
-    Read by :func:`ncslim.rundata.metrics_records`, the one reader of the file, with a last line
-    cut short by a crash mid-append left out (it is one of those later lines); any other line
-    that is not an epoch record is damage, named by file and line.
+    Read by :func:`ncslim.report.rundata.metrics_records`, the one reader of the file, with a
+    last line cut short by a crash mid-append left out (it is one of those later lines); any
+    other line that is not an epoch record is damage, named by file and line.
     """
     if not path.exists() and not path.is_symlink():
         return []

@@ -41,8 +41,8 @@ from .report.tensorboard_log import LOGDIR, TensorBoardLog, summary_writer
 from .rundir import (  # noqa: F401  (callers reach these through pipeline too)
     FREE_ON_RESUME,
     RUN_MARKS,
-    _check_same_run,
     check_out,
+    check_same_run,
     claim,
     code_version,
     require_run,

@@ -91,7 +91,7 @@ def write_config(cfg: Config, out: Path, command: str, fingerprint: str = "") ->
     if not distributed.is_main():
         return
     if (out / "config.json").exists() or (out / "config.json").is_symlink():  # a resumed run
-        _check_same_run(cfg, out / "config.json", command, fingerprint)
+        check_same_run(cfg, out / "config.json", command, fingerprint)
         return
     out.mkdir(parents=True, exist_ok=True)
     record = {"command": command, "config": cfg.to_dict(), "version": code_version()}
@@ -109,7 +109,7 @@ def _ranking_applied(config: dict[str, Any]) -> Any:
         return config.get("ranking")
 
 
-def _check_same_run(cfg: Config, path: Path, command: str, fingerprint: str = "") -> None:
+def check_same_run(cfg: Config, path: Path, command: str, fingerprint: str = "") -> None:
     data = read_bytes(path, limit=JSON_RECORD_LIMIT,  # NotAFileError, too large: named
                       fix="remove it or choose another --out")
     try:

@@ -31,7 +31,6 @@ takes every N-th training run, so N machines split a sweep with no coordinator.
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import math
 from dataclasses import dataclass, replace
@@ -53,6 +52,7 @@ from .pipeline import (
     sparsity_stage,
     write_config,
 )
+from .rundir import check_same_run
 from .train import TrainingDiverged
 
 log = logging.getLogger("ncslim")
@@ -91,18 +91,15 @@ class SweepRun:
 
     def settings_changed(self) -> bool:
         """Whether the sweep file now asks other settings of the run than its folder records
-        (a diverged run is tried again only then: the same settings diverge again).
-
-        ``config.json`` is read as a regular file within a limit: a FIFO or a huge file there
-        counts as unreadable (the run is set aside whole, that file with it), never read."""
-        from .util.regular import JSON_RECORD_LIMIT, read_text
-
+        (a diverged run is tried again only then: the same settings diverge again): what a
+        resume would refuse (:func:`~ncslim.rundir.check_same_run`). A ``config.json`` that
+        cannot be read (a FIFO, too large, damaged) counts as changed: the run is set aside
+        whole and starts afresh."""
         try:
-            recorded = json.loads(read_text(self.dir / "config.json",
-                                            limit=JSON_RECORD_LIMIT))["config"]
-        except (OSError, ValueError, KeyError, TypeError):
-            return True  # nothing readable to compare: the run starts afresh
-        return recorded != json.loads(json.dumps(self.config.to_dict()))
+            check_same_run(self.config, self.dir / "config.json", "sweep")
+        except (OSError, ValueError):
+            return True
+        return False
 
 
 def _as_list(value: Any) -> list[Any]:
