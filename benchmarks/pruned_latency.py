@@ -100,7 +100,7 @@ class OnnxRuntime:
     with as many threads as PyTorch uses."""
 
     def __init__(self, model: nn.Module, folder: str) -> None:
-        from ncslim.export import onnx_session
+        from ncslim.models.export import onnx_session
 
         path = ncslim.export_model(model, os.path.join(folder, f"{id(model)}.onnx"))
         self.session = onnx_session(path, threads=torch.get_num_threads())

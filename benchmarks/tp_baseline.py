@@ -44,7 +44,7 @@ from ncslim.baselines import (
     train_baseline,
 )
 from ncslim.config import Config, load_config, read_preset
-from ncslim.io import atomic_write_text, run_lock
+from ncslim.models.files import atomic_write_text, run_lock
 from ncslim.pipeline import write_config
 from ncslim.sweep import cached_data
 

@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 
-import ncslim.io as io
+import ncslim.models.files as io
 import ncslim.train as T
 from ncslim.cli import main
 

@@ -32,7 +32,7 @@ def _fake_forward_time(model, x):
 
 @needs_fashion
 def test_run_end_to_end_writes_results(tmp_path, capsys, caplog, monkeypatch):
-    monkeypatch.setattr("ncslim.metrics._time_one", _fake_forward_time)
+    monkeypatch.setattr("ncslim.models.measure._time_one", _fake_forward_time)
     out = tmp_path / "run"
     caplog.set_level("INFO", logger="ncslim")
     code = main(["run", *TINY, "--penalty", "tl1", "--lam", "1e-3", "--ratio", "0.5",

@@ -11,8 +11,8 @@ from test_sparsity import tiny_data
 import ncslim
 from ncslim.config import load_config
 from ncslim.controller import LambdaController
-from ncslim.costs import budget_weights, channel_costs, cost_weighted_scores
 from ncslim.methods import make_method
+from ncslim.prune.costs import budget_weights, channel_costs, cost_weighted_scores
 from ncslim.prunerule import prune
 from ncslim.train import Trainer
 

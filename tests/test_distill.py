@@ -20,8 +20,8 @@ from ncslim import pipeline
 from ncslim.cli import main
 from ncslim.config import command_config, load_config
 from ncslim.distill import Distillation, kd_loss
-from ncslim.io import load_model, save_model
 from ncslim.models import build_model
+from ncslim.models.files import load_model, save_model
 from ncslim.report import collect
 from ncslim.sweep import expand
 from ncslim.train import Trainer

@@ -17,8 +17,8 @@ from conftest import spread_bn
 from torch import nn
 
 import ncslim
-from ncslim import export as E
 from ncslim.cli import main
+from ncslim.models import export as E
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")

@@ -16,7 +16,7 @@ from ncslim.config import load_config
 from ncslim.data import DataError, augment_pad, batches, load_dataset, scan_folder
 from ncslim.data import decode as D
 from ncslim.data.folder import channel_stats
-from ncslim.io import ModelFileError
+from ncslim.models.files import ModelFileError
 
 Image = pytest.importorskip("PIL.Image")
 
@@ -361,7 +361,7 @@ TINY = ["--arch", "vgg", "--depth", "11", "--width", "0.125", "--epochs", "1",
 
 
 def test_run_on_a_folder_records_the_classes(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("ncslim.metrics._time_one", lambda model, x: 1e-3)
+    monkeypatch.setattr("ncslim.models.measure._time_one", lambda model, x: 1e-3)
     root = make_folder(tmp_path / "d", classes=("cat", "dog", "frog"), train=8, val=2)
     out = tmp_path / "run"
     assert main(["run", "--dataset", "folder", "--data-dir", str(root), "--input-size", "32",
@@ -398,7 +398,7 @@ def test_run_at_another_size_builds_the_model_for_it(tmp_path, capsys, monkeypat
         "                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),\n"
         "                         nn.Linear(8, num_classes))\n")
     monkeypatch.syspath_prepend(str(tmp_path / "code"))
-    monkeypatch.setattr("ncslim.metrics._time_one", lambda model, x: 1e-3)
+    monkeypatch.setattr("ncslim.models.measure._time_one", lambda model, x: 1e-3)
     root = make_folder(tmp_path / "d", classes=("cat", "dog"), train=8, val=2)
     out = tmp_path / "run"
     tiny = [flag for flag in TINY if flag not in ("--arch", "vgg", "--depth", "11", "--width",

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 import ncslim
-from ncslim.regularizer import find_scales
+from ncslim.models.scales import find_scales
 
 pytest.importorskip("torch_pruning")
 
@@ -240,14 +240,14 @@ def test_ignored_layers_stay_whole_by_module_or_name():
 def test_target_flops_and_the_regularizer_work_on_other_models():
     model = trained_like(MobileNetV2Style())
     assert len(find_scales(model)) == sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
-    small, report = ncslim.pruning.prune_to_flops(model, 0.5, example_inputs=images(1))
+    small, report = ncslim.prune.prune_to_flops(model, 0.5, example_inputs=images(1))
     assert report.flops_after <= 0.5 * report.flops_before < report.flops_after * 2.2
     assert small(images()).shape == (4, 10)
 
 
 def test_target_params_works_on_other_models():
     model = trained_like(MobileNetV2Style())
-    small, report = ncslim.pruning.prune_to_budget(model, 0.5, "params",
+    small, report = ncslim.prune.prune_to_budget(model, 0.5, "params",
                                                    example_inputs=images(1))
     assert report.params_after == ncslim.count_params(small) <= 0.5 * report.params_before
     channels = sum(layer.total for layer in report.layers)
@@ -298,8 +298,8 @@ def test_what_other_models_need_is_said(monkeypatch):
     with pytest.raises(ValueError, match="ignored_layers is for models that are not ncslim"):
         ncslim.prune_model(ncslim.build_model("vgg", width=0.125, depth=11), ratio=0.5,
                            ignored_layers=["features.0"])
-    real = ncslim.generic.importlib.util.find_spec
-    monkeypatch.setattr(ncslim.generic.importlib.util, "find_spec",
+    real = ncslim.models.graph.importlib.util.find_spec
+    monkeypatch.setattr(ncslim.models.graph.importlib.util, "find_spec",
                         lambda name, *a: None if name == "torch_pruning" else real(name, *a))
     with pytest.raises(ValueError, match=r"needs Torch-Pruning: pip install 'ncslim\[generic\]'"):
         ncslim.prune_model(model, ratio=0.5, example_inputs=images(1))

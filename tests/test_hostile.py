@@ -143,7 +143,7 @@ class ModelBytes(bytes):
 @pytest.fixture(scope="module")
 def model_bytes() -> bytes:
     buffer = io.BytesIO()
-    torch.save(ncslim.io.model_payload(ncslim.build_model("vgg", depth=11, width=0.0625,
+    torch.save(ncslim.models.files.model_payload(ncslim.build_model("vgg", depth=11, width=0.0625,
                                                           num_classes=10, in_channels=1)),
                buffer)
     return ModelBytes(buffer.getvalue())

@@ -130,7 +130,7 @@ def test_the_reported_cases_are_refused_in_bounded_memory(argv):
 def _view_file(path: Path, arch: str, width: float, input_size: int = 32) -> Path:
     """A model file whose tensors are expanded views of one number: a few KB that claim a
     network of ``width`` (hundreds of MB)."""
-    from ncslim.io import FORMAT, FORMAT_VERSION
+    from ncslim.models.files import FORMAT, FORMAT_VERSION
 
     with torch.device("meta"):
         skeleton = ncslim.build_model(arch, width=width, input_size=input_size)
@@ -207,7 +207,7 @@ def test_info_refuses_a_timing_whose_activations_would_not_fit(tmp_path, capsys,
 
 def test_info_refuses_a_timing_that_would_not_end(capsys, monkeypatch, real_builds):
     """Its fewest passes at a quarter of this CPU's matrix-product rate: over 120 s."""
-    monkeypatch.setattr("ncslim.metrics.cpu_flops_per_s", lambda threads: 4e9)
+    monkeypatch.setattr("ncslim.models.measure.cpu_flops_per_s", lambda threads: 4e9)
     err = _exit_2_one_line(["info", "--arch", "vgg", "--width", "4"], capsys)
     flops = 64 * memory.forward_cost(_skeleton("vgg", 19, 4.0))[1]
     assert (f"timing vgg at batch 64 on 32x32 images would take about {4 * flops / 1e9:,.0f} s "
@@ -217,7 +217,7 @@ def test_info_refuses_a_timing_that_would_not_end(capsys, monkeypatch, real_buil
 
 
 def test_a_slow_model_is_warmed_up_once_and_timed_a_few_times():
-    from ncslim.metrics import SLOW_REPEATS, time_forward
+    from ncslim.models.measure import SLOW_REPEATS, time_forward
 
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3))
     calls = []
@@ -233,7 +233,7 @@ def test_info_times_a_batch_only_if_its_time_at_batch_1_says_it_ends(capsys, mon
                                                                      batch, refused):
     """The larger batch's fewest passes (1 + SLOW_REPEATS), extrapolated from one image's time
     at batch 1, must stay within 120 s; it is not timed otherwise."""
-    from ncslim.metrics import Latency
+    from ncslim.models.measure import Latency
 
     timed = []
 

@@ -163,7 +163,7 @@ def test_consent_covers_exactly_the_named_modules_and_their_packages(module, tru
 def test_a_hostile_builder_string_is_one_printable_bounded_line(tmp_path_factory, builder):
     model = build_model("vgg", 10, 1, width=0.0625, depth=11)
     path = tmp_path_factory.mktemp("b") / "m.pt"
-    payload = ncslim.io.model_payload(model)
+    payload = ncslim.models.files.model_payload(model)
     payload["config"] = {**payload["config"], "arch": "imported",
                          "channels": {"builder": builder, "pruned": []}}
     torch.save(payload, path)

@@ -117,7 +117,7 @@ def test_a_file_whose_builder_ignores_its_class_count_is_refused(outputs_module,
 
 def save_with(tmp_path: Path, record: object, classes: int = 10, name: str = "m.pt") -> Path:
     model = build_model("vgg", classes, 1, width=0.0625, depth=11)
-    payload = ncslim.io.model_payload(model)
+    payload = ncslim.models.files.model_payload(model)
     payload["trained_on"] = record
     torch.save(payload, tmp_path / name)
     return tmp_path / name
@@ -184,7 +184,7 @@ def test_a_record_that_does_not_fit_is_one_printable_line(tmp_path, capsys, reco
 @SETTINGS
 @given(names=st.lists(names, min_size=1, max_size=4, unique=True))
 def test_recorded_text_reaches_the_terminal_escaped(tmp_path_factory, monkeypatch, capsys, names):
-    monkeypatch.setattr("ncslim.metrics._time_one", lambda model, x: 1e-6)
+    monkeypatch.setattr("ncslim.models.measure._time_one", lambda model, x: 1e-6)
     names = ["\x1b[31m" + names[0], *names[1:]]
     path = save_with(tmp_path_factory.mktemp("e"), {"dataset": "folder", "classes": names},
                      len(names))
@@ -198,7 +198,7 @@ def test_recorded_text_reaches_the_terminal_escaped(tmp_path_factory, monkeypatc
 def test_text_a_file_puts_into_any_error_reaches_the_terminal_escaped(tmp_path, capsys, key):
     """An unknown keyword of the stored architecture: Python's own error carries it raw."""
     model = build_model("vgg", 10, 1, width=0.0625, depth=11)
-    payload = ncslim.io.model_payload(model)
+    payload = ncslim.models.files.model_payload(model)
     payload["config"][key] = 1
     torch.save(payload, tmp_path / "m.pt")
     assert main(["info", "--checkpoint", str(tmp_path / "m.pt")]) == 2
@@ -210,7 +210,7 @@ def test_text_a_file_puts_into_any_error_reaches_the_terminal_escaped(tmp_path, 
 def test_a_full_model_smaller_than_the_pruned_one_is_refused(tmp_path, capsys, params):
     model = build_model("vgg", 3, 1, width=0.0625, depth=11)
     own = ncslim.count_params(model)
-    payload = ncslim.io.model_payload(model)
+    payload = ncslim.models.files.model_payload(model)
     payload["pruned_from"] = {"params": own - 1 if params == "own - 1" else params,
                               "flops": 10**6, "channels": 100}
     torch.save(payload, tmp_path / "m.pt")
@@ -223,9 +223,9 @@ def test_a_full_model_smaller_than_the_pruned_one_is_refused(tmp_path, capsys, p
 
 def test_info_refuses_a_full_model_of_fewer_flops_than_the_pruned_one(tmp_path, capsys,
                                                                       monkeypatch):
-    monkeypatch.setattr("ncslim.metrics._time_one", lambda model, x: 1e-6)
+    monkeypatch.setattr("ncslim.models.measure._time_one", lambda model, x: 1e-6)
     model = build_model("vgg", 10, 1, width=0.0625, depth=11)
-    payload = ncslim.io.model_payload(model)
+    payload = ncslim.models.files.model_payload(model)
     payload["pruned_from"] = {"params": 10**9, "flops": 1000, "channels": 10**4}
     torch.save(payload, tmp_path / "m.pt")
     err = one_line_error(capsys, main(["info", "--checkpoint", str(tmp_path / "m.pt"),
@@ -235,6 +235,6 @@ def test_info_refuses_a_full_model_of_fewer_flops_than_the_pruned_one(tmp_path, 
 
 def test_every_field_ncslim_records_has_its_kind_checked():
     from ncslim.config import DATA_RECORD
-    from ncslim.modelrecord import _KINDS
+    from ncslim.models.record import _KINDS
 
     assert set(DATA_RECORD) <= set(_KINDS)

@@ -17,7 +17,7 @@ from conftest import hold_lock, write_fashion
 
 import ncslim
 from ncslim.cli import main
-from ncslim.export import SIGNATURE, own_export
+from ncslim.models.export import SIGNATURE, own_export
 from ncslim.report.rundata import read_metrics
 
 ARCH = ["--arch", "vgg", "--depth", "11", "--width", "0.0625"]
@@ -374,7 +374,7 @@ def test_the_onnx_signature_is_read_without_loading_the_file(tmp_path):
     """The metadata of a real export, read field by field, is onnx's own; a huge or endless
     foreign file is judged in bounded time and memory (it is sparse: nothing is read)."""
     onnx = pytest.importorskip("onnx")
-    from ncslim.export import _onnx_metadata
+    from ncslim.models.export import _onnx_metadata
 
     path = tmp_path / "m.onnx"
     model = ncslim.build_model("vgg", depth=11, width=0.0625, num_classes=10)

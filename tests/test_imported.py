@@ -17,7 +17,7 @@ import torch
 import ncslim
 from ncslim.cli import main
 from ncslim.models import build_model, model_names
-from ncslim.regularizer import find_scales
+from ncslim.models.scales import find_scales
 
 pytest.importorskip("torch_pruning")
 
@@ -201,7 +201,7 @@ def test_model_and_arch_are_exclusive_and_compensate_is_for_arch(user_models, ca
 @needs_fashion
 def test_every_command_works_on_an_imported_model(user_models, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(user_models)
-    monkeypatch.setattr("ncslim.metrics._time_one",
+    monkeypatch.setattr("ncslim.models.measure._time_one",
                         lambda model, x: 1e-6 * ncslim.count_params(model) * x.shape[0])
     tiny = ["--dataset", "fashion-mnist", "--limit-train", "128", "--limit-test", "64",
             "--batch-size", "32", "--device", "cpu"]

@@ -10,7 +10,7 @@ import torch
 from conftest import TINY_IDS, TINY_MODELS, spread_bn
 
 import ncslim
-from ncslim.io import atomic_write_text, run_lock
+from ncslim.models.files import atomic_write_text, run_lock
 from ncslim.util.liverun import _claim
 
 
@@ -216,7 +216,7 @@ def test_a_claim_cleans_only_the_partial_files_its_lock_covers(tmp_path):
 
 CONTENDER = """
 import os, sys, time
-from ncslim.io import run_lock
+from ncslim.models.files import run_lock
 out, rounds = sys.argv[1], int(sys.argv[2])
 done = 0
 while done < rounds:

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import ncslim
-from ncslim.metrics import (
+from ncslim.models.measure import (
     Latency,
     compare_latency,
     latency_warnings,
@@ -52,7 +52,7 @@ def test_timing_states_its_thread_count_and_restores_the_default(monkeypatch):
         seen.append(torch.get_num_threads())
         return 0.001
 
-    monkeypatch.setattr("ncslim.metrics._time_one", fake)
+    monkeypatch.setattr("ncslim.models.measure._time_one", fake)
     before = torch.get_num_threads()
     model = ncslim.build_model("vgg", depth=11, width=0.0625)
     (timing,) = time_forward([model], (3, 32, 32), threads=1, min_repeats=4, max_repeats=4)
@@ -64,7 +64,7 @@ def test_timing_states_its_thread_count_and_restores_the_default(monkeypatch):
 
 def test_the_spread_says_when_timings_are_not_trustworthy(monkeypatch):
     times = iter([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 3.0, 3.0] * 2)
-    monkeypatch.setattr("ncslim.metrics._time_one", lambda model, x: next(times) / 1000)
+    monkeypatch.setattr("ncslim.models.measure._time_one", lambda model, x: next(times) / 1000)
     model = ncslim.build_model("vgg", depth=11, width=0.0625)
     (busy,) = time_forward([model], (3, 32, 32), threads=1, min_repeats=8, max_repeats=8)
     assert busy.median == pytest.approx(1e-3) and busy.q3 == pytest.approx(1.5e-3)

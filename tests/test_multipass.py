@@ -23,8 +23,8 @@ from ncslim.cli import main
 from ncslim.config import Config, load_config
 from ncslim.controller import LambdaController
 from ncslim.passes import pass_config
+from ncslim.prune.selection import capped_keep, global_keep, layer_floor, select_channels
 from ncslim.regularizer import SparsityRegularizer
-from ncslim.selection import capped_keep, global_keep, layer_floor, select_channels
 from ncslim.train import Trainer
 
 ARCH = ["--arch", "vgg", "--depth", "11", "--width", "0.0625"]
@@ -105,15 +105,15 @@ def test_the_slot_pruner_caps_each_layer_and_reports_it(tmp_path, capsys):
 
 def test_a_budget_under_a_cap_still_fits_or_names_the_cap():
     model = vgg()
-    _, report = ncslim.pruning.prune_to_budget(model, 0.5, "params", max_layer_ratio=0.5)
+    _, report = ncslim.prune.prune_to_budget(model, 0.5, "params", max_layer_ratio=0.5)
     assert report.params_after <= 0.5 * report.params_before
     with pytest.raises(ValueError, match="or raise --max-layer-ratio"):
-        ncslim.pruning.prune_to_budget(model, 0.1, "params", max_layer_ratio=0.3)
+        ncslim.prune.prune_to_budget(model, 0.1, "params", max_layer_ratio=0.3)
 
 
 def test_the_generic_pruner_applies_the_same_cap():
     pytest.importorskip("torch_pruning")
-    from ncslim.generic import prune_generic
+    from ncslim.prune.generic import prune_generic
 
     model = vgg()
     x = torch.zeros(1, *model.input_shape())
@@ -199,7 +199,7 @@ def test_pipeline_run_does_one_pass():
 @pytest.fixture
 def data_dir(tmp_path, monkeypatch) -> Path:
     write_fashion(tmp_path / "data" / "fashion-mnist", monkeypatch)
-    monkeypatch.setattr("ncslim.metrics._time_one",  # timings: exact, and no waiting
+    monkeypatch.setattr("ncslim.models.measure._time_one",  # timings: exact, and no waiting
                         lambda model, x: 1e-6 * ncslim.count_params(model) * x.shape[0])
     return tmp_path / "data"
 
@@ -375,7 +375,7 @@ def test_a_run_sigkilled_in_pass_two_resumes_bit_for_bit(tmp_path, monkeypatch):
     import subprocess
     import sys
 
-    monkeypatch.setattr("ncslim.metrics._time_one",
+    monkeypatch.setattr("ncslim.models.measure._time_one",
                         lambda model, x: 1e-6 * ncslim.count_params(model) * x.shape[0])
     flags = [*TINY, "--limit-train", "192", "--limit-test", "64", "--passes", "2",
              "--penalty", "tl1", "--lam", "1e-3", "--max-layer-ratio", "0.5"]

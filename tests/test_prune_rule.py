@@ -5,7 +5,6 @@ The CLI tests prune a saved tiny VGG with spread-out BN scales; they need no dat
 
 from __future__ import annotations
 
-import ast
 import json
 import re
 from pathlib import Path
@@ -17,87 +16,6 @@ from conftest import spread_bn
 import ncslim
 from ncslim.cli import main
 from ncslim.config import load_config
-
-SRC = Path(ncslim.__file__).parent
-RULE_MODULES = ("selection", "generic", "pruning")
-
-
-def _module_name(path: Path, root: Path) -> str:
-    parts = list(path.relative_to(root).with_suffix("").parts)
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def import_graph(root: Path = SRC) -> dict[str, set[str]]:
-    """module -> the modules of the package at ``root`` it imports (lazy imports included)."""
-    modules = {_module_name(p, root): p for p in root.rglob("*.py")}
-    graph = {}
-    for name, path in modules.items():
-        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        deps = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level:
-                base = package.split(".") if package else []
-                base = base[:len(base) - node.level + 1]
-                target = ".".join(base + ([node.module] if node.module else []))
-            elif (isinstance(node, ast.ImportFrom)
-                  and (node.module or "").split(".")[0] == root.name):
-                target = node.module.partition(".")[2]
-            elif isinstance(node, ast.Import):
-                deps |= {a.name.partition(".")[2] for a in node.names
-                         if a.name.startswith(f"{root.name}.")}
-                continue
-            else:
-                continue
-            for alias in node.names:  # `from . import io` imports the module io
-                sub = f"{target}.{alias.name}".lstrip(".")
-                deps.add(sub if sub in modules else target)
-        graph[name] = deps - {name}
-    return graph
-
-
-def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
-    seen, todo = set(), list(graph[start])
-    while todo:
-        module = todo.pop()
-        if module not in seen:
-            seen.add(module)
-            todo.extend(graph.get(module, ()))
-    return seen
-
-
-def test_the_import_graph_sees_every_kind_of_import(tmp_path):
-    package = tmp_path / "pkg"
-    (package / "sub").mkdir(parents=True)
-    files = {"__init__.py": "", "sub/__init__.py": "from .. import c\n",
-             "a.py": "from .b import x\n", "b.py": "def f():\n    from .a import y\n",
-             "c.py": "from . import sub\nimport pkg.a\n", "d.py": "from pkg.sub import z\n"}
-    for name, text in files.items():
-        (package / name).write_text(text)
-    graph = import_graph(package)
-    assert graph == {"": set(), "sub": {"c"}, "a": {"b"}, "b": {"a"}, "c": {"sub", "a"},
-                     "d": {"sub"}}
-    assert "a" in reachable(graph, "a") and "c" in reachable(graph, "c")
-    assert "d" not in reachable(graph, "d")
-
-
-@pytest.mark.parametrize("module", RULE_MODULES)
-def test_the_pruning_modules_are_in_no_import_cycle(module):
-    graph = import_graph()
-    assert module not in reachable(graph, module)
-
-
-def test_no_module_of_the_package_is_in_an_import_cycle():
-    graph = import_graph()
-    assert {"report", "figures", "rundata", "sparsity", "controller"} <= set(graph)
-    assert [m for m in sorted(graph) if m in reachable(graph, m)] == []
-
-
-def test_the_selection_rule_is_the_lowest_pruning_module():
-    graph = import_graph()
-    assert graph["selection"] == set()  # it imports no other ncslim module
-    assert "selection" in graph["generic"] and "selection" in graph["pruning"]
-    assert "pruning" not in reachable(graph, "generic")
-
 
 # --- ncslim prune, real and dry run ---
 

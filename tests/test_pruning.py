@@ -8,7 +8,7 @@ from conftest import TINY_IDS, TINY_MODELS, spread_bn
 from torch import nn
 
 import ncslim
-from ncslim.selection import DEFAULT_MIN_CHANNELS
+from ncslim.prune.selection import DEFAULT_MIN_CHANNELS
 
 
 def masked(model: nn.Module, report: ncslim.PruneReport) -> nn.Module:
@@ -217,7 +217,7 @@ def test_a_model_that_is_not_ours_needs_example_inputs():
 ])
 def test_tap_coverage_makes_the_folded_constant_the_exact_spatial_mean(kernel, stride, padding,
                                                                        size):
-    from ncslim.pruning import _tap_coverage
+    from ncslim.prune.compensation import _tap_coverage
 
     torch.manual_seed(0)
     conv = nn.Conv2d(4, 6, kernel, stride=stride, padding=padding, bias=False).double()
@@ -285,7 +285,7 @@ def _size(report: ncslim.PruneReport, measure: str) -> tuple[int, int]:
 @pytest.mark.parametrize(("arch", "kwargs"), TINY_MODELS[::2], ids=TINY_IDS[::2])
 @pytest.mark.parametrize("measure", ["params", "flops"])
 def test_prune_to_budget_keeps_the_fraction_at_the_smallest_ratio(arch, kwargs, measure):
-    from ncslim.pruning import prune_to_budget
+    from ncslim.prune import prune_to_budget
 
     model = tiny(arch, kwargs)
     small, report = prune_to_budget(model, 0.4, measure, min_channels=1)
@@ -302,7 +302,7 @@ def test_prune_to_budget_keeps_the_fraction_at_the_smallest_ratio(arch, kwargs, 
 
 
 def test_prune_to_budget_passes_the_options_and_flops_is_a_wrapper():
-    from ncslim.pruning import prune_to_budget, prune_to_flops
+    from ncslim.prune import prune_to_budget, prune_to_flops
 
     model = tiny("vgg", {"width": 0.125, "depth": 11})
     small, report = prune_to_budget(model, 0.5, "params", round_to=4, compensate=True)
@@ -325,7 +325,7 @@ def test_prune_to_budget_passes_the_options_and_flops_is_a_wrapper():
      "FLOPs cannot fall to 1.0% of the original \\(--target-flops\\) even at ratio ~1"),
 ])
 def test_prune_to_budget_errors_name_the_flag(args, options, match):
-    from ncslim.pruning import prune_to_budget
+    from ncslim.prune import prune_to_budget
 
     model = ncslim.build_model("vgg", width=0.125, depth=11)
     with pytest.raises(ValueError, match=match):

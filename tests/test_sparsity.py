@@ -134,7 +134,7 @@ def test_lam_auto_aims_at_a_flops_target_on_every_family(tmp_path, arch, kwargs)
     assert 0 < result.history[-1]["target_share"] < 1 and method.frozen
     assert int(method.reg.mask.sum()) == round(method.target_share * method.reg.mask.numel())
     # the frozen set was the budget search's own: the cut now removes exact zeros only
-    pruned = ncslim.pruning.prune_to_budget(model, 0.6, measure="flops")[1]
+    pruned = ncslim.prune.prune_to_budget(model, 0.6, measure="flops")[1]
     assert pruned.flops_after <= 0.6 * pruned.flops_before
     gammas = method.reg.scales()
     removed = report_removed(pruned, gammas.numel())

@@ -202,7 +202,7 @@ def test_a_sigkilled_sweep_resumes_to_the_unbroken_result(tmp_path, unbroken_swe
     runs = tmp_path / "runs"
     assert len(_outcome(runs)) < 2
     for stale in runs.rglob("*.pt"):  # whatever is on disk is whole and readable
-        assert isinstance(ncslim.io.safe_load(stale), dict)
+        assert isinstance(ncslim.models.files.safe_load(stale), dict)
     assert main(["sweep", str(path)]) == 0
     assert not list(runs.rglob(".*.tmp"))
     assert _outcome(runs) == unbroken_sweep

@@ -97,7 +97,7 @@ def _check_stage(logdir: Path, lines: list[dict], model: torch.nn.Module) -> Non
 
 def test_run_logs_both_stages_as_metrics_jsonl_has_them(tmp_path, fashion, monkeypatch):
     pytest.importorskip("tensorboard")
-    monkeypatch.setattr("ncslim.metrics._time_one", lambda model, x: 1e-3)  # no real timing
+    monkeypatch.setattr("ncslim.models.measure._time_one", lambda model, x: 1e-3)  # no real timing
     out = tmp_path / "run"
     assert main(["run", *fashion, *ARCH, *TRAIN, "--epochs", "2", "--finetune-epochs", "1",
                  "--lam", "auto", "--ratio", "0.5", "--tensorboard", "--out", str(out)]) == 0

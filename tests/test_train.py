@@ -15,8 +15,8 @@ import ncslim
 import ncslim.cli
 from ncslim import pipeline
 from ncslim.config import load_config
-from ncslim.io import run_lock
 from ncslim.methods import make_method
+from ncslim.models.files import run_lock
 from ncslim.train import Trainer, lr_at, steps_per_epoch
 from ncslim.util.progress import RunProgress
 
@@ -317,7 +317,7 @@ def test_sigkill_anywhere_loses_nothing(tmp_path, point, at):
     if point == "save":  # the kill left the finished temp file, never the checkpoint itself
         assert list(out.glob(".*.pt.*.tmp"))
     for path in out.glob("*.pt"):  # whatever is on disk is whole and readable
-        assert isinstance(ncslim.io.safe_load(path), dict)
+        assert isinstance(ncslim.models.files.safe_load(path), dict)
     assert ncslim.cli.main(["train", *KILL_ARGS, "--out", str(out), "--resume"]) == 0
     assert not list(out.glob(".*.tmp"))
     final = ncslim.load_model(out / "model.pt").state_dict()
@@ -343,7 +343,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_says_so(tmp_path, monkeyp
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_save(obj, f, *args, **kwargs)
 
-    monkeypatch.setattr(ncslim.io.torch, "save", filling)
+    monkeypatch.setattr(ncslim.models.files.torch, "save", filling)
     out = tmp_path / "run"
     code = ncslim.cli.main(["train", *KILL_ARGS, "--out", str(out)])
     err = capsys.readouterr().err

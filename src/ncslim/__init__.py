@@ -5,12 +5,12 @@ physically, fine-tune, and measure what was gained.
 """
 
 from .controller import LambdaController
-from .export import export_model
-from .io import ModelFileError, load_model, save_model
-from .metrics import count_flops, count_params
 from .models import PruneSlot, SlimmableNet, build_model, model_names
+from .models.export import export_model
+from .models.files import ModelFileError, load_model, save_model
+from .models.measure import count_flops, count_params
 from .penalties import PENALTIES, Penalty, make_penalty
-from .pruning import PruneReport, prune_model
+from .prune import PruneReport, prune_model
 from .regularizer import SparsityRegularizer
 from .sparsity import SparsityMethod
 

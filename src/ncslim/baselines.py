@@ -35,9 +35,10 @@ from torch import nn
 
 from .config import Config
 from .data import ImageData
-from .io import save_model
-from .metrics import count_flops, count_params
 from .models import SlimmableNet, build_model
+from .models.files import save_model
+from .models.measure import count_flops, count_params
+from .models.scales import unwrap
 from .models.vgg import POOL
 from .pipeline import (
     claim,
@@ -49,10 +50,10 @@ from .pipeline import (
     sparsity_stage,
     write_config,
 )
-from .pruning import LayerReport, PruneReport, inherit_record, pruning_report
+from .prune import LayerReport, PruneReport, inherit_record, pruning_report
+from .prune.selection import DEFAULT_MIN_CHANNELS
 from .report.summary import SUMMARY_FILE, format_results
-from .selection import DEFAULT_MIN_CHANNELS
-from .sparsity import SparsityMethod, unwrap
+from .sparsity import SparsityMethod
 from .train import steps_per_epoch
 from .util import distributed
 from .util.files import atomic_write_text

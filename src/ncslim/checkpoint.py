@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from .io import CHECKPOINT_FORMAT, safe_load
+from .models.files import CHECKPOINT_FORMAT, safe_load
 from .report.rundata import MetricsError, metrics_records
 from .util.files import atomic_write_text
 

@@ -27,10 +27,10 @@ from .commandline import build_parser, unknown_flags
 from .config import Config, command_config, config_fields
 from .config_checks import TARGETS
 from .device import resolve_device
-from .export import SUFFIX, check_export, check_output, export_model
-from .io import load_model, run_lock, save_model
-from .metrics import count_params, threads_text
 from .models import build_model, check_arch
+from .models.export import SUFFIX, check_export, check_output, export_model
+from .models.files import load_model, run_lock, save_model
+from .models.measure import count_params, threads_text
 from .report import summary
 from .train import TrainingDiverged
 from .util import distributed

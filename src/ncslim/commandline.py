@@ -22,8 +22,8 @@ from .config import (
     preset_names,
 )
 from .config import COMMANDS as CONFIG_COMMANDS
-from .export import FORMATS
 from .models import model_names
+from .models.export import FORMATS
 
 COMMANDS = ("run", "train", "prune", "finetune", "info", "sweep", "report", "export")
 _TYPES = {"int": int, "float": float, "str": str}

@@ -21,7 +21,7 @@ from typing import Any
 
 from .config_checks import AUTO, check_config, check_value_types, layer_targets, one_target
 from .penalty_registry import param_default, param_help, param_names, param_unset, resolve_params
-from .selection import DEFAULT_MIN_CHANNELS
+from .prune.selection import DEFAULT_MIN_CHANNELS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -54,7 +54,7 @@ def _mode_choices() -> tuple[str, ...]:
 
 
 def _ranking_choices() -> tuple[str, ...]:
-    from .selection import RANKINGS
+    from .prune.selection import RANKINGS
 
     return ("auto", *RANKINGS)
 
@@ -246,8 +246,8 @@ class Config:
 
     def selection_options(self) -> dict[str, Any]:
         """What every pruning of this config shares whatever its target: the layers' floor,
-        cap and rounding, and the ranking (:func:`ncslim.selection.select_channels`)."""
-        from .selection import resolve_ranking
+        cap and rounding, and the ranking (:func:`ncslim.prune.selection.select_channels`)."""
+        from .prune.selection import resolve_ranking
 
         budget = self.budget()
         return {"min_channels": self.min_channels, "round_to": self.round_to,

@@ -43,8 +43,8 @@ from typing import Any
 
 import torch
 
+from .prune.selection import DEFAULT_MIN_CHANNELS, check_ranking, layer_floor, rank_scores
 from .regularizer import SparsityRegularizer
-from .selection import DEFAULT_MIN_CHANNELS, check_ranking, layer_floor, rank_scores
 from .sparsity import SparsityMethod
 
 START_LAM = 1e-4  # the paper's lambda for VGG: the penalty's lambda before the controller's own
@@ -78,10 +78,10 @@ class LambdaController(SparsityMethod):
     learning rate counts as constant. ``finish`` (shares of the steps: freeze, deadline) or None
     for no finishing phase (the penalty alone: an ablation).
     ``weights`` (one per channel, flat in the regularizer's order) make the aim rank
-    ``|gamma| / weight``: MorphNet's cost weighting (:mod:`ncslim.costs`). The channels each
+    ``|gamma| / weight``: MorphNet's cost weighting (:mod:`ncslim.prune.costs`). The channels each
     layer keeps whatever the target (``min_channels``, and the ``max_layer_ratio`` cap) are never
     aimed at, and the target share is at most what is left outside them. ``units`` (from
-    :func:`ncslim.generic.channel_groups`: group sizes, and each BN channel's group channel)
+    :func:`ncslim.prune.generic.channel_groups`: group sizes, and each BN channel's group channel)
     make every share and aim count coupled group channels, the units the cut removes.
     """
 
@@ -108,7 +108,7 @@ class LambdaController(SparsityMethod):
                              f"ramp {ramp}, finish {finish}")
         check_ranking(ranking, allow_auto=False)  # the cut's own, resolved
         self.reg, self._removal, self.ranking = regularizer, removal, ranking
-        # per channel, what removing it saves relative to the mean (ncslim.costs): the aim
+        # per channel, what removing it saves relative to the mean (ncslim.prune.costs): the aim
         # ranks |gamma| / weight, as pruning to the budget then does
         self.inverse_weights = None if weights is None else 1.0 / weights.clamp(min=1e-12)
         # pruning keeps each layer's strongest min_channels (and what the cap keeps) whatever the
@@ -231,7 +231,7 @@ class LambdaController(SparsityMethod):
 
     def _scores(self) -> torch.Tensor:
         """|gamma| per unit the cut removes: per channel, or per coupled group channel the
-        largest |gamma| of its members (as :mod:`ncslim.generic` scores it)."""
+        largest |gamma| of its members (as :mod:`ncslim.prune.generic` scores it)."""
         scales = self.reg._gather().abs()
         if self._unit_of is None:
             return scales

@@ -38,11 +38,12 @@ from torch import nn
 
 from .controller import START_LAM, LambdaController
 from .models import SlimmableNet, TracedNet
+from .models.scales import LayerFilter, find_scales, unwrap
 from .penalties import make_penalty
-from .pruning import PruneReport, prune_model, prune_to_budget
-from .regularizer import MODES, LayerFilter, SparsityRegularizer, find_scales
-from .selection import DEFAULT_MIN_CHANNELS, DEFAULT_RANKING, resolve_ranking
-from .sparsity import SparsityMethod, unwrap
+from .prune import PruneReport, prune_model, prune_to_budget
+from .prune.selection import DEFAULT_MIN_CHANNELS, DEFAULT_RANKING, resolve_ranking
+from .regularizer import MODES, SparsityRegularizer
+from .sparsity import SparsityMethod
 from .util.files import atomic_write_text
 
 try:
@@ -295,7 +296,7 @@ class SlimmingCallback(Callback):  # type: ignore[misc,valid-type]
         units = None  # coupled channels, cut through Torch-Pruning's graph: aim at its groups
         traced = not isinstance(network, SlimmableNet) or isinstance(network, TracedNet)
         if traced and inputs is not None and not self.ignored_layers and self.layers is None:
-            from .generic import channel_groups
+            from .prune.generic import channel_groups
 
             units = channel_groups(network, inputs[:1], regularizer.names)
         return LambdaController(regularizer, target, total_steps=int(steps),
@@ -316,8 +317,8 @@ class SlimmingCallback(Callback):  # type: ignore[misc,valid-type]
         return prune_model(network, **{rule: value}, **options)
 
     def _save(self, small: nn.Module, report: PruneReport, inputs: torch.Tensor | None) -> None:
-        from .export import export_model
-        from .io import save_model
+        from .models.export import export_model
+        from .models.files import save_model
 
         folder = self.save_to
         folder.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]

@@ -14,14 +14,15 @@ from torch import nn
 from .config import AUTO, Config
 from .controller import LambdaController
 from .models import TracedNet
+from .models.scales import find_scales
 from .penalties import make_penalty
-from .regularizer import SparsityRegularizer, find_scales
+from .regularizer import SparsityRegularizer
 from .sparsity import SparsityMethod
 from .train import lr_at
 from .vcp import VariationalScales
 
 if TYPE_CHECKING:
-    from .pruning import PruneReport
+    from .prune import PruneReport
 
 
 def make_method(cfg: Config, model: nn.Module, n_train: int, steps: int,
@@ -57,11 +58,11 @@ def make_method(cfg: Config, model: nn.Module, n_train: int, steps: int,
 
 def coupled_units(model: nn.Module, bn_names: list[str]) -> tuple[list[int], torch.Tensor] | None:
     """For a network pruned through Torch-Pruning's graph (``--model``): its coupled groups, so
-    that the controller aims at what the cut removes (:func:`ncslim.generic.channel_groups`);
+    that the controller aims at what the cut removes (:func:`ncslim.prune.generic.channel_groups`);
     None for the families, whose pruning slots cut BN channel by BN channel."""
     if not isinstance(model, TracedNet):
         return None
-    from .generic import channel_groups
+    from .prune.generic import channel_groups
 
     reference = next(model.parameters())
     example = torch.zeros(1, *model.input_shape(), device=reference.device, dtype=reference.dtype)
@@ -70,11 +71,11 @@ def coupled_units(model: nn.Module, bn_names: list[str]) -> tuple[list[int], tor
 
 def cost_weights(cfg: Config, model: nn.Module) -> dict[str, float] | None:
     """With ``cost_weighted``: each BN layer's cost of one channel in the budget's measure,
-    relative to the mean channel (:mod:`ncslim.costs`); else None."""
+    relative to the mean channel (:mod:`ncslim.prune.costs`); else None."""
     budget = cfg.budget()
     if not cfg.cost_weighted or budget is None:
         return None
-    from .costs import budget_weights
+    from .prune.costs import budget_weights
 
     return budget_weights(model, budget[0], min_channels=cfg.min_channels,
                           max_layer_ratio=cfg.max_layer_ratio)
@@ -116,8 +117,8 @@ def budget_search(cfg: Config, weights: dict[str, float] | None = None,
         options["ranking"] = "global"
 
     def search(model: nn.Module) -> PruneReport:
-        from .costs import cost_weighted_scores
-        from .pruning import prune_to_budget
+        from .prune import prune_to_budget
+        from .prune.costs import cost_weighted_scores
 
         scores = None if weights is None else cost_weighted_scores(model, weights, ranking)
         return prune_to_budget(model, fraction, measure=measure, scores=scores, **options)[1]

@@ -33,11 +33,11 @@ import torch
 from . import pipeline
 from .config import Config
 from .data import ImageData
-from .io import load_model, save_model
-from .metrics import latency_warnings
 from .models import SlimmableNet
+from .models.files import load_model, save_model
+from .models.measure import latency_warnings
+from .prune import prune_model
 from .prunerule import SHORTFALL
-from .pruning import prune_model
 from .report.summary import SUMMARY_FILE, format_results
 from .train import steps_per_epoch
 from .util import distributed

@@ -26,16 +26,13 @@ from .data import FOLDER, DatasetInfo, ImageData, load_dataset
 from .data.layoutcheck import check_out_outside
 from .device import resolve_device
 from .distill import distill_record, distillation
-from .io import save_model
 from .methods import make_method
-from .metrics import (
-    latency_table,
-    latency_warnings,
-)
 from .models import SlimmableNet, build_model
+from .models.files import save_model
+from .models.measure import latency_table, latency_warnings
+from .models.scales import find_scales
+from .prune import PruneReport, prune_model
 from .prunerule import check_reachable, check_reachable_in_passes, prune, shortfall_warnings
-from .pruning import PruneReport, prune_model
-from .regularizer import find_scales
 from .report.summary import SUMMARY_FILE, format_results
 from .report.tensorboard_log import LOGDIR, TensorBoardLog, summary_writer
 from .rundir import (  # noqa: F401  (callers reach these through pipeline too)

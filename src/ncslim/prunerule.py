@@ -14,11 +14,11 @@ import torch
 from torch import nn
 
 from .config import Config
-from .costs import cost_weighted_scores
 from .methods import cost_weights
 from .models import SlimmableNet
-from .pruning import MEASURES, PruneReport, prune_model, prune_to_budget
-from .regularizer import find_scales
+from .models.scales import find_scales
+from .prune import MEASURES, PruneReport, prune_model, prune_to_budget
+from .prune.costs import cost_weighted_scores
 from .vcp import vcp_scores
 
 log = logging.getLogger("ncslim")

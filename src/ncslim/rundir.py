@@ -1,6 +1,6 @@
 """A run's folder: claiming it for one run, its ``config.json`` record, and what a resume must
 agree with; a diverged run in it set aside (:mod:`ncslim.diverged`). Imports the file and
-lock helpers (:mod:`ncslim.io`, :mod:`ncslim.liverun`, :mod:`ncslim.regular`), the
+lock helpers (:mod:`ncslim.models.files`, :mod:`ncslim.liverun`, :mod:`ncslim.regular`), the
 configuration, :mod:`ncslim.distributed` and :mod:`ncslim.diverged`.
 """
 
@@ -19,7 +19,7 @@ import torch
 
 from . import __version__, diverged
 from .config import AUTO, Config
-from .io import run_lock
+from .models.files import run_lock
 from .util import distributed
 from .util.files import atomic_write_text
 from .util.liverun import refuse_near_live_run
@@ -46,7 +46,7 @@ def code_version() -> dict[str, Any]:
 
 @contextmanager
 def claim(out: Path, fresh: bool, resume: bool = False) -> Iterator[None]:
-    """:func:`~ncslim.io.run_lock` in the process that writes (rank 0 under torchrun);
+    """:func:`~ncslim.util.liverun.run_lock` in the process that writes (rank 0 under torchrun);
     ``resume`` asks for a directory that holds a run (:func:`require_run`)."""
     if resume:
         require_run(out)  # before the lock creates the directory

@@ -26,17 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module inside DistributedDataParallel / DataParallel / torch.compile wrappers."""
-    while True:
-        for attr in ("module", "_orig_mod"):
-            inner = getattr(model, attr, None)
-            if isinstance(inner, nn.Module):
-                model = inner
-                break
-        else:
-            return model
+from .models.scales import unwrap
 
 
 class SparsityMethod:

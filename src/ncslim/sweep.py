@@ -42,7 +42,7 @@ from .config import AUTO, Config, load_config, read_preset
 from .config_checks import layer_targets, one_target
 from .data import ImageData
 from .device import resolve_device
-from .io import run_lock
+from .models.files import run_lock
 from .passes import pass_config, run_passes
 from .penalty_registry import stray_params
 from .pipeline import (

@@ -28,8 +28,8 @@ from .checkpoint import check_optimizer_state, damaged, load_checkpoint, read_me
 from .config import Config
 from .data import ImageData, batches
 from .device import amp_dtype, autocast
-from .io import CHECKPOINT_FORMAT, FORMAT_VERSION, model_payload, nonfinite_entry
-from .regularizer import find_scales
+from .models.files import CHECKPOINT_FORMAT, FORMAT_VERSION, model_payload, nonfinite_entry
+from .models.scales import find_scales
 from .sparsity import SparsityMethod
 from .util import distributed
 from .util.files import atomic_save

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .regularizer import LayerFilter, find_scales
+from .models.scales import LayerFilter, find_scales
 from .sparsity import SparsityMethod
 from .util import distributed
 

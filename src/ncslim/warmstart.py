@@ -7,7 +7,8 @@
 ``run``, ``best.pt``, or a ``last.pt`` checkpoint. For a ``--model`` network it may also be a
 plain ``state_dict`` of your own network (``torch.save(net.state_dict(), FILE)``). The file is
 read with ``weights_only=True`` and must fit the network the configuration builds tensor for
-tensor; the first tensor that does not is named. Imports :mod:`ncslim.io` and the models only.
+tensor; the first tensor that does not is named. Imports :mod:`ncslim.models.files` and the
+models only.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from typing import Any
 
 import torch
 
-from .io import CHECKPOINT_FORMAT, FORMAT, check_shapes, nonfinite_entry, safe_load
 from .models import SlimmableNet
+from .models.files import CHECKPOINT_FORMAT, FORMAT, check_shapes, nonfinite_entry, safe_load
 
 PREFIX = "net."  # where an --model network's own state_dict sits inside ncslim's wrapper
 

@@ -16,14 +16,13 @@ import hashlib
 import json
 import logging
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from ..util.files import atomic_save
 from ..util.regular import open_regular
 from .catalog import _one_line, cache_root
 
@@ -45,25 +44,6 @@ def cache_key(description: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def _save_atomic(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, synced, then renamed onto it.
-
-    (:func:`ncslim.io.atomic_save` does the same, but ``ncslim.io`` imports the models: the data
-    package imports nothing above itself.)
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(name, path)
-    except BaseException:
-        Path(name).unlink(missing_ok=True)
-        raise
-
-
 def write_cache(path: Path, key: str, images: tuple[Tensor, Tensor],
                 stats: tuple[list[float], list[float]]) -> None:
     """Keep the (train, test) images and the (mean, std) at ``path``; a failure (a read-only
@@ -72,7 +52,8 @@ def write_cache(path: Path, key: str, images: tuple[Tensor, Tensor],
                "train_images": images[0], "test_images": images[1],
                "mean": list(stats[0]), "std": list(stats[1])}
     try:
-        _save_atomic(payload, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_save(payload, path)
     except OSError as err:
         log.warning("folder: cannot write the image cache %s (%s); the next run decodes the "
                     "images again", path, _one_line(err))

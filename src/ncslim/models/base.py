@@ -150,7 +150,7 @@ class SlimmableNet(nn.Module, abc.ABC):
 
 
 class TracedNet(SlimmableNet):
-    """A family pruned through Torch-Pruning's traced graph (:mod:`ncslim.generic`) instead of
+    """A family pruned through Torch-Pruning's traced graph (:mod:`ncslim.prune.generic`) instead of
     prune slots: its spec records each pruning (:meth:`record_pruning`) and rebuilds from it."""
 
     def prune_slots(self) -> list[PruneSlot]:

@@ -3,7 +3,7 @@
 The function builds the full network, called as ``function(num_classes=N, in_channels=C)``; it
 may be any CNN whose channels Torch-Pruning's dependency graph can follow (projection shortcuts,
 depthwise convolutions, concatenations, ...). Pruning goes through that graph
-(:mod:`ncslim.generic`) instead of a family's pruning slots.
+(:mod:`ncslim.prune.generic`) instead of a family's pruning slots.
 
 The spec is data, as for every family: the builder's import path and, per pruning, the number
 of output channels each pruned layer kept::
@@ -236,7 +236,7 @@ class ImportedNet(TracedNet):
         self.net = build_user_net(spec["builder"], num_classes, in_channels)
         check_outputs(self.net, spec["builder"], num_classes, self.input_shape())
         if spec["pruned"]:
-            from ..generic import shrink_layers  # the graph is Torch-Pruning's, an extra
+            from .graph import shrink_layers  # the graph is Torch-Pruning's, an extra
 
             reference = next(self.net.parameters())
             example = torch.zeros(1, *self.input_shape(), device=reference.device,

@@ -101,7 +101,7 @@ def forward_cost(model: nn.Module, input_shape: tuple[int, ...] | None = None
     """(bytes, FLOPs) of one image's forward pass without gradients, counted on meta copies of
     the weights (nothing is allocated or computed, whatever the input size). The bytes are an
     estimate of the memory needed beyond the weights: three times the largest input plus
-    output of any one layer; the FLOPs are :func:`ncslim.metrics.count_flops`'s."""
+    output of any one layer; the FLOPs are :func:`ncslim.models.measure.count_flops`'s."""
     from torch.utils.flop_counter import FlopCounterMode
 
     shape = tuple(input_shape) if input_shape is not None else tuple(model.input_shape())

@@ -8,7 +8,8 @@ from typing import Any
 
 import torch
 
-from ..metrics import (
+from ..models import SlimmableNet
+from ..models.measure import (
     check_batch_size,
     check_batch_time,
     check_threads,
@@ -19,9 +20,8 @@ from ..metrics import (
     latency_warnings,
     threads_text,
 )
-from ..models import SlimmableNet
 from ..models.memory import TIMING_MEMORY, check_memory, forward_cost, gib
-from ..regularizer import find_scales
+from ..models.scales import find_scales
 from ..util.escape import first_line
 
 log = logging.getLogger("ncslim")

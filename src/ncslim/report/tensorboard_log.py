@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..regularizer import find_scales
+from ..models.scales import find_scales
 
 LOGDIR = "tensorboard"  # under the run directory: one subfolder per stage
 HISTOGRAM = "abs_gamma"  # tag prefix of the per-layer |gamma| histograms

@@ -1,8 +1,8 @@
 """Run folders: claiming one for a process (:func:`run_lock`), and which run folders near a
 path are in use by a live ncslim process (:func:`refuse_near_live_run`).
 
-:func:`ncslim.io.run_lock` guards a run folder with an ``flock`` on its ``.lock``; a run writes
-into its subfolders (``train/``, ``finetune/``, a sweep's ratio folders) without locking them. So
+:func:`run_lock` guards a run folder with an ``flock`` on its ``.lock``; a run writes into its
+subfolders (``train/``, ``finetune/``, a sweep's ratio folders) without locking them. So
 a command that writes into a folder must also look *above* it (``prune --out RUN/train`` while
 ``run --out RUN`` is alive) and *below* it (``run --out RUN --resume`` while ``prune --out
 RUN/train`` holds that folder): :func:`refuse_near_live_run` does both, and names the holder.
