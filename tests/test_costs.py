@@ -52,8 +52,8 @@ def test_cost_weighting_needs_a_budget():
     for rule in ({"ratio": 0.5}, {"threshold": 0.01}, {"penalty": "vcp", "target_flops": 0.5}):
         with pytest.raises(ValueError, match="--cost-weighted weighs channels"):
             load_config(None, {"cost_weighted": True, **rule})
-    assert load_config(None, {"cost_weighted": True, "target_params": 0.4}).budget() == (
-        "params", 0.4)
+    cfg = load_config(None, {"cost_weighted": True, "target_params": 0.4})
+    assert cfg.prune_rule().budget == ("params", 0.4)
 
 
 def test_the_controller_aims_where_the_weighted_pruning_cuts(tmp_path):

@@ -62,7 +62,8 @@ def test_a_target_given_over_a_presets_target_replaces_it(tmp_path, name, data):
     for below in sorted(TARGETS):
         preset = tmp_path / "p.toml"
         preset.write_text(f"{below} = {data.draw(TARGETS[below])}\n")
-        assert command_config("run", str(preset), {name: value}).prune_rule() == {name: value}
+        assert command_config("run", str(preset), {name: value}).prune_rule().as_dict() == {
+            name: value}
 
 
 def test_two_targets_on_the_command_line_write_nothing(tmp_path, capsys):
@@ -79,5 +80,5 @@ def test_a_grid_points_target_replaces_the_bases(tmp_path):
     spec = {"preset": "demo", "out": str(tmp_path / "s"), "seeds": [0],
             "base": {"threshold": 0.01},
             "grid": [{"target_flops": 0.4, "penalty": "l1"}, {"penalty": "l1", "lam": 1e-4}]}
-    rules = sorted(str(run.config.prune_rule()) for run in expand(spec))
+    rules = sorted(str(run.config.prune_rule().as_dict()) for run in expand(spec))
     assert rules == ["{'target_flops': 0.4}", "{'threshold': 0.01}"]

@@ -173,7 +173,7 @@ def test_the_controller_on_one_layer_ignores_the_ranking_but_checks_it():
                                            ({"target_params": 0.1}, "global")])
 def test_auto_ranks_a_flops_budget_by_layer_and_anything_else_globally(rule, applied):
     cfg = load_config(None, rule)
-    assert cfg.ranking == "auto" and cfg.selection_options()["ranking"] == applied
+    assert cfg.ranking == "auto" and cfg.prune_rule().applied_ranking == applied
     model = spread_bn(ncslim.build_model("vgg", num_classes=10, depth=11, width=0.0625))
     assert ncslim.prunerule.prune(model, cfg)[1].ranking == applied
     if "target_flops" in rule:  # the library's budget search resolves it the same way

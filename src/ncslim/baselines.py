@@ -121,7 +121,7 @@ def check_baseline(cfg: Config, reg: float) -> None:
         raise ValueError(f"the Torch-Pruning baseline runs on VGG, the family the comparison "
                          f"uses (its pruned widths rebuild the spec exactly); got "
                          f"{'--model ' + cfg.model if cfg.model else '--arch ' + cfg.arch}")
-    if cfg.threshold is not None or (cfg.budget() is None and cfg.ratio is None):
+    if cfg.threshold is not None or (cfg.prune_rule().budget is None and cfg.ratio is None):
         raise ValueError("the Torch-Pruning baseline is pruned to a compression: give --ratio, "
                          "--target-flops or --target-params (not --threshold)")
     if cfg.min_channels not in (1, DEFAULT_MIN_CHANNELS):
@@ -212,10 +212,10 @@ class Match:
 
 def target_of(cfg: Config) -> tuple[str, float]:
     """(measure, share kept at most): ("flops", 0.4), ("params", 0.3) or ("channels", 0.5)."""
-    budget = cfg.budget()
-    if budget is not None:
-        return budget
-    return "channels", 1.0 - float(cfg.ratio)
+    rule = cfg.prune_rule()
+    if rule.budget is not None:
+        return rule.budget
+    return "channels", 1.0 - float(rule.value)
 
 
 def _amount(model: nn.Module, measure: str) -> int:

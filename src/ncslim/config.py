@@ -21,6 +21,7 @@ from typing import Any
 
 from .config_checks import AUTO, check_config, check_value_types, layer_targets, one_target
 from .penalty_registry import param_default, param_help, param_names, param_unset, resolve_params
+from .prune.rule import KINDS, PruneRule
 from .prune.selection import DEFAULT_MIN_CHANNELS
 
 if sys.version_info >= (3, 11):
@@ -230,38 +231,17 @@ class Config:
             return self.lam == AUTO and self.model is None
         return self.compensate
 
-    def prune_rule(self) -> dict[str, float | None]:
-        """Exactly one of threshold / target_flops / target_params / ratio, in that order of
-        precedence.
+    def prune_rule(self) -> PruneRule:
+        """The one prune-rule value of this config: the first of threshold / target_flops /
+        target_params / ratio that is set, with the layers' floor, cap, rounding, ranking and
+        compensation (:class:`ncslim.prune.rule.PruneRule`).
 
         With ``penalty = "vcp"`` the pruning follows VCP's own rule instead (``prunerule.prune``).
         """
-        if self.threshold is not None:
-            return {"threshold": self.threshold}
-        if self.target_flops is not None:
-            return {"target_flops": self.target_flops}
-        if self.target_params is not None:
-            return {"target_params": self.target_params}
-        return {"ratio": self.ratio}
-
-    def selection_options(self) -> dict[str, Any]:
-        """What every pruning of this config shares whatever its target: the layers' floor,
-        cap and rounding, and the ranking (:func:`ncslim.prune.selection.select_channels`)."""
-        from .prune.selection import resolve_ranking
-
-        budget = self.budget()
-        return {"min_channels": self.min_channels, "round_to": self.round_to,
-                "max_layer_ratio": self.max_layer_ratio,
-                "ranking": resolve_ranking(self.ranking, budget and budget[0])}
-
-    def budget(self) -> tuple[str, float] | None:
-        """The pruning budget as (measure, fraction kept): ("flops", 0.4); None for a ratio or
-        a threshold."""
-        rule = self.prune_rule()
-        for key, value in rule.items():
-            if key.startswith("target_") and value is not None:
-                return key.removeprefix("target_"), value
-        return None
+        kind = next((k for k in KINDS if getattr(self, k) is not None), "ratio")
+        return PruneRule(kind, getattr(self, kind), min_channels=self.min_channels,
+                         round_to=self.round_to, max_layer_ratio=self.max_layer_ratio,
+                         ranking=self.ranking, compensate=self.compensates())
 
     def validate(self) -> Config:
         """This configuration, if every value and combination is allowed; else a ValueError

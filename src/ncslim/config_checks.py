@@ -56,7 +56,7 @@ def _check_combinations(cfg: Any) -> None:
         raise ValueError(f"--lam auto adapts a penalty's lambda to a pruning target: give "
                          f"--penalty {'/'.join(PENALTIES)} and --ratio, --target-flops or "
                          f"--target-params (not --threshold)")
-    if cfg.cost_weighted and (cfg.penalty == "vcp" or cfg.budget() is None):
+    if cfg.cost_weighted and (cfg.penalty == "vcp" or cfg.prune_rule().budget is None):
         raise ValueError("--cost-weighted weighs channels by what they save of a budget: "
                          "give --target-flops or --target-params (not --ratio or "
                          "--threshold, and not --penalty vcp, which prunes by its own rule)")

@@ -29,7 +29,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +40,9 @@ from .controller import START_LAM, LambdaController
 from .models import SlimmableNet, TracedNet
 from .models.scales import LayerFilter, find_scales, unwrap
 from .penalties import make_penalty
-from .prune import PruneReport, prune_model, prune_to_budget
-from .prune.selection import DEFAULT_MIN_CHANNELS, DEFAULT_RANKING, resolve_ranking
+from .prune import PruneReport
+from .prune.rule import PruneRule
+from .prune.selection import DEFAULT_MIN_CHANNELS, DEFAULT_RANKING, check_ranking, resolve_ranking
 from .regularizer import MODES, SparsityRegularizer
 from .sparsity import SparsityMethod
 from .util.files import atomic_write_text
@@ -55,13 +56,6 @@ __all__ = ["SlimmingCallback"]
 
 log = logging.getLogger("ncslim")
 
-# the pruning rules, with the values each accepts
-RULES: dict[str, tuple[Callable[[float], bool], str]] = {
-    "ratio": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "threshold": (lambda v: v >= 0, "a finite number >= 0"),
-    "target_flops": (lambda v: 0 < v <= 1, "in (0, 1]"),
-    "target_params": (lambda v: 0 < v <= 1, "in (0, 1]"),
-}
 SEED = 0  # begin_epoch's seed: penalties draw nothing, so one constant keeps resumes exact
 
 
@@ -116,19 +110,20 @@ class SlimmingCallback(Callback):  # type: ignore[misc,valid-type]
             raise ImportError("SlimmingCallback needs PyTorch Lightning: "
                               "pip install 'ncslim[lightning]'")
         super().__init__()
-        rules = {k: v for k, v in zip(RULES, (ratio, threshold, target_flops, target_params))
-                 if v is not None}
+        given = {"ratio": ratio, "threshold": threshold, "target_flops": target_flops,
+                 "target_params": target_params}
+        rules = {k: v for k, v in given.items() if v is not None}
         _check_args(lam, mode, rules, min_channels, round_to, network, example_inputs,
                     compensate, save_to)
         _check_max_layer_ratio(max_layer_ratio, rules)
         self.penalty_name, self.params, self.lam, self.mode = penalty, params, lam, mode
         # built now to validate the name and parameters; each fit builds its own
         make_penalty(penalty, START_LAM if lam == "auto" else lam, **params)
-        self.rule = next(iter(rules.items()), None)
-        self.min_channels, self.round_to, self.compensate = min_channels, round_to, compensate
-        measure = self.rule[0].removeprefix("target_") if self.rule else None
-        self.max_layer_ratio = max_layer_ratio
-        self.ranking = resolve_ranking(ranking, measure)  # checked
+        check_ranking(ranking)
+        self.rule = None if not rules else PruneRule(
+            *next(iter(rules.items())), min_channels=min_channels, round_to=round_to,
+            max_layer_ratio=max_layer_ratio, ranking=ranking, compensate=compensate)
+        self.ranking = resolve_ranking(ranking, self.rule and self.rule.measure)
         self.network, self.layers, self.example_inputs = network, layers, example_inputs
         self.ignored_layers = ignored_layers
         self.save_to = None if save_to is None else Path(save_to)
@@ -141,14 +136,15 @@ class SlimmingCallback(Callback):  # type: ignore[misc,valid-type]
         self._lr: float | None = None  # the lr of the step taken in the current batch, if any
 
     def __repr__(self) -> str:
-        rule = "no pruning" if self.rule is None else f"{self.rule[0]}={self.rule[1]}"
+        rule = "no pruning" if self.rule is None else f"{self.rule.kind}={self.rule.value}"
         return (f"SlimmingCallback({self.penalty_name!r}, lam={self.lam!r}, mode={self.mode!r}, "
                 f"{rule})")
 
     def settings(self) -> dict[str, Any]:
         """What shapes the training (a checkpoint is resumed only with the same)."""
         return {"penalty": self.penalty_name, "params": dict(self.params), "lam": self.lam,
-                "mode": self.mode, "target": list(self.rule) if self.lam == "auto" else None}
+                "mode": self.mode,
+                "target": [self.rule.kind, self.rule.value] if self.lam == "auto" else None}
 
     # -- where the network and its inputs come from ------------------------------------------
 
@@ -188,7 +184,7 @@ class SlimmingCallback(Callback):  # type: ignore[misc,valid-type]
         network = self.network_of(pl_module)
         find_scales(network, self.layers)  # ValueError: no BatchNorm, or unknown layers
         ours = isinstance(network, SlimmableNet)
-        if self.compensate and not ours:
+        if self.rule is not None and self.rule.compensate and not ours:
             raise ValueError(f"compensate=True works for ncslim architectures only, not "
                              f"{type(network).__name__}; leave it out")
         if self.rule is None or ours:
@@ -285,10 +281,10 @@ class SlimmingCallback(Callback):  # type: ignore[misc,valid-type]
         if not math.isfinite(steps):
             raise ValueError("lam='auto' ramps its target over the whole fit: give the Trainer "
                              "max_epochs or max_steps")
-        rule, value = self.rule  # type: ignore[misc]
-        target: Any = value
+        rule: PruneRule = self.rule  # type: ignore[assignment]
+        target: Any = rule.value
         inputs = self._inputs(pl_module, network)
-        if rule != "ratio":  # a budget: the share of channels pruning to it removes now
+        if rule.budget is not None:  # the share of channels pruning to it removes now
 
             def target(model: nn.Module) -> float:
                 return self._prune(model, inputs, compensate=False)[1].removed_fraction
@@ -300,21 +296,14 @@ class SlimmingCallback(Callback):  # type: ignore[misc,valid-type]
 
             units = channel_groups(network, inputs[:1], regularizer.names)
         return LambdaController(regularizer, target, total_steps=int(steps),
-                                min_channels=self.min_channels, units=units,
-                                max_layer_ratio=self.max_layer_ratio, ranking=self.ranking)
+                                min_channels=rule.min_channels, units=units,
+                                max_layer_ratio=rule.max_layer_ratio,
+                                ranking=rule.applied_ranking)
 
     def _prune(self, network: nn.Module, inputs: torch.Tensor | None,
                compensate: bool | None = None) -> tuple[nn.Module, PruneReport]:
-        rule, value = self.rule  # type: ignore[misc]
-        compensate = self.compensate if compensate is None else compensate
-        options: dict[str, Any] = {"min_channels": self.min_channels, "round_to": self.round_to,
-                                   "max_layer_ratio": self.max_layer_ratio,
-                                   "ranking": self.ranking, "compensate": compensate,
-                                   "example_inputs": inputs, "ignored_layers": self.ignored_layers}
-        if rule.startswith("target_"):
-            return prune_to_budget(network, value, measure=rule.removeprefix("target_"),
-                                   **options)
-        return prune_model(network, **{rule: value}, **options)
+        return self.rule.cut(network, compensate=compensate,  # type: ignore[union-attr]
+                             example_inputs=inputs, ignored_layers=self.ignored_layers)
 
     def _save(self, small: nn.Module, report: PruneReport, inputs: torch.Tensor | None) -> None:
         from .models.export import export_model
@@ -340,10 +329,6 @@ def _check_args(lam: Any, mode: str, rules: dict[str, float], min_channels: Any,
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if len(rules) > 1:
         raise ValueError(f"give one pruning rule, not {' and '.join(rules)}")
-    for key, value in rules.items():
-        within, allowed = RULES[key]
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and within(value)):
-            raise ValueError(f"{key} must be {allowed}, got {value!r}")
     if lam == "auto" and (not rules or "threshold" in rules):
         raise ValueError("lam='auto' adapts lambda to a pruning target: give ratio, "
                          "target_flops or target_params (not threshold)")

@@ -41,15 +41,15 @@ def make_method(cfg: Config, model: nn.Module, n_train: int, steps: int,
     if cfg.lam != AUTO:
         return regularizer
     weights = cost_weights(cfg, model)
+    rule = cfg.prune_rule()
     flat = None if weights is None else torch.cat(
         [torch.full_like(gamma, weights[name], dtype=torch.float32)
          for name, gamma in zip(regularizer.names, regularizer.gammas)])
     per_epoch = max(steps // max(cfg.epochs, 1), 1)
     lrs = [lr_at(cfg, epoch, cfg.epochs) for epoch in range(max(cfg.epochs, 1))]
     return LambdaController(regularizer, target_of(cfg, weights), total_steps=steps,
-                            weights=flat, min_channels=cfg.min_channels,
-                            max_layer_ratio=cfg.max_layer_ratio,
-                            ranking=cfg.selection_options()["ranking"],
+                            weights=flat, min_channels=rule.min_channels,
+                            max_layer_ratio=rule.max_layer_ratio, ranking=rule.applied_ranking,
                             schedule=lambda step: lrs[min(step // per_epoch, len(lrs) - 1)],
                             momentum=cfg.momentum, removal=removal_of(cfg, weights),
                             units=None if weights is not None else coupled_units(
@@ -72,13 +72,13 @@ def coupled_units(model: nn.Module, bn_names: list[str]) -> tuple[list[int], tor
 def cost_weights(cfg: Config, model: nn.Module) -> dict[str, float] | None:
     """With ``cost_weighted``: each BN layer's cost of one channel in the budget's measure,
     relative to the mean channel (:mod:`ncslim.prune.costs`); else None."""
-    budget = cfg.budget()
-    if not cfg.cost_weighted or budget is None:
+    rule = cfg.prune_rule()
+    if not cfg.cost_weighted or rule.budget is None:
         return None
     from .prune.costs import budget_weights
 
-    return budget_weights(model, budget[0], min_channels=cfg.min_channels,
-                          max_layer_ratio=cfg.max_layer_ratio)
+    return budget_weights(model, rule.measure, min_channels=rule.min_channels,
+                          max_layer_ratio=rule.max_layer_ratio)
 
 
 def target_of(cfg: Config, weights: dict[str, float] | None = None,
@@ -88,7 +88,8 @@ def target_of(cfg: Config, weights: dict[str, float] | None = None,
     ``|gamma| / weight`` with ``weights``)."""
     search = budget_search(cfg, weights)
     if search is None:
-        return float(cfg.prune_rule().get("ratio") or 0.0)
+        rule = cfg.prune_rule()
+        return float(rule.value if rule.kind == "ratio" else 0.0)
     return lambda model: search(model).removed_fraction
 
 
@@ -107,21 +108,17 @@ def budget_search(cfg: Config, weights: dict[str, float] | None = None,
                   ) -> Callable[[Any], PruneReport] | None:
     """For a FLOPs or parameter budget: the report of pruning a model to it now (the config's
     floors, ``weights`` for cost weighting); None for a ratio."""
-    budget = cfg.budget()
-    if budget is None:
+    rule = cfg.prune_rule()
+    if rule.budget is None:
         return None
-    measure, fraction = budget
-    options = cfg.selection_options()
-    ranking = options["ranking"]
-    if weights is not None:  # the scores are ranked already
-        options["ranking"] = "global"
 
     def search(model: nn.Module) -> PruneReport:
-        from .prune import prune_to_budget
         from .prune.costs import cost_weighted_scores
 
-        scores = None if weights is None else cost_weighted_scores(model, weights, ranking)
-        return prune_to_budget(model, fraction, measure=measure, scores=scores, **options)[1]
+        if weights is None:
+            return rule.cut(model, compensate=False)[1]
+        scores = cost_weighted_scores(model, weights, rule.applied_ranking)
+        return rule.cut(model, scores=scores, ranked=True, compensate=False)[1]
 
     return search
 

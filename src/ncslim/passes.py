@@ -69,7 +69,7 @@ def pass_config(cfg: Config, index: int, kept: Mapping[str, float] = WHOLE) -> C
     if cfg.passes == 1 or cfg.pass_target == "each" or cfg.threshold is not None:
         return cfg
     left = cfg.passes - index + 1
-    budget = cfg.budget()
+    budget = cfg.prune_rule().budget
     if budget is not None:
         measure, fraction = budget
         share = min(1.0, (fraction / kept[measure]) ** (1.0 / left))
@@ -164,8 +164,7 @@ def _steps(cfg: Config, data: ImageData, index: int) -> int:
 
 
 def _rule_text(cfg: Config) -> str:
-    return ", ".join(f"{key.replace('_', '-')} {value:.4g}"
-                     for key, value in cfg.prune_rule().items())
+    return cfg.prune_rule().label(".4g")
 
 
 def combine(cfg: Config, outcomes: list[dict[str, Any]], full: SlimmableNet,
@@ -207,7 +206,7 @@ def _overall_prune(cfg: Config, outcomes: list[dict[str, Any]], channels: list[d
     rule (``ratio``: the configured one), its channels, parameters and FLOPs removed against the
     original, and every layer any pass held at the floor or the cap."""
     prune = dict(outcomes[-1]["prune"])
-    prune["ratio"] = cfg.prune_rule().get("ratio")
+    prune["ratio"] = cfg.prune_rule().as_dict().get("ratio")
     prune["removed_fraction"] = 1.0 - (sum(c["kept"] for c in channels)
                                        / sum(c["total"] for c in channels))
     for key, (before, after) in sizes.items():
@@ -223,7 +222,7 @@ def _overall_prune(cfg: Config, outcomes: list[dict[str, Any]], channels: list[d
 def _pass_entry(index: int, outcome: dict[str, Any]) -> dict[str, Any]:
     """One pass in the run's ``passes`` list: its rule, its three accuracies, the size of the
     model it ends with, and its pruning report (against the model it started with)."""
-    return {"pass": index, "rule": Config(**outcome["config"]).prune_rule(),
+    return {"pass": index, "rule": Config(**outcome["config"]).prune_rule().as_dict(),
             "accuracy": outcome["accuracy"],
             "params": outcome["params"]["pruned"], "flops": outcome["flops"]["pruned"],
             "channels": sum(c["kept"] for c in outcome["channels"]),

@@ -19,6 +19,7 @@ from .models import SlimmableNet
 from .models.scales import find_scales
 from .prune import MEASURES, PruneReport, prune_model, prune_to_budget
 from .prune.costs import cost_weighted_scores
+from .prune.rule import ALMOST_ALL, PruneRule
 from .vcp import vcp_scores
 
 log = logging.getLogger("ncslim")
@@ -30,55 +31,34 @@ SHORTFALL = "--lam auto:"  # how a warning that the controller fell short of its
 def prune(model: nn.Module, cfg: Config) -> tuple[SlimmableNet, PruneReport]:
     """Prune by the config's rule, the one rule of run, prune, its dry run and sweeps.
 
-    VCP's own rule with ``penalty = "vcp"``; else ``threshold``, ``target_flops``,
-    ``target_params`` or ``ratio`` (:meth:`Config.prune_rule`), each with ``min_channels``,
-    ``max_layer_ratio``, ``round_to`` and ``compensate``.
+    VCP's own rule with ``penalty = "vcp"``; else the config's :class:`PruneRule`
+    (``threshold``, ``target_flops``, ``target_params`` or ``ratio``, each with
+    ``min_channels``, ``max_layer_ratio``, ``round_to``, ``ranking`` and ``compensate``).
     """
-    options = {**cfg.selection_options(), "compensate": cfg.compensates()}
-    if cfg.penalty == "vcp":  # VCP's own rule: |mu| <= vcp_mu and sigma <= vcp_sigma
-        return prune_model(model, threshold=1.0, scores=vcp_rule_scores(model, cfg), **options)
     rule = cfg.prune_rule()
-    budget = cfg.budget()
-    if budget is not None:
-        measure, fraction = budget
+    if cfg.penalty == "vcp":  # VCP's own rule: |mu| <= vcp_mu and sigma <= vcp_sigma
+        vcp_rule = replace(rule, kind="threshold", value=1.0)
+        return vcp_rule.cut(model, scores=vcp_rule_scores(model, cfg),
+                            ranking=rule.applied_ranking)
+    if rule.budget is not None:
         log.info("searching the prune ratio that keeps %g of the %s (counts them at each step)",
-                 fraction, MEASURES[measure][0])
+                 rule.value, MEASURES[rule.measure][0])
         weights = cost_weights(cfg, model)
         if weights is not None:  # ranked already
-            options.update(scores=cost_weighted_scores(model, weights, options["ranking"]),
-                           ranking="global")
-        return prune_to_budget(model, fraction, measure, **options)
-    log.info("pruning by %s (and counting parameters and FLOPs)",
-             ", ".join(f"{k} {v:g}" for k, v in rule.items() if v is not None))
-    return prune_model(model, **rule, **options)
+            return rule.cut(model, scores=cost_weighted_scores(model, weights,
+                                                               rule.applied_ranking),
+                            ranked=True)
+        return rule.cut(model)
+    log.info("pruning by %s (and counting parameters and FLOPs)", f"{rule.kind} {rule.value:g}")
+    return rule.cut(model)
 
 
 def check_reachable(model: nn.Module, cfg: Config) -> None:
     """Refuse, before training, a pruning target the network cannot reach with the layers'
     floors (``min_channels``, ``max_layer_ratio``, ``round_to``): one line naming the closest
     target it can reach. VCP and ``--threshold`` name no target."""
-    if cfg.penalty == "vcp" or cfg.threshold is not None:
-        return
-    options = cfg.selection_options()
-    floors = _floor_hint(cfg)
-    report = prune_model(model, ratio=1.0 - 1e-9, **options)[1]  # all but what the rule keeps
-    budget = cfg.budget()
-    if budget is None:
-        most, channels = report.removed_fraction, sum(la.total for la in report.layers)
-        if cfg.ratio is not None and cfg.ratio > most + 1e-9:
-            raise ValueError(f"--ratio {cfg.ratio:g} cannot be reached: {floors}, at most "
-                             f"{most:.1%} of the {channels:,} channels can go; use --ratio "
-                             f"{math.floor(most * 1000) / 1000:g} or less")
-        return
-    measure, fraction = budget
-    after, before = ((report.flops_after, report.flops_before) if measure == "flops"
-                     else (report.params_after, report.params_before))
-    if after > fraction * before:
-        what, flag = MEASURES[measure]
-        least = math.ceil(after / before * 1000) / 1000
-        raise ValueError(f"{flag} {fraction:g} cannot be reached: {floors}, the network keeps "
-                         f"at least {after / before:.1%} of its {what}; use {flag} {least:g} or "
-                         f"more")
+    if cfg.penalty != "vcp":
+        cfg.prune_rule().check_reachable(model)
 
 
 def check_reachable_in_passes(model: nn.Module, cfg: Config) -> None:
@@ -88,52 +68,42 @@ def check_reachable_in_passes(model: nn.Module, cfg: Config) -> None:
     training: a share whose N-th power lies below the floor that N prunings at ratio ~1 reach,
     naming a share that works, and ``--pass-target total`` (which :func:`check_reachable`
     passed). (A ``--ratio`` a pass cannot reach prunes what it can, with a warning.)"""
-    budget = cfg.budget()
+    rule = cfg.prune_rule()
     if cfg.passes == 1 or cfg.pass_target != "each" or cfg.penalty == "vcp" or \
-            cfg.threshold is not None or budget is None:
+            rule.budget is None:
         return
-    options, n, reports, start = cfg.selection_options(), cfg.passes, [], model
+    options, n, reports, start = rule.options(), cfg.passes, [], model
     for _ in range(n):
-        model, report = prune_model(model, ratio=1.0 - 1e-9, **options)
+        model, report = prune_model(model, ratio=ALMOST_ALL, **options)
         reports.append(report)
     first, last = reports[0], reports[-1]
-    (what, flag), value = MEASURES[budget[0]], budget[1]
-    floor = (last.flops_after / first.flops_before if budget[0] == "flops"
+    what, flag, value = MEASURES[rule.measure][0], rule.flag, rule.value
+    floor = (last.flops_after / first.flops_before if rule.measure == "flops"
              else last.params_after / first.params_before)
     if floor > value ** n * (1 + 1e-9):
-        least = _least_share(start, cfg, floor ** (1.0 / n))
+        least = _least_share(start, rule, n, floor ** (1.0 / n))
         raise ValueError(f"{flag} {value:g} in each of {n} passes (--pass-target each) leaves the "
-                         f"final model {value ** n:.2%} of its {what}, but {_floor_hint(cfg)}, "
+                         f"final model {value ** n:.2%} of its {what}, but {rule.floor_hint()}, "
                          f"it keeps at least {floor:.2%}; use {flag} {least:g} or more, or "
                          f"--pass-target total to aim the final model at {flag} {value:g}")
 
 
-def _least_share(model: nn.Module, cfg: Config, start: float) -> float:
-    """The least per-pass budget share, from ``start`` up in 3 % steps, that ``cfg.passes``
+def _least_share(model: nn.Module, rule: PruneRule, passes: int, start: float) -> float:
+    """The least per-pass budget share, from ``start`` up in 3 % steps, that ``passes``
     prunings of ``model`` each reach, with a step to spare: discrete channels make a pass keep
     less than its share, which leaves the next pass less to take its share of."""
-    measure, options = cfg.budget()[0], cfg.selection_options()  # type: ignore[index]
     share = math.ceil(start * 1000) / 1000
     for _ in range(60):
         try:
             for trial in (share, share * 1.03):
                 small = model
-                for _ in range(cfg.passes):
-                    small = prune_to_budget(small, min(trial, 1.0), measure, **options)[0]
+                for _ in range(passes):
+                    small = prune_to_budget(small, min(trial, 1.0), rule.measure,
+                                            **rule.options())[0]
             return share
         except ValueError:
             share = math.ceil(share * 1.03 * 1000) / 1000
     return share
-
-
-def _floor_hint(cfg: Config) -> str:
-    """What holds channels in every layer, as flags: "each layer keeps --min-channels 1"."""
-    held = [f"--min-channels {cfg.min_channels}"]
-    if cfg.max_layer_ratio is not None:
-        held.append(f"--max-layer-ratio {cfg.max_layer_ratio:g}")
-    if cfg.round_to > 1:
-        held.append(f"--round-to {cfg.round_to}")
-    return "with each layer held by " + " and ".join(held)
 
 
 def vcp_rule_scores(model: nn.Module, cfg: Config) -> dict[str, torch.Tensor]:
@@ -158,9 +128,8 @@ def prune_dry_run(model: SlimmableNet, cfg: Config, ratios: list[float] | None =
     if cfg.penalty == "vcp":
         return [("VCP rule", prune(model, cfg))]
     if ratios is None:
-        ((key, value),) = cfg.prune_rule().items()
         pruned = prune(model, cfg)  # first: it names a missing rule better than the label
-        return [(f"{key.replace('_', '-')} {value:g}", pruned)]
+        return [(cfg.prune_rule().label(), pruned)]
     no_rule = {"threshold": None, "target_flops": None, "target_params": None}
     return [(f"ratio {r:g}", prune(model, replace(cfg, ratio=r, **no_rule))) for r in ratios]
 

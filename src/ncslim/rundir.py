@@ -103,8 +103,8 @@ def write_config(cfg: Config, out: Path, command: str, fingerprint: str = "") ->
 def _ranking_applied(config: dict[str, Any]) -> Any:
     known = {f.name for f in fields(Config)}
     try:
-        return Config(**{k: v for k, v in config.items() if k in known}).selection_options()[
-            "ranking"]
+        return Config(**{k: v for k, v in config.items() if k in known}).prune_rule(
+            ).applied_ranking
     except (TypeError, ValueError):  # an unreadable record: compared as it stands
         return config.get("ranking")
 
@@ -133,7 +133,7 @@ def check_same_run(cfg: Config, path: Path, command: str, fingerprint: str = "")
     now["compensate"] = cfg.compensates()
     # the ranking that applied (``auto`` resolved; runs from before the choice: global)
     before = {**before, "ranking": _ranking_applied({"ranking": "global", **before})}
-    now["ranking"] = cfg.selection_options()["ranking"]
+    now["ranking"] = cfg.prune_rule().applied_ranking
     changed = [k for k in now if k not in FREE_ON_RESUME and before.get(k, now[k]) != now[k]]
     if changed:
         shown = ", ".join(f"--{k.replace('_', '-')} {now[k]} (the run has {before[k]})"

@@ -14,7 +14,7 @@ from .selection import DEFAULT_RANKING, resolve_ranking
 MEASURES = {"flops": ("FLOPs", "--target-flops"), "params": ("parameters", "--target-params")}
 
 
-def _sizes(report: PruneReport, measure: str) -> tuple[int, int]:
+def sizes(report: PruneReport, measure: str) -> tuple[int, int]:
     """``measure`` (FLOPs or parameters) of the pruned model and of the original."""
     if measure == "flops":
         return report.flops_after, report.flops_before
@@ -22,7 +22,7 @@ def _sizes(report: PruneReport, measure: str) -> tuple[int, int]:
 
 
 def _fits(report: PruneReport, measure: str, fraction: float) -> bool:
-    after, before = _sizes(report, measure)
+    after, before = sizes(report, measure)
     return after <= fraction * before
 
 
@@ -48,7 +48,7 @@ def prune_to_budget(model: nn.Module, fraction: float, measure: str = "flops",
         return best
     best = prune_model(model, ratio=high, **options)
     if not _fits(best[1], measure, fraction):
-        after, before = _sizes(best[1], measure)
+        after, before = sizes(best[1], measure)
         raise ValueError(f"{what} cannot fall to {fraction:.1%} of the original ({flag}) even "
                          f"at ratio ~1 (reached {after / before:.1%}); lower "
                          f"--min-channels or --round-to"

@@ -106,7 +106,7 @@ def prune_model(
     ``VariationalScales.scores()`` with ``threshold=1.0``.
     """
     model = unwrap(model)
-    rule = _Rule(ratio, threshold, min_channels, round_to, max_layer_ratio,
+    rule = _Settings(ratio, threshold, min_channels, round_to, max_layer_ratio,
                  resolve_ranking(ranking))  # checked
     if not isinstance(model, SlimmableNet) or isinstance(model, TracedNet):
         return _prune_other(model, rule, compensate, example_inputs, ignored_layers, scores)
@@ -140,8 +140,10 @@ def prune_model(
 
 
 @dataclass(frozen=True)
-class _Rule:
-    """The selection rule's settings (:func:`~ncslim.prune.selection.select_channels`)."""
+class _Settings:
+    """prune_model's arguments to the channel rule, checked, in the order of
+    :func:`~ncslim.prune.selection.select_channels` (:class:`~ncslim.prune.rule.PruneRule` is
+    the rule as users state it)."""
 
     ratio: float | None
     threshold: float | None
@@ -155,7 +157,7 @@ class _Rule:
                    self.max_layer_ratio, self.ranking)
 
 
-def _prune_other(model: nn.Module, rule: _Rule, compensate: bool,
+def _prune_other(model: nn.Module, rule: _Settings, compensate: bool,
                  example_inputs: torch.Tensor | None,
                  ignored_layers: Sequence[nn.Module | str] | None,
                  scores: Mapping[str, torch.Tensor] | None) -> tuple[nn.Module, PruneReport]:
