@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -196,6 +197,22 @@ def test_model_and_arch_are_exclusive_and_compensate_is_for_arch(user_models, ca
     cfg = ncslim.config.load_config("demo", {"model": "usermodels:small_net", "lam": "auto"})
     assert not cfg.compensates()  # on by default with --lam auto for --arch families only
     assert "imported" not in model_names()  # not an --arch choice
+
+
+def test_a_model_run_with_lam_auto_resumes(user_models, tmp_path):
+    """Its compensation is unset, so off: the resume check must say the same of its record
+    (it once took every unset --lam auto record for compensated, and refused the resume)."""
+    from ncslim.rundir import check_same_run, write_config
+
+    cfg = ncslim.config.load_config("demo", {"model": "usermodels:small_net", "lam": "auto",
+                                             "penalty": "l1"})
+    write_config(cfg, tmp_path, "run")
+    check_same_run(cfg, tmp_path / "config.json", "run")
+    on = ncslim.config.load_config("demo", {"lam": "auto", "penalty": "l1"})
+    write_config(on, tmp_path / "arch", "run")
+    check_same_run(on, tmp_path / "arch" / "config.json", "run")
+    with pytest.raises(ValueError, match=r"--compensate False \(the run has True\)"):
+        check_same_run(replace(on, compensate=False), tmp_path / "arch" / "config.json", "run")
 
 
 @needs_fashion

@@ -19,10 +19,9 @@ import torch
 
 from . import __version__, diverged
 from .config import AUTO, Config
-from .models.files import run_lock
 from .util import distributed
 from .util.files import atomic_write_text
-from .util.liverun import refuse_near_live_run
+from .util.liverun import refuse_near_live_run, run_lock
 from .util.regular import JSON_RECORD_LIMIT, read_bytes
 
 
@@ -100,13 +99,20 @@ def write_config(cfg: Config, out: Path, command: str, fingerprint: str = "") ->
     atomic_write_text(out / "config.json", json.dumps(record, indent=2) + "\n")
 
 
-def _ranking_applied(config: dict[str, Any]) -> Any:
+def _applied(config: dict[str, Any]) -> dict[str, Any]:
+    """What a run's recorded settings applied where a setting may be left unset: compensation
+    (unset: on with ``--lam auto`` for ``--arch`` families) and the ranking (``auto``
+    resolved; runs from before the choice: global). An unreadable record: as it stands."""
+    record = {"ranking": "global", **config}
     known = {f.name for f in fields(Config)}
     try:
-        return Config(**{k: v for k, v in config.items() if k in known}).prune_rule(
-            ).applied_ranking
-    except (TypeError, ValueError):  # an unreadable record: compared as it stands
-        return config.get("ranking")
+        cfg = Config(**{k: v for k, v in record.items() if k in known})
+        return {"compensate": cfg.compensates(), "ranking": cfg.prune_rule().applied_ranking}
+    except (TypeError, ValueError):
+        compensate = record.get("compensate")
+        if compensate is None:
+            compensate = record.get("lam") == AUTO and record.get("model") is None
+        return {"compensate": compensate, "ranking": record.get("ranking")}
 
 
 def check_same_run(cfg: Config, path: Path, command: str, fingerprint: str = "") -> None:
@@ -127,13 +133,9 @@ def check_same_run(cfg: Config, path: Path, command: str, fingerprint: str = "")
         raise ValueError(f"resuming {path.parent}: the images in --data-dir {cfg.data_dir} are "
                          f"not the ones the run started with (a file added, removed or changed "
                          f"since); resume with those images, or choose another --out")
-    now = cfg.to_dict()
-    if before.get("compensate") is None:  # unset (or from before it could be): what applied
-        before = {**before, "compensate": before.get("lam") == AUTO}
-    now["compensate"] = cfg.compensates()
-    # the ranking that applied (``auto`` resolved; runs from before the choice: global)
-    before = {**before, "ranking": _ranking_applied({"ranking": "global", **before})}
-    now["ranking"] = cfg.prune_rule().applied_ranking
+    before = {**before, **_applied(before)}
+    now = {**cfg.to_dict(), "compensate": cfg.compensates(),
+           "ranking": cfg.prune_rule().applied_ranking}
     changed = [k for k in now if k not in FREE_ON_RESUME and before.get(k, now[k]) != now[k]]
     if changed:
         shown = ", ".join(f"--{k.replace('_', '-')} {now[k]} (the run has {before[k]})"
