@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from common import median_time, print_json  # benchmarks/ is on sys.path when run as a script
 
 import ncslim
-from ncslim.controller import EVERY, START_LAM, LambdaController
+from ncslim.sparsity.controller import EVERY, START_LAM, LambdaController
 
 TOTAL = 100_000  # steps of the controller's run: the timed ones stay in one phase
 PHASES = ("select", "finish", "hold")

@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ncslim import regularizer
 from ncslim.cli import main
+from ncslim.sparsity import regularizer
 
 
 def scale_proximal_steps(scale: float) -> None:

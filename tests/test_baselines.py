@@ -17,8 +17,8 @@ from ncslim import build_model, count_flops, count_params, make_penalty
 from ncslim.cli import main
 from ncslim.config import Config, load_config
 from ncslim.pipeline import load_data, sparsity_stage
-from ncslim.regularizer import SparsityRegularizer
 from ncslim.report import collect
+from ncslim.sparsity.regularizer import SparsityRegularizer
 
 tp = pytest.importorskip("torch_pruning")
 from ncslim.baselines import (  # noqa: E402  (needs torch_pruning)

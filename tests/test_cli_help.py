@@ -11,8 +11,8 @@ from ncslim.cli import build_parser, main
 from ncslim.config import COMMANDS, command_config, config_fields
 from ncslim.data import dataset_names
 from ncslim.models import model_names
-from ncslim.penalties import L1, PENALTIES
-from ncslim.regularizer import MODES
+from ncslim.sparsity.penalties import L1, PENALTIES
+from ncslim.sparsity.regularizer import MODES
 
 
 def _help(capsys, *argv: str) -> str:

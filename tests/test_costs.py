@@ -10,10 +10,10 @@ from test_sparsity import tiny_data
 
 import ncslim
 from ncslim.config import load_config
-from ncslim.controller import LambdaController
 from ncslim.methods import make_method
 from ncslim.prune.costs import budget_weights, channel_costs, cost_weighted_scores
 from ncslim.prunerule import prune
+from ncslim.sparsity.controller import LambdaController
 from ncslim.train import Trainer
 
 
@@ -34,7 +34,7 @@ def test_a_channels_cost_is_its_filter_its_bn_and_its_slice_of_the_next_conv():
 def test_a_cost_weighted_budget_removes_costly_channels_first():
     model = spread_bn(ncslim.build_model("vgg", depth=11, width=0.125))
     with torch.no_grad():
-        layers = list(ncslim.regularizer.find_scales(model).values())
+        layers = list(ncslim.sparsity.regularizer.find_scales(model).values())
         for depth, gamma in enumerate(layers):  # nearly equal, the cheap late layers weakest
             gamma.fill_(0.5 + 0.01 * (len(layers) - depth))
     base = {"arch": "vgg", "depth": 11, "width": 0.125, "target_flops": 0.5}

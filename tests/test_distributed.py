@@ -186,7 +186,7 @@ def test_what_torchrun_cannot_run_is_one_line(tmp_path, argv, message):
 ONE_LAMBDA = """
 import torch, torch.distributed as dist, torch.nn.functional as F
 import ncslim
-from ncslim.controller import START_LAM, LambdaController
+from ncslim.sparsity.controller import START_LAM, LambdaController
 
 dist.init_process_group("gloo")
 rank = dist.get_rank()

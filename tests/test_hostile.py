@@ -94,7 +94,7 @@ SWEEP_FAULTS = ["seed in base", "out in grid", "nested list", "seeds not ints", 
 @st.composite
 def bad_sweeps(draw) -> tuple[str, str]:
     fault = draw(st.sampled_from(SWEEP_FAULTS))
-    penalty = draw(st.sampled_from(sorted(ncslim.penalties.PENALTIES)))
+    penalty = draw(st.sampled_from(sorted(ncslim.sparsity.penalties.PENALTIES)))
     grid = f'[[grid]]\npenalty = "{penalty}"\n'
     if fault == "seed in base":
         return fault, f"[base]\nseed = {draw(st.integers(0, 9))}\n{grid}"

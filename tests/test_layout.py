@@ -22,7 +22,13 @@ MOVED = {  # old name: (where it went, one of its names)
     "metrics": ("models.measure", "count_flops"), "export": ("models.export", "export_model"),
     "modelrecord": ("models.record", "check_trained_on"), "io": ("models.files", "load_model"),
     "pruning": ("prune", "prune_model"), "selection": ("prune.selection", "select_channels"),
-    "generic": ("prune.generic", "prune_generic"), "costs": ("prune.costs", "channel_costs")}
+    "generic": ("prune.generic", "prune_generic"), "costs": ("prune.costs", "channel_costs"),
+    "penalty_base": ("sparsity.penalty_base", "Penalty"),
+    "penalties": ("sparsity.penalties", "make_penalty"),
+    "penalty_registry": ("sparsity.penalty_registry", "resolve_params"),
+    "regularizer": ("sparsity.regularizer", "SparsityRegularizer"),
+    "controller": ("sparsity.controller", "LambdaController"),
+    "vcp": ("sparsity.vcp", "VariationalScales")}
 
 
 @pytest.mark.parametrize("old", sorted(MOVED))
@@ -106,7 +112,7 @@ def test_the_selection_rule_is_the_lowest_pruning_module():
     assert "prune.cut" not in reachable(graph, "prune.generic")
 
 
-LAYERS = ("util", "data", "models", "prune")  # docs/architecture.md, lowest first
+LAYERS = ("util", "data", "models", "prune", "sparsity")  # docs/architecture.md, lowest first
 
 
 def layer_of(module: str) -> int | None:

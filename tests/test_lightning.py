@@ -79,7 +79,7 @@ def trainer(epochs: int, callbacks: list, **options) -> L.Trainer:
 
 
 def gammas(module: nn.Module) -> torch.Tensor:
-    return torch.cat([g.detach().flatten() for g in ncslim.regularizer.find_scales(module)
+    return torch.cat([g.detach().flatten() for g in ncslim.sparsity.regularizer.find_scales(module)
                       .values()])
 
 
@@ -161,7 +161,7 @@ def test_lam_auto_reaches_target_and_pruned_model_equals_trained():
     fit.fit(module, loader())
     metrics = {k: float(v) for k, v in fit.callback_metrics.items()}
     assert metrics["slim/target_share"] == 0.5 and metrics["slim/share_near_zero"] >= 0.5
-    assert metrics["slim/lam"] > ncslim.controller.START_LAM  # lambda rose to get there
+    assert metrics["slim/lam"] > ncslim.sparsity.controller.START_LAM  # lambda rose to get there
     small, report = slim.pruned, slim.report
     assert report.removed_fraction == pytest.approx(0.5)
     assert report.params_after == ncslim.count_params(small) < report.params_before

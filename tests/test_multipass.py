@@ -21,10 +21,10 @@ import ncslim
 from ncslim import pipeline
 from ncslim.cli import main
 from ncslim.config import Config, load_config
-from ncslim.controller import LambdaController
 from ncslim.passes import pass_config
 from ncslim.prune.selection import capped_keep, global_keep, layer_floor, select_channels
-from ncslim.regularizer import SparsityRegularizer
+from ncslim.sparsity.controller import LambdaController
+from ncslim.sparsity.regularizer import SparsityRegularizer
 from ncslim.train import Trainer
 
 ARCH = ["--arch", "vgg", "--depth", "11", "--width", "0.0625"]

@@ -1,5 +1,5 @@
-"""Tests for ncslim.penalties: every prox against brute-force minimisation, gradients against
-autograd, thresholds, symmetry, dtypes and parameter validation.
+"""Tests for ncslim.sparsity.penalties: every prox against brute-force minimisation, gradients
+against autograd, thresholds, symmetry, dtypes and parameter validation.
 
 Every generic test runs on each penalty in ``PENALTIES`` with the values of its line in
 ``TABLE``: a new penalty is its class, its entry in ``PENALTIES`` and one line here."""
@@ -15,17 +15,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ncslim.penalties import (
-    L1,
-    MCP,
-    PENALTIES,
-    SCAD,
-    TL1,
-    Lp,
-    Penalty,
-    make_penalty,
-)
-from ncslim.penalty_registry import param_defaults
+from ncslim.sparsity.penalties import L1, MCP, PENALTIES, SCAD, TL1, Lp, Penalty, make_penalty
+from ncslim.sparsity.penalty_registry import param_defaults
 
 F64 = torch.float64
 

@@ -13,8 +13,9 @@ from test_penalties import case
 
 from ncslim import sweep
 from ncslim.config import Config, config_fields, field_choices, load_config
-from ncslim.penalties import L1, MCP, PENALTIES, SCAD, TL1, Lp, Penalty, make_penalty
-from ncslim.penalty_registry import (
+from ncslim.report.make import _penalty_label
+from ncslim.sparsity.penalties import L1, MCP, PENALTIES, SCAD, TL1, Lp, Penalty, make_penalty
+from ncslim.sparsity.penalty_registry import (
     param_default,
     param_defaults,
     param_help,
@@ -23,7 +24,6 @@ from ncslim.penalty_registry import (
     resolve_params,
     stray_params,
 )
-from ncslim.report.make import _penalty_label
 
 
 @pytest.mark.parametrize("name", PENALTIES)

@@ -19,13 +19,13 @@ from torch import nn
 import ncslim
 from ncslim.cli import main
 from ncslim.config import field_choices, load_config
-from ncslim.controller import START_LAM, LambdaController
 from ncslim.methods import make_method
 from ncslim.models.scales import find_scales
 from ncslim.prune.costs import cost_weighted_scores
 from ncslim.prune.selection import RANKINGS, select_channels
 from ncslim.prunerule import report_removed
-from ncslim.regularizer import SparsityRegularizer
+from ncslim.sparsity.controller import START_LAM, LambdaController
+from ncslim.sparsity.regularizer import SparsityRegularizer
 from ncslim.train import Trainer
 
 

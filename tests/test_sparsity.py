@@ -16,13 +16,13 @@ from torch import nn
 import ncslim
 from ncslim import train
 from ncslim.config import load_config
-from ncslim.controller import LAM_RANGE, START_LAM, LambdaController
 from ncslim.data import DATASETS, ImageData
 from ncslim.methods import make_method
-from ncslim.penalties import PENALTIES
 from ncslim.prunerule import report_removed
-from ncslim.regularizer import MODES, SparsityRegularizer
 from ncslim.sparsity import SparsityMethod
+from ncslim.sparsity.controller import LAM_RANGE, START_LAM, LambdaController
+from ncslim.sparsity.penalties import PENALTIES
+from ncslim.sparsity.regularizer import MODES, SparsityRegularizer
 from ncslim.train import Trainer
 
 
@@ -52,7 +52,7 @@ class CountingMethod(SparsityMethod):
         super().__init__(model)
         self.calls = {"loss_term": 0, "after_backward": 0, "after_step": 0, "begin_epoch": 0,
                       "end_epoch": 0, "finish": 0}
-        self.gammas = list(ncslim.regularizer.find_scales(model).values())
+        self.gammas = list(ncslim.sparsity.regularizer.find_scales(model).values())
 
     def loss_term(self) -> torch.Tensor:
         self.calls["loss_term"] += 1
@@ -274,7 +274,7 @@ def test_lam_auto_needs_a_penalty_and_a_target(tmp_path):
         with pytest.raises(ValueError, match="--lam auto adapts a penalty"):
             load_config(None, {"lam": "auto", "penalty": "l1", **bad})
     assert load_config(None, {"lam": "auto", "target_params": 0.3}).lam == "auto"
-    assert Path(ncslim.controller.__file__).name == "controller.py"
+    assert Path(ncslim.sparsity.controller.__file__).name == "controller.py"
 
 
 @pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),

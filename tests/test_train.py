@@ -370,7 +370,7 @@ def test_inf_gammas_stop_the_run_with_exit_status_3(tmp_path, monkeypatch, capsy
         calls[0] += 1
         if calls[0] == 2:  # after the second epoch's training, before its checkpoint
             with torch.no_grad():
-                next(iter(ncslim.regularizer.find_scales(model).values()))[0] = float("inf")
+                next(iter(ncslim.models.scales.find_scales(model).values()))[0] = float("inf")
         return real(model, *args, **kwargs)
 
     monkeypatch.setattr(ncslim.train, "evaluate", poisons_a_gamma)

@@ -15,7 +15,7 @@ from torch import nn
 
 import ncslim
 import ncslim.cli
-from ncslim.vcp import VariationalScales, vcp_scores
+from ncslim.sparsity.vcp import VariationalScales, vcp_scores
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 needs_fashion = pytest.mark.skipif(not FASHION.is_dir(),
@@ -196,7 +196,7 @@ def test_bad_vcp_settings_are_one_line(tmp_path, capsys, argv, message):
 AVERAGE_CHECK = """
 import torch, torch.distributed as dist
 import ncslim
-from ncslim.vcp import VariationalScales
+from ncslim.sparsity.vcp import VariationalScales
 
 dist.init_process_group("gloo")
 rank = dist.get_rank()

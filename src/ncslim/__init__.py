@@ -4,15 +4,15 @@ Train with a sparsity penalty on the BatchNorm scaling factors, prune the weak c
 physically, fine-tune, and measure what was gained.
 """
 
-from .controller import LambdaController
 from .models import PruneSlot, SlimmableNet, build_model, model_names
 from .models.export import export_model
 from .models.files import ModelFileError, load_model, save_model
 from .models.measure import count_flops, count_params
-from .penalties import PENALTIES, Penalty, make_penalty
 from .prune import PruneReport, prune_model
-from .regularizer import SparsityRegularizer
 from .sparsity import SparsityMethod
+from .sparsity.controller import LambdaController
+from .sparsity.penalties import PENALTIES, Penalty, make_penalty
+from .sparsity.regularizer import SparsityRegularizer
 
 __all__ = [
     "PENALTIES",

@@ -20,9 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from .config_checks import AUTO, check_config, check_value_types, layer_targets, one_target
-from .penalty_registry import param_default, param_help, param_names, param_unset, resolve_params
 from .prune.rule import KINDS, PruneRule
 from .prune.selection import DEFAULT_MIN_CHANNELS
+from .sparsity.penalty_registry import (
+    param_default,
+    param_help,
+    param_names,
+    param_unset,
+    resolve_params,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -43,13 +49,13 @@ PRUNE_TARGET = ("run", "train", "prune")  # train: the target of --lam auto
 
 def penalty_choices() -> tuple[str, ...]:
     """``none``, every registered penalty, and ``vcp`` (the Bayesian baseline)."""
-    from .penalties import PENALTIES
+    from .sparsity.penalties import PENALTIES
 
     return ("none", *PENALTIES, "vcp")
 
 
 def _mode_choices() -> tuple[str, ...]:
-    from .regularizer import MODES
+    from .sparsity.regularizer import MODES
 
     return MODES
 
@@ -142,9 +148,9 @@ class Config:
     lam: float | str = _opt(1e-4, "penalty strength lambda, or auto: adapted while training "
                                    "to reach the pruning target (--ratio, --target-flops or "
                                    "--target-params)", RUN_TRAIN)
-    # Penalty parameters, help and defaults from the registry (ncslim.penalty_registry): the
-    # default the penalties taking it share, else None, each one's own. A parameter without a
-    # field always takes its penalty's default.
+    # Penalty parameters, help and defaults from the registry
+    # (ncslim.sparsity.penalty_registry): the default the penalties taking it share, else None,
+    # each one's own. A parameter without a field always takes its penalty's default.
     p: float | None = _opt(param_default("p"), param_help("p"), RUN_TRAIN, unset=param_unset("p"))
     a: float | None = _opt(param_default("a"), param_help("a"), RUN_TRAIN, unset=param_unset("a"))
     gamma: float | None = _opt(param_default("gamma"), param_help("gamma"), RUN_TRAIN,
@@ -251,7 +257,7 @@ class Config:
 
     def start_lam(self) -> float:
         """lambda at the first step: the fixed ``lam``, or the controller's starting value."""
-        from .controller import START_LAM
+        from .sparsity.controller import START_LAM
 
         return START_LAM if self.lam == AUTO else float(self.lam)
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import fields
 from typing import Any
 
-AUTO = "auto"  # lam = "auto": the lambda controller (ncslim.controller) chooses it
+AUTO = "auto"  # lam = "auto": the lambda controller (ncslim.sparsity.controller) chooses it
 MAX_PASSES = 20  # the paper stops at three; more is a typo more likely than a plan
 TARGETS = ("ratio", "threshold", "target_flops", "target_params")  # one pruning target each
 
@@ -51,7 +51,7 @@ def _check_combinations(cfg: Any) -> None:
     if cfg.lam == AUTO and (cfg.penalty in ("none", "vcp") or cfg.threshold is not None
                              or (cfg.ratio is None and cfg.target_flops is None
                                  and cfg.target_params is None)):
-        from .penalties import PENALTIES
+        from .sparsity.penalties import PENALTIES
 
         raise ValueError(f"--lam auto adapts a penalty's lambda to a pruning target: give "
                          f"--penalty {'/'.join(PENALTIES)} and --ratio, --target-flops or "
@@ -83,7 +83,7 @@ def _check_combinations(cfg: Any) -> None:
             raise ValueError("--compensate works for ncslim's own architectures (--arch), "
                              "not for --model networks; leave it out")
     if cfg.penalty not in ("none", "vcp"):
-        from .penalties import make_penalty
+        from .sparsity.penalties import make_penalty
 
         make_penalty(cfg.penalty, cfg.start_lam(), **cfg.penalty_params())
 

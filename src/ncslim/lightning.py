@@ -36,15 +36,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from .controller import START_LAM, LambdaController
 from .models import SlimmableNet, TracedNet
 from .models.scales import LayerFilter, find_scales, unwrap
-from .penalties import make_penalty
 from .prune import PruneReport
 from .prune.rule import PruneRule
 from .prune.selection import DEFAULT_MIN_CHANNELS, DEFAULT_RANKING, check_ranking, resolve_ranking
-from .regularizer import MODES, SparsityRegularizer
 from .sparsity import SparsityMethod
+from .sparsity.controller import START_LAM, LambdaController
+from .sparsity.penalties import make_penalty
+from .sparsity.regularizer import MODES, SparsityRegularizer
 from .util.files import atomic_write_text
 
 try:
@@ -62,15 +62,15 @@ SEED = 0  # begin_epoch's seed: penalties draw nothing, so one constant keeps re
 class SlimmingCallback(Callback):  # type: ignore[misc,valid-type]
     """Train with ``penalty`` on the BN scaling factors of ``network``; prune it when the fit ends.
 
-    ``penalty``, ``lam``, ``mode`` and the penalty's parameters (``a=``, ``p=``, ...) are those
-    of ``ncslim run``; ``lam="auto"`` is the lambda controller (:mod:`ncslim.controller`), which
-    needs a ``ratio``, ``target_flops`` or ``target_params`` and the Trainer's ``max_epochs`` or
-    ``max_steps`` (its ramp spans the fit). One of ``ratio``, ``threshold``, ``target_flops``,
-    ``target_params`` is the pruning rule applied in ``on_fit_end``; without one nothing is
-    pruned. ``min_channels``, ``max_layer_ratio``, ``round_to``, ``ranking``, ``compensate`` and
-    ``ignored_layers`` go to :func:`ncslim.prune_model`; under ``lam="auto"`` the controller
-    aims within ``min_channels`` and ``max_layer_ratio``, ranking as the cut does (``auto``:
-    ``layer`` for ``target_flops``, else ``global``).
+    ``penalty``, ``lam``, ``mode`` and the penalty's parameters (``a=``, ``p=``, ...) are those of
+    ``ncslim run``; ``lam="auto"`` is the lambda controller (:mod:`ncslim.sparsity.controller`),
+    which needs a ``ratio``, ``target_flops`` or ``target_params`` and the Trainer's ``max_epochs``
+    or ``max_steps`` (its ramp spans the fit). One of ``ratio``, ``threshold``, ``target_flops``,
+    ``target_params`` is the pruning rule applied in ``on_fit_end``; without one nothing is pruned.
+    ``min_channels``, ``max_layer_ratio``, ``round_to``, ``ranking``, ``compensate`` and
+    ``ignored_layers`` go to :func:`ncslim.prune_model`; under ``lam="auto"`` the controller aims
+    within ``min_channels`` and ``max_layer_ratio``, ranking as the cut does (``auto``: ``layer``
+    for ``target_flops``, else ``global``).
 
     ``network`` names the submodule to slim (``"net"``, ``"backbone.body"``); by default the
     LightningModule itself. A model that is not an ncslim architecture is pruned through

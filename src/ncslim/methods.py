@@ -12,14 +12,14 @@ import torch
 from torch import nn
 
 from .config import AUTO, Config
-from .controller import LambdaController
 from .models import TracedNet
 from .models.scales import find_scales
-from .penalties import make_penalty
-from .regularizer import SparsityRegularizer
 from .sparsity import SparsityMethod
+from .sparsity.controller import LambdaController
+from .sparsity.penalties import make_penalty
+from .sparsity.regularizer import SparsityRegularizer
+from .sparsity.vcp import VariationalScales
 from .train import lr_at
-from .vcp import VariationalScales
 
 if TYPE_CHECKING:
     from .prune import PruneReport

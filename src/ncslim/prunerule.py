@@ -20,7 +20,7 @@ from .models.scales import find_scales
 from .prune import MEASURES, PruneReport, prune_model, prune_to_budget
 from .prune.costs import cost_weighted_scores
 from .prune.rule import ALMOST_ALL, PruneRule
-from .vcp import vcp_scores
+from .sparsity.vcp import vcp_scores
 
 log = logging.getLogger("ncslim")
 

@@ -44,7 +44,6 @@ from .data import ImageData
 from .device import resolve_device
 from .models.files import run_lock
 from .passes import pass_config, run_passes
-from .penalty_registry import stray_params
 from .pipeline import (
     check_model,
     load_data,
@@ -53,6 +52,7 @@ from .pipeline import (
     write_config,
 )
 from .rundir import check_same_run
+from .sparsity.penalty_registry import stray_params
 from .train import TrainingDiverged
 
 log = logging.getLogger("ncslim")

@@ -104,7 +104,7 @@ class SlimmableNet(nn.Module, abc.ABC):
         self.pruned_from: dict[str, int] | None = None
         # set by training: the data it saw {"dataset", "limit_train", "limit_test", "svhn_extra"}
         self.trained_on: dict[str, Any] | None = None
-        # set by VCP training: sigma of each BN's scale, keyed by BN name (ncslim.vcp)
+        # set by VCP training: sigma of each BN's scale, keyed by BN name (ncslim.sparsity.vcp)
         self.vcp_sigma: dict[str, torch.Tensor] | None = None
 
     @abc.abstractmethod

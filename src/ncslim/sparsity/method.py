@@ -13,10 +13,10 @@
     method.finish()
 
 :class:`SparsityMethod` itself is "no sparsity" (every hook does nothing); the penalty
-(:class:`~ncslim.regularizer.SparsityRegularizer`), the Bayesian baseline
-(:class:`~ncslim.vcp.VariationalScales`) and the lambda controller
-(:class:`~ncslim.controller.LambdaController`) override the hooks they need. A new method is a
-subclass; the loop does not change. The per-step hooks run no host synchronisation.
+(:class:`~ncslim.sparsity.regularizer.SparsityRegularizer`), the Bayesian baseline
+(:class:`~ncslim.sparsity.vcp.VariationalScales`) and the lambda controller
+(:class:`~ncslim.sparsity.controller.LambdaController`) override the hooks they need. A new
+method is a subclass; the loop does not change. The per-step hooks run no host synchronisation.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .models.scales import unwrap
+from ..models.scales import unwrap
 
 
 class SparsityMethod:
