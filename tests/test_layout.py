@@ -112,7 +112,7 @@ def test_the_selection_rule_is_the_lowest_pruning_module():
     assert "prune.cut" not in reachable(graph, "prune.generic")
 
 
-LAYERS = ("util", "data", "models", "prune", "sparsity")  # docs/architecture.md, lowest first
+LAYERS = ("util", "data", "models", "prune", "sparsity", "config")  # docs/architecture.md, lowest first
 
 
 def layer_of(module: str) -> int | None:

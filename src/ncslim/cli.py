@@ -25,7 +25,7 @@ import torch
 from . import passes, pipeline, prunerule
 from .commandline import build_parser, unknown_flags
 from .config import Config, command_config, config_fields
-from .config_checks import TARGETS
+from .config.checks import TARGETS
 from .device import resolve_device
 from .models import build_model, check_arch
 from .models.export import SUFFIX, check_export, check_output, export_model

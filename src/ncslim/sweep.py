@@ -39,7 +39,7 @@ from typing import Any
 
 from . import diverged
 from .config import AUTO, Config, load_config, read_preset
-from .config_checks import layer_targets, one_target
+from .config.checks import layer_targets, one_target
 from .data import ImageData
 from .device import resolve_device
 from .models.files import run_lock

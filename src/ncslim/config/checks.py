@@ -51,7 +51,7 @@ def _check_combinations(cfg: Any) -> None:
     if cfg.lam == AUTO and (cfg.penalty in ("none", "vcp") or cfg.threshold is not None
                              or (cfg.ratio is None and cfg.target_flops is None
                                  and cfg.target_params is None)):
-        from .sparsity.penalties import PENALTIES
+        from ..sparsity.penalties import PENALTIES
 
         raise ValueError(f"--lam auto adapts a penalty's lambda to a pruning target: give "
                          f"--penalty {'/'.join(PENALTIES)} and --ratio, --target-flops or "
@@ -76,14 +76,14 @@ def _check_combinations(cfg: Any) -> None:
         raise ValueError("--teacher is the model that --distill distils from; add --distill, or "
                          "leave --teacher out")
     if cfg.model is not None:
-        from .models.imported import resolve_builder
+        from ..models.imported import resolve_builder
 
         resolve_builder(cfg.model)
         if cfg.compensate:
             raise ValueError("--compensate works for ncslim's own architectures (--arch), "
                              "not for --model networks; leave it out")
     if cfg.penalty not in ("none", "vcp"):
-        from .sparsity.penalties import make_penalty
+        from ..sparsity.penalties import make_penalty
 
         make_penalty(cfg.penalty, cfg.start_lam(), **cfg.penalty_params())
 
@@ -184,7 +184,7 @@ def _check_ranges(cfg: Any) -> None:
     for name, ok, allowed in rules:
         if not ok:
             raise ValueError(f"--{_flag(name)} must be {allowed}, got {getattr(cfg, name)!r}")
-    from .models import check_arch
+    from ..models import check_arch
 
     try:
         check_arch(cfg.arch, cfg.depth, cfg.width)  # the spec only: no module is built
@@ -196,8 +196,8 @@ def _check_ranges(cfg: Any) -> None:
 def _check_data(cfg: Any) -> None:
     """--input-size in range and for a folder dataset only; --download not for a folder
     (--data-dir is checked when the data is read: prune needs none)."""
-    from .data import DATASETS, FOLDER
-    from .data.folder import MAX_SIZE, MIN_SIZE
+    from ..data import DATASETS, FOLDER
+    from ..data.folder import MAX_SIZE, MIN_SIZE
 
     size = cfg.input_size
     if size is not None and not MIN_SIZE <= size <= MAX_SIZE:

@@ -1,41 +1,26 @@
-"""Run configuration: one typed dataclass, presets as TOML files, flags on top.
-
-    >>> from ncslim.config import load_config
-    >>> cfg = load_config("demo", {"epochs": 2})
-    >>> cfg.dataset, cfg.epochs
-    ('fashion-mnist', 2)
-
-Every field's ``help`` becomes the ``--help`` of its flag. Presets ship in ``ncslim/configs``;
-``--config NAME`` picks one of them and ``--config PATH`` reads any TOML file with the same keys.
-Unknown keys and out-of-range values raise ``ValueError`` naming the flag.
-"""
+"""The fields of a run's configuration: one typed dataclass (:class:`Config`), each field with
+its default, its help (the ``--help`` of its flag), the commands that take it and its choices
+(read from their registries); and what a config derives: the prune rule, the penalty's
+parameters, compensation."""
 
 from __future__ import annotations
 
-import difflib
-import sys
 from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .config_checks import AUTO, check_config, check_value_types, layer_targets, one_target
-from .prune.rule import KINDS, PruneRule
-from .prune.selection import DEFAULT_MIN_CHANNELS
-from .sparsity.penalty_registry import (
+from ..prune.rule import KINDS, PruneRule
+from ..prune.selection import DEFAULT_MIN_CHANNELS
+from ..sparsity.penalty_registry import (
     param_default,
     param_help,
-    param_names,
     param_unset,
     resolve_params,
 )
+from .checks import AUTO, check_config
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
-
-PRESET_DIR = Path(__file__).parent / "configs"
+PRESET_DIR = Path(__file__).parent.parent / "configs"
 DEFAULT_PRESET = "demo"  # what a command uses when --config is not given
 MAX_TOML_BYTES = 1 << 20  # a preset or sweep file is a few KB
 COMMANDS = ("run", "train", "prune", "finetune")  # the commands that take a configuration
@@ -49,31 +34,31 @@ PRUNE_TARGET = ("run", "train", "prune")  # train: the target of --lam auto
 
 def penalty_choices() -> tuple[str, ...]:
     """``none``, every registered penalty, and ``vcp`` (the Bayesian baseline)."""
-    from .sparsity.penalties import PENALTIES
+    from ..sparsity.penalties import PENALTIES
 
     return ("none", *PENALTIES, "vcp")
 
 
 def _mode_choices() -> tuple[str, ...]:
-    from .sparsity.regularizer import MODES
+    from ..sparsity.regularizer import MODES
 
     return MODES
 
 
 def _ranking_choices() -> tuple[str, ...]:
-    from .prune.selection import RANKINGS
+    from ..prune.selection import RANKINGS
 
     return ("auto", *RANKINGS)
 
 
 def _arch_choices() -> tuple[str, ...]:
-    from .models import model_names
+    from ..models import model_names
 
     return tuple(model_names())
 
 
 def _dataset_choices() -> tuple[str, ...]:
-    from .data import dataset_names
+    from ..data import dataset_names
 
     return tuple(dataset_names())
 
@@ -251,13 +236,13 @@ class Config:
 
     def validate(self) -> Config:
         """This configuration, if every value and combination is allowed; else a ValueError
-        naming the flag (:mod:`ncslim.config_checks`)."""
+        naming the flag (:mod:`ncslim.config.checks`)."""
         check_config(self)
         return self
 
     def start_lam(self) -> float:
         """lambda at the first step: the fixed ``lam``, or the controller's starting value."""
-        from .sparsity.controller import START_LAM
+        from ..sparsity.controller import START_LAM
 
         return START_LAM if self.lam == AUTO else float(self.lam)
 
@@ -269,107 +254,6 @@ def field_choices(name: str) -> tuple[str, ...] | None:
     """The allowed values of a field, read from its registry (``None``: any value)."""
     choices = next(f for f in fields(Config) if f.name == name).metadata.get("choices")
     return choices() if callable(choices) else choices
-
-
-def preset_names() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
-
-
-def read_preset(name_or_path: str) -> dict[str, Any]:
-    """The keys of a preset (by name) or of a TOML file (by path)."""
-    from .util.regular import check_regular, read_bytes
-
-    path = Path(name_or_path)
-    is_name = not path.suffix and "/" not in name_or_path and not path.exists()
-    if is_name:
-        path = PRESET_DIR / f"{name_or_path}.toml"
-        if not path.is_file():
-            close = difflib.get_close_matches(name_or_path, preset_names(), n=2)
-            hint = f" (did you mean {' or '.join(close)}?)" if close else ""
-            raise ValueError(f"unknown preset {name_or_path!r}{hint}; presets: "
-                             f"{', '.join(preset_names())}; or pass a .toml path")
-    check_regular(path, "config file")
-    if path.stat().st_size > MAX_TOML_BYTES:
-        raise ValueError(f"config file {path}: {path.stat().st_size:,} bytes, more than a "
-                         f"configuration needs ({MAX_TOML_BYTES:,}); is it the right file?")
-    try:
-        return tomllib.loads(read_bytes(path, what="config file",
-                                        limit=MAX_TOML_BYTES).decode("utf-8"))
-    except UnicodeDecodeError as err:
-        raise ValueError(f"config file {path}: not UTF-8 text (byte {err.start}); TOML files "
-                         f"are UTF-8") from None
-    except tomllib.TOMLDecodeError as err:
-        raise ValueError(f"config file {path}: invalid TOML: {err}") from err
-
-
-def load_config(preset: str | None = None, overrides: dict[str, Any] | None = None) -> Config:
-    """A validated :class:`Config`: defaults, then the preset's keys, then ``overrides``."""
-    values: dict[str, Any] = {}
-    known = {f.name for f in fields(Config)}
-    if preset is not None:
-        for key, value in read_preset(preset).items():
-            name = key.replace("-", "_")
-            if name not in known:
-                close = difflib.get_close_matches(name, known, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise ValueError(f"config {preset}: unknown key {key!r}{hint}")
-            values[name] = value
-        try:  # the preset itself, also where a flag overrides one of its values
-            check_value_types(values, {f.name: f.type for f in fields(Config)})
-            one_target(values)
-        except ValueError as err:
-            raise ValueError(f"config {preset}: {err}") from None
-    overrides = overrides or {}
-    one_target(overrides)
-    if overrides.get("penalty", values.get("penalty")) != values.get("penalty", Config.penalty):
-        # a preset's penalty parameters belong to the penalty it names (the demo's TL1 a = 1 is
-        # no SCAD a): another penalty takes its own defaults, or the flags given
-        for name in param_names():
-            values.pop(name, None)
-    values = layer_targets(values, overrides)
-    unknown = set(values) - known
-    if unknown:
-        raise ValueError(f"unknown configuration keys: {', '.join(sorted(unknown))}")
-    return Config(**values).validate()
-
-
-# what a model file records of its data (a folder dataset's record adds its classes and split)
-DATA_RECORD = ("dataset", "limit_train", "limit_test", "svhn_extra", "input_size")
-
-
-def command_config(command: str, preset: str | None, given: dict[str, Any],
-                   recorded: dict[str, Any] | None = None) -> Config:
-    """The configuration of one ``ncslim`` command, in this order of precedence:
-
-    1. the flags ``given`` on the command line;
-    2. (prune, finetune) the data a model was trained on, as its file records it (``recorded``),
-       unless ``--dataset`` is given;
-    3. the preset (``--config``; :data:`DEFAULT_PRESET` when none is named), then the defaults.
-
-    ``--epochs`` given without ``--finetune-epochs`` sets both stages' length (for ``finetune``,
-    --epochs is the fine-tuning's length): a preset's fine-tuning length belongs to its epochs.
-    Likewise ``finetune``'s --lr and --schedule are the fine-tuning's, over a preset's
-    ``finetune_lr`` and ``finetune_schedule`` (the names of ``run``'s second stage).
-
-    >>> command_config("run", None, {"epochs": 1}).finetune_epochs is None
-    True
-    >>> command_config("finetune", None, {}, {"dataset": "svhn"}).dataset
-    'svhn'
-    """
-    if command not in COMMANDS:
-        raise ValueError(f"{command!r} takes no configuration; one of {', '.join(COMMANDS)} does")
-    values: dict[str, Any] = {}
-    if recorded and "dataset" not in given:
-        values.update({k: v for k, v in recorded.items() if k in DATA_RECORD})
-    values.update(given)
-    both = [f"--{key}" for key in ("arch", "depth", "width") if key in given]
-    if given.get("model") is not None and both:
-        raise ValueError(f"--model builds your own network; leave out {', '.join(both)}")
-    if "epochs" in given and "finetune_epochs" not in given:
-        values["finetune_epochs"] = None
-    if command == "finetune":  # its --lr and --schedule are the fine-tuning's own
-        values.update({f"finetune_{key}": None for key in ("lr", "schedule") if key in given})
-    return load_config(preset or DEFAULT_PRESET, values)
 
 
 def config_fields() -> list[tuple[str, Any, dict[str, Any]]]:
