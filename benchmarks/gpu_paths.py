@@ -14,10 +14,10 @@ from gpu_harness import Context, Row, Skip
 from torch import nn
 
 import ncslim
-from ncslim import pipeline
 from ncslim.config import Config, load_config
-from ncslim.methods import make_method
-from ncslim.train import Trainer
+from ncslim.run import pipeline
+from ncslim.run.methods import make_method
+from ncslim.run.train import Trainer
 
 # (name, flags): every way ncslim trains on a GPU
 PATHS = [("float32", {}),

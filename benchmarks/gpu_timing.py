@@ -15,11 +15,11 @@ from pruned_latency import NAMES, RATIO, calibrate, latencies, set_gammas
 from torch import nn
 
 import ncslim
-from ncslim import pipeline
 from ncslim.config import Config, load_config
-from ncslim.device import amp_dtype
-from ncslim.methods import make_method
-from ncslim.train import Trainer
+from ncslim.run import pipeline
+from ncslim.run.device import amp_dtype
+from ncslim.run.methods import make_method
+from ncslim.run.train import Trainer
 
 CIFAR_TRAIN, CIFAR_TEST = 50_000, 10_000
 LATENCY_TARGET = 0.8  # VGG-19 at 70 %, batch 64: speed-up >= 0.8 x the FLOPs ratio

@@ -40,9 +40,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from ncslim.config import load_config
 from ncslim.data import PAD, ImageData, batches
-from ncslim.methods import make_method
-from ncslim.pipeline import load_data, new_model
-from ncslim.train import Trainer, epoch_generator
+from ncslim.run.methods import make_method
+from ncslim.run.pipeline import load_data, new_model
+from ncslim.run.train import Trainer, epoch_generator
 from ncslim.util.progress import EpochProgress, RunProgress
 
 

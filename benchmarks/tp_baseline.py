@@ -34,7 +34,9 @@ from typing import Any
 import torch
 from common import print_json  # benchmarks/ is on sys.path when run as a script
 
-from ncslim.baselines import (
+from ncslim.config import Config, load_config, read_preset
+from ncslim.models.files import atomic_write_text, run_lock
+from ncslim.run.baselines import (
     COMMAND,
     DEFAULT_REG,
     NAME,
@@ -43,10 +45,8 @@ from ncslim.baselines import (
     prune_and_finetune_baseline,
     train_baseline,
 )
-from ncslim.config import Config, load_config, read_preset
-from ncslim.models.files import atomic_write_text, run_lock
-from ncslim.pipeline import write_config
-from ncslim.sweep import cached_data
+from ncslim.run.pipeline import write_config
+from ncslim.run.sweep import cached_data
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -14,7 +14,7 @@ import signal
 import sys
 
 import ncslim.models.files as io
-import ncslim.train as T
+import ncslim.run.train as T
 from ncslim.cli import main
 
 

@@ -16,12 +16,12 @@ from test_report import write_fashion
 from ncslim import build_model, count_flops, count_params, make_penalty
 from ncslim.cli import main
 from ncslim.config import Config, load_config
-from ncslim.pipeline import load_data, sparsity_stage
 from ncslim.report import collect
+from ncslim.run.pipeline import load_data, sparsity_stage
 from ncslim.sparsity.regularizer import SparsityRegularizer
 
 tp = pytest.importorskip("torch_pruning")
-from ncslim.baselines import (  # noqa: E402  (needs torch_pruning)
+from ncslim.run.baselines import (  # noqa: E402  (needs torch_pruning)
     TorchPruningBNScale,
     baseline_config,
     bnscale_pruner,
@@ -196,7 +196,7 @@ def test_a_target_the_peer_cannot_reach_is_noted_and_the_others_still_run(tmp_pa
     import sys
     from pathlib import Path
 
-    from ncslim.baselines import TargetUnreachable
+    from ncslim.run.baselines import TargetUnreachable
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import tp_baseline

@@ -15,7 +15,7 @@ from torch import nn
 import ncslim
 from ncslim.cli import main
 from ncslim.config import field_choices, load_config
-from ncslim.prunerule import SHORTFALL, prune, report_removed, shortfall_warnings
+from ncslim.run.prunerule import SHORTFALL, prune, report_removed, shortfall_warnings
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 needs_fashion = pytest.mark.skipif(not FASHION.is_dir(),
@@ -147,7 +147,7 @@ def small_cnn(num_classes=10, in_channels=3):
 
 
 def test_init_takes_a_plain_state_dict_for_your_own_network(tmp_path, monkeypatch):
-    from ncslim.warmstart import init_weights
+    from ncslim.run.warmstart import init_weights
 
     (tmp_path / "budgetnets.py").write_text(OWN_NET)
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -189,7 +189,7 @@ def residual(num_classes=10, in_channels=3):
                                            ("proximal", "layer")])
 def test_on_coupled_channels_the_controller_zeroes_whole_groups_the_cut_removes(
         tmp_path, monkeypatch, mode, ranking):
-    from ncslim.methods import make_method
+    from ncslim.run.methods import make_method
 
     (tmp_path / "budgetres.py").write_text(RESIDUAL_NET)
     monkeypatch.syspath_prepend(str(tmp_path))

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import ncslim
-from ncslim import pipeline
 from ncslim.cli import main
 from ncslim.report import summary
+from ncslim.run.rundir import check_same_run
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 needs_fashion = pytest.mark.skipif(not FASHION.is_dir(),
@@ -205,7 +205,7 @@ def test_unknown_config_key_is_an_error(tmp_path):
 
 @needs_fashion
 def test_interrupted_run_resumes_without_redoing_finished_stages(tmp_path, monkeypatch, capsys):
-    from ncslim.train import Trainer
+    from ncslim.run.train import Trainer
 
     out = tmp_path / "run"
     argv = ["run", *TINY, "--finetune-epochs", "2", "--out", str(out)]
@@ -436,11 +436,11 @@ def test_a_run_recorded_before_compensate_had_a_default_still_resumes(tmp_path):
     cfg = ncslim.config.load_config("demo", {"out": str(tmp_path)})
     record = {**cfg.to_dict(), "compensate": False}  # how an earlier version wrote it
     (tmp_path / "config.json").write_text(json.dumps({"command": "run", "config": record}))
-    pipeline.check_same_run(cfg, tmp_path / "config.json", "run")  # unset = off: the same
+    check_same_run(cfg, tmp_path / "config.json", "run")  # unset = off: the same
     auto = ncslim.config.load_config("demo", {"out": str(tmp_path), "lam": "auto",
                                               "compensate": False})
     with pytest.raises(ValueError, match="--lam auto"):
-        pipeline.check_same_run(auto, tmp_path / "config.json", "run")
+        check_same_run(auto, tmp_path / "config.json", "run")
 
 
 @pytest.mark.parametrize(("line", "message"), [

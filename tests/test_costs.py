@@ -10,11 +10,11 @@ from test_sparsity import tiny_data
 
 import ncslim
 from ncslim.config import load_config
-from ncslim.methods import make_method
 from ncslim.prune.costs import budget_weights, channel_costs, cost_weighted_scores
-from ncslim.prunerule import prune
+from ncslim.run.methods import make_method
+from ncslim.run.prunerule import prune
+from ncslim.run.train import Trainer
 from ncslim.sparsity.controller import LambdaController
-from ncslim.train import Trainer
 
 
 def test_a_channels_cost_is_its_filter_its_bn_and_its_slice_of_the_next_conv():

@@ -16,15 +16,15 @@ from test_distributed import max_difference, ncslim_run, needs_fashion
 from test_report import write_fashion
 from test_sparsity import tiny_data
 
-from ncslim import pipeline
 from ncslim.cli import main
 from ncslim.config import command_config, load_config
-from ncslim.distill import Distillation, kd_loss
 from ncslim.models import build_model
 from ncslim.models.files import load_model, save_model
 from ncslim.report import collect
-from ncslim.sweep import expand
-from ncslim.train import Trainer
+from ncslim.run import pipeline
+from ncslim.run.distill import Distillation, kd_loss
+from ncslim.run.sweep import expand
+from ncslim.run.train import Trainer
 
 TINY = ["--dataset", "fashion-mnist", "--batch-size", "32", "--device", "cpu"]
 ARCH = ["--arch", "vgg", "--depth", "11", "--width", "0.0625"]

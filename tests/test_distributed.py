@@ -159,7 +159,7 @@ def test_a_killed_two_process_run_resumes_to_the_unbroken_result(tmp_path):
     # rank 1 dies at its 9th step (epoch 2, step 3); torchrun then stops rank 0
     killed = torchrun(str(KILLER), "step", "9", "1", "--", *args, "--out", str(out))
     assert killed.returncode != 0 and "Signal 9 (SIGKILL)" in killed.stderr
-    assert ncslim.train.load_checkpoint(out / "last.pt")["epoch"] == 1
+    assert ncslim.run.train.load_checkpoint(out / "last.pt")["epoch"] == 1
     resumed = ncslim_run(*args, "--out", str(out), "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert max_difference(weights(reference / "model.pt"), weights(out / "model.pt")) == 0

@@ -81,7 +81,7 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_a_resume_finishes(tmp_path,
     assert err.startswith("ncslim train: error: No space left on device (") and \
         err.endswith(f"--out {out} --resume")
     assert ".pt)" in err  # names the checkpoint, not a temporary file
-    epoch = ncslim.train.load_checkpoint(out / "last.pt")["epoch"]
+    epoch = ncslim.run.train.load_checkpoint(out / "last.pt")["epoch"]
     assert 1 <= epoch < 3  # the previous checkpoint, whole
     assert not list(out.rglob("*.tmp")) and not (out / "model.pt").exists()
     small_disk(16 * 1024)  # space is back
@@ -95,7 +95,7 @@ def test_a_full_disk_at_a_metrics_append_is_named_and_the_torn_line_dropped(
     reference = tmp_path / "reference"
     assert main(["train", *flags, "--out", str(reference)]) == 0
     disk = small_disk(16 * 1024)
-    out, real, filled = disk / "run", ncslim.train.evaluate, []
+    out, real, filled = disk / "run", ncslim.run.train.evaluate, []
 
     def fills_the_disk(*args, **kwargs):  # after the epoch's training, before its _save
         metrics = out / "metrics.jsonl"
@@ -106,14 +106,14 @@ def test_a_full_disk_at_a_metrics_append_is_named_and_the_torn_line_dropped(
                 filled.append(fill(disk))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(ncslim.train, "evaluate", fills_the_disk)
+    monkeypatch.setattr(ncslim.run.train, "evaluate", fills_the_disk)
     err = one_line_error(["train", *flags, "--out", str(out)], capsys)
     assert filled, "no metrics line crossed a page: lengthen the run"
     assert f"No space left on device ({out / 'metrics.jsonl'})" in err and "--resume" in err
-    whole = ncslim.train.load_checkpoint(out / "last.pt")["epoch"]
+    whole = ncslim.run.train.load_checkpoint(out / "last.pt")["epoch"]
     torn = (out / "metrics.jsonl").read_text()
     assert torn.count("\n") == whole and not torn.endswith("\n")  # the line it could not end
-    monkeypatch.setattr(ncslim.train, "evaluate", real)
+    monkeypatch.setattr(ncslim.run.train, "evaluate", real)
     filled[0].unlink()  # space is back
     assert main(["train", *flags, "--out", str(out), "--resume"]) == 0
     same_weights(out / "model.pt", reference / "model.pt")

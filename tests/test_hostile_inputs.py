@@ -21,11 +21,11 @@ import pytest
 from test_folder import TINY, make_folder
 from test_report import write_fashion
 
-from ncslim import checkpoint, rundir
 from ncslim.cli import main
 from ncslim.config import load_config
 from ncslim.data import DataError, catalog, foldercache, load_dataset, scan_folder
 from ncslim.report import collect, rundata
+from ncslim.run import checkpoint, rundir
 
 TRAIN = ["--arch", "vgg", "--depth", "11", "--width", "0.125", "--epochs", "1", "--batch-size",
          "8", "--device", "cpu"]  # TINY without what only run takes

@@ -350,7 +350,7 @@ def test_resume_is_advised_only_where_there_is_a_run(tmp_path, monkeypatch, caps
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(ncslim.pipeline, "load_data", interrupted)
+    monkeypatch.setattr(ncslim.run.pipeline, "load_data", interrupted)
     out = tmp_path / "run"
     assert main(["train", *data, "--out", str(out)]) == 130
     assert capsys.readouterr().err.strip().splitlines()[-1] == "ncslim train: interrupted"

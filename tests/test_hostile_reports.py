@@ -23,11 +23,11 @@ from test_hostile import _exit_2_one_line
 from test_hostile_inputs import bounded, make_special
 from test_report import epoch, make_run
 
-from ncslim import checkpoint, rundir, sweep
 from ncslim.cli import main
 from ncslim.config import load_config
 from ncslim.report import report as make_report
 from ncslim.report import rundata
+from ncslim.run import checkpoint, rundir, sweep
 from ncslim.util import regular
 
 matplotlib.use("Agg")

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from ncslim.cli import main
 from ncslim.config import command_config
-from ncslim.sweep import expand
+from ncslim.run.sweep import expand
 
 TARGETS = {"ratio": st.sampled_from([0.3, 0.5, 0.7]),
            "threshold": st.sampled_from([0.0, 0.01, 0.2]),

@@ -202,7 +202,7 @@ def test_model_and_arch_are_exclusive_and_compensate_is_for_arch(user_models, ca
 def test_a_model_run_with_lam_auto_resumes(user_models, tmp_path):
     """Its compensation is unset, so off: the resume check must say the same of its record
     (it once took every unset --lam auto record for compensated, and refused the resume)."""
-    from ncslim.rundir import check_same_run, write_config
+    from ncslim.run.rundir import check_same_run, write_config
 
     cfg = ncslim.config.load_config("demo", {"model": "usermodels:small_net", "lam": "auto",
                                              "penalty": "l1"})

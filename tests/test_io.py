@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib
 import os
 import stat
 import subprocess
@@ -115,7 +116,7 @@ def test_a_bad_pruned_from_record_is_refused(tmp_path, record):
 
 @pytest.mark.parametrize("drop", ["model", "optimizer", "epoch"])
 def test_an_incomplete_training_checkpoint_is_named(tmp_path, drop):
-    from ncslim.train import load_checkpoint
+    from ncslim.run.train import load_checkpoint
 
     state = {"format": "ncslim.checkpoint", "epoch": 1, "best_acc": 0.5, "optimizer": {},
              "scaler": {}, "model": {}}
@@ -138,7 +139,8 @@ class CodeCarrying:
 @pytest.mark.parametrize(("name", "payload", "loader"), [
     ("evil.pt", {"format": "ncslim.model", "payload": None}, ncslim.load_model),
     ("last.pt", {"format": "ncslim.checkpoint", "optimizer": None},
-     lambda path: __import__("ncslim.train").train.load_checkpoint(path)),  # --resume's path
+     # --resume's path
+     lambda path: importlib.import_module("ncslim.run.train").load_checkpoint(path)),
 ])
 def test_code_in_a_checkpoint_is_never_run(tmp_path, name, payload, loader):
     marker = tmp_path / "pwned"

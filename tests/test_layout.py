@@ -28,7 +28,10 @@ MOVED = {  # old name: (where it went, one of its names)
     "penalty_registry": ("sparsity.penalty_registry", "resolve_params"),
     "regularizer": ("sparsity.regularizer", "SparsityRegularizer"),
     "controller": ("sparsity.controller", "LambdaController"),
-    "vcp": ("sparsity.vcp", "VariationalScales")}
+    "vcp": ("sparsity.vcp", "VariationalScales"),
+    "diverged": ("run.diverged", "set_aside"), "pipeline": ("run.pipeline", "run"),
+    "baselines": ("run.baselines", "run_tp_baseline"), "device": ("run.device", "resolve_device"),
+    "methods": ("run.methods", "make_method")}
 
 
 @pytest.mark.parametrize("old", sorted(MOVED))
@@ -112,7 +115,8 @@ def test_the_selection_rule_is_the_lowest_pruning_module():
     assert "prune.cut" not in reachable(graph, "prune.generic")
 
 
-LAYERS = ("util", "data", "models", "prune", "sparsity", "config")  # docs/architecture.md, lowest first
+# docs/architecture.md, lowest first
+LAYERS = ("util", "data", "models", "prune", "sparsity", "config", "report", "run")
 
 
 def layer_of(module: str) -> int | None:

@@ -18,14 +18,14 @@ from test_report import write_fashion
 from torch import nn
 
 import ncslim
-from ncslim import pipeline
 from ncslim.cli import main
 from ncslim.config import Config, load_config
-from ncslim.passes import pass_config
 from ncslim.prune.selection import capped_keep, global_keep, layer_floor, select_channels
+from ncslim.run import pipeline
+from ncslim.run.passes import pass_config
+from ncslim.run.train import Trainer
 from ncslim.sparsity.controller import LambdaController
 from ncslim.sparsity.regularizer import SparsityRegularizer
-from ncslim.train import Trainer
 
 ARCH = ["--arch", "vgg", "--depth", "11", "--width", "0.0625"]
 TINY = ["--dataset", "fashion-mnist", *ARCH, "--batch-size", "32", "--epochs", "1",
@@ -190,7 +190,7 @@ def test_bad_pass_settings_are_one_line(flags, message, tmp_path, capsys):
 
 
 def test_pipeline_run_does_one_pass():
-    with pytest.raises(ValueError, match="ncslim.passes.run runs --passes 2"):
+    with pytest.raises(ValueError, match="ncslim.run.passes.run runs --passes 2"):
         pipeline.run(Config(passes=2))
 
 

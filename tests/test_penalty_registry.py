@@ -11,9 +11,9 @@ import pytest
 import torch
 from test_penalties import case
 
-from ncslim import sweep
 from ncslim.config import Config, config_fields, field_choices, load_config
 from ncslim.report.make import _penalty_label
+from ncslim.run import sweep
 from ncslim.sparsity.penalties import L1, MCP, PENALTIES, SCAD, TL1, Lp, Penalty, make_penalty
 from ncslim.sparsity.penalty_registry import (
     param_default,

@@ -163,7 +163,7 @@ def _sparse_vgg(zero_share: float) -> torch.nn.Module:
     (1e-4, 0.6, (0.84, 0.10), False),     # a fixed lambda promised no share
 ])
 def test_a_controller_short_of_its_target_is_named_at_pruning(lam, ratio, accuracies, warned):
-    from ncslim.prunerule import SHORTFALL, prune, shortfall_warnings
+    from ncslim.run.prunerule import SHORTFALL, prune, shortfall_warnings
 
     model = _sparse_vgg(0.5)
     cfg = load_config("demo", {"lam": lam, "ratio": ratio})

@@ -19,14 +19,14 @@ from torch import nn
 import ncslim
 from ncslim.cli import main
 from ncslim.config import field_choices, load_config
-from ncslim.methods import make_method
 from ncslim.models.scales import find_scales
 from ncslim.prune.costs import cost_weighted_scores
 from ncslim.prune.selection import RANKINGS, select_channels
-from ncslim.prunerule import report_removed
+from ncslim.run.methods import make_method
+from ncslim.run.prunerule import report_removed
+from ncslim.run.train import Trainer
 from ncslim.sparsity.controller import START_LAM, LambdaController
 from ncslim.sparsity.regularizer import SparsityRegularizer
-from ncslim.train import Trainer
 
 
 def test_the_rankings_are_the_registrys_and_the_flag_offers_them():
@@ -140,7 +140,7 @@ def test_lam_auto_under_the_layer_ranking_ends_with_the_cuts_channels_at_zero(tm
     method.every = 2
     Trainer(model, tiny_data(), cfg, tmp_path / "stage", 1, method).fit()
     gammas = method.reg.scales()
-    report = ncslim.prunerule.prune(model, cfg)[1]
+    report = ncslim.run.prunerule.prune(model, cfg)[1]
     assert report.ranking == "layer"
     removed = report_removed(report, gammas.numel())
     assert removed.any() and (gammas[removed] == 0).all()
@@ -175,7 +175,7 @@ def test_auto_ranks_a_flops_budget_by_layer_and_anything_else_globally(rule, app
     cfg = load_config(None, rule)
     assert cfg.ranking == "auto" and cfg.prune_rule().applied_ranking == applied
     model = spread_bn(ncslim.build_model("vgg", num_classes=10, depth=11, width=0.0625))
-    assert ncslim.prunerule.prune(model, cfg)[1].ranking == applied
+    assert ncslim.run.prunerule.prune(model, cfg)[1].ranking == applied
     if "target_flops" in rule:  # the library's budget search resolves it the same way
         assert ncslim.prune.prune_to_budget(model, 0.15, "flops")[1].ranking == "layer"
         assert ncslim.prune_model(model, ratio=0.5)[1].ranking == "global"
@@ -183,7 +183,7 @@ def test_auto_ranks_a_flops_budget_by_layer_and_anything_else_globally(rule, app
 
 @pytest.mark.parametrize("rule", [{"ratio": 0.7}, {"target_flops": 0.3}])
 def test_a_run_from_before_the_ranking_resumes_only_with_the_global_one(tmp_path, rule):
-    from ncslim.rundir import write_config
+    from ncslim.run.rundir import write_config
 
     cfg = load_config(None, {**rule, "out": str(tmp_path)})
     record = {"command": "run", "config": {k: v for k, v in cfg.to_dict().items()

@@ -14,16 +14,16 @@ import torch.nn.functional as F
 from torch import nn
 
 import ncslim
-from ncslim import train
 from ncslim.config import load_config
 from ncslim.data import DATASETS, ImageData
-from ncslim.methods import make_method
-from ncslim.prunerule import report_removed
+from ncslim.run import train
+from ncslim.run.methods import make_method
+from ncslim.run.prunerule import report_removed
+from ncslim.run.train import Trainer
 from ncslim.sparsity import SparsityMethod
 from ncslim.sparsity.controller import LAM_RANGE, START_LAM, LambdaController
 from ncslim.sparsity.penalties import PENALTIES
 from ncslim.sparsity.regularizer import MODES, SparsityRegularizer
-from ncslim.train import Trainer
 
 
 def test_the_hot_loop_knows_no_method_and_no_mode():
@@ -92,7 +92,7 @@ def test_a_new_method_runs_in_the_trainer_without_editing_it(tmp_path):
     assert method.calls == {"loss_term": steps, "after_backward": steps, "after_step": steps,
                             "begin_epoch": 2, "end_epoch": 2, "finish": 1}
     assert [r["l2"] for r in result.history] == [1.0, 1.0]
-    state = ncslim.train.load_checkpoint(tmp_path / "stage" / "last.pt")
+    state = ncslim.run.train.load_checkpoint(tmp_path / "stage" / "last.pt")
     assert state["method"]["calls"]["after_step"] == steps  # its state is in last.pt
 
 

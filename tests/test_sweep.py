@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 import ncslim
-from ncslim import sweep
 from ncslim.cli import main
 from ncslim.report import report
+from ncslim.run import sweep
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 needs_fashion = pytest.mark.skipif(not FASHION.is_dir(),

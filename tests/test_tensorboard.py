@@ -14,12 +14,12 @@ import pytest
 import torch
 
 import ncslim
-from ncslim import pipeline
 from ncslim.cli import main
 from ncslim.config import load_config
 from ncslim.data import catalog
 from ncslim.report.tensorboard_log import HISTOGRAM, HISTOGRAM_ALL, scalars
-from ncslim.train import Trainer
+from ncslim.run import pipeline
+from ncslim.run.train import Trainer
 from ncslim.util import distributed
 
 ARCH = ["--arch", "vgg", "--depth", "11", "--width", "0.0625"]

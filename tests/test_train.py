@@ -13,11 +13,11 @@ from conftest import hold_lock
 
 import ncslim
 import ncslim.cli
-from ncslim import pipeline
 from ncslim.config import load_config
-from ncslim.methods import make_method
 from ncslim.models.files import run_lock
-from ncslim.train import Trainer, lr_at, steps_per_epoch
+from ncslim.run import pipeline
+from ncslim.run.methods import make_method
+from ncslim.run.train import Trainer, lr_at, steps_per_epoch
 from ncslim.util.progress import RunProgress
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -122,7 +122,7 @@ def test_existing_run_directory_needs_resume(tmp_path):
 @needs_fashion
 def test_diverging_run_stops_with_a_clear_message(tmp_path):
     cfg = tiny_config(tmp_path, epochs=2, lr=1e6, penalty="none")
-    with pytest.raises(ncslim.train.TrainingDiverged,
+    with pytest.raises(ncslim.run.train.TrainingDiverged,
                        match=r"epoch 1, step \d+ of .*no checkpoint was written; lower --lr"):
         pipeline.train(cfg)
 
@@ -220,12 +220,12 @@ def test_metrics_cut_mid_line_by_a_crash_are_dropped_on_resume(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"epoch": 1, "test_acc": 0.5}\n{"epoch": 2, "test_acc": 0.6}\n'
                     '{"epoch": 3, "te')
-    assert ncslim.checkpoint.read_metrics(path, keep=2) == [{"epoch": 1, "test_acc": 0.5},
+    assert ncslim.run.checkpoint.read_metrics(path, keep=2) == [{"epoch": 1, "test_acc": 0.5},
                                                          {"epoch": 2, "test_acc": 0.6}]
     assert path.read_text().count("\n") == 2
     path.write_text('{"epoch": 1, "te\n{"epoch": 2, "test_acc": 0.6}\n')
     with pytest.raises(ValueError, match="metrics.jsonl: line 1 is not JSON"):
-        ncslim.checkpoint.read_metrics(path, keep=2)
+        ncslim.run.checkpoint.read_metrics(path, keep=2)
 
 
 @needs_fashion
@@ -253,10 +253,11 @@ def test_fine_tuning_that_diverges_names_its_learning_rate_not_lambda(
     cfg = tiny_config(tmp_path, epochs=1, finetune_epochs=1, finetune_lr=finetune_lr)
     model = pipeline.sparsity_stage(cfg, pipeline.load_data(cfg, torch.device("cpu")),
                                     tmp_path / "train")[0]
-    monkeypatch.setattr(ncslim.train.F, "cross_entropy", poisoned)
+    monkeypatch.setattr(ncslim.run.train.F, "cross_entropy", poisoned)
     stage["finetune"] = True
     data = pipeline.load_data(cfg, torch.device("cpu"))
-    with pytest.raises(ncslim.train.TrainingDiverged, match=f"no checkpoint was written; {advice}"):
+    with pytest.raises(ncslim.run.train.TrainingDiverged,
+                       match=f"no checkpoint was written; {advice}"):
         pipeline.finetune(model, data, cfg, tmp_path / "finetune")
 
 
@@ -272,13 +273,13 @@ def test_nan_mid_epoch_names_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
         calls["train"] += 1
         return loss * float("nan") if calls["train"] >= 9 else loss
 
-    monkeypatch.setattr(ncslim.train.F, "cross_entropy", poisoned)
+    monkeypatch.setattr(ncslim.run.train.F, "cross_entropy", poisoned)
     cfg = tiny_config(tmp_path, epochs=3)  # 192 images / batch 32: 6 steps per epoch
-    with pytest.raises(ncslim.train.TrainingDiverged,
+    with pytest.raises(ncslim.run.train.TrainingDiverged,
                        match=r"the loss became NaN/inf in epoch 2, step 3 of .*the checkpoint of "
                              r"epoch 1 is kept; lower --lr or --lam"):
         pipeline.train(cfg)
-    state = ncslim.train.load_checkpoint(Path(cfg.out) / "last.pt")
+    state = ncslim.run.train.load_checkpoint(Path(cfg.out) / "last.pt")
     assert state["epoch"] == 1
     assert all(torch.isfinite(t).all() for t in state["model"]["state_dict"].values()
                if t.is_floating_point())
@@ -350,7 +351,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_says_so(tmp_path, monkeyp
     assert code == 2 and "Traceback" not in err
     last = err.strip().splitlines()[-1]
     assert last.startswith("ncslim train: error: No space left on device") and "--resume" in last
-    assert ncslim.train.load_checkpoint(out / "last.pt")["epoch"] in (1, 2)  # whole, readable
+    assert ncslim.run.train.load_checkpoint(out / "last.pt")["epoch"] in (1, 2)  # whole, readable
     assert not list(out.glob(".*.tmp"))
     monkeypatch.undo()  # space is back: the run continues to the same end as an unbroken one
     assert ncslim.cli.main(["train", *KILL_ARGS, "--out", str(out), "--resume"]) == 0
@@ -363,7 +364,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_says_so(tmp_path, monkeyp
 
 @needs_fashion
 def test_inf_gammas_stop_the_run_with_exit_status_3(tmp_path, monkeypatch, capsys):
-    real = ncslim.train.evaluate
+    real = ncslim.run.train.evaluate
     calls = [0]
 
     def poisons_a_gamma(model, *args, **kwargs):
@@ -373,7 +374,7 @@ def test_inf_gammas_stop_the_run_with_exit_status_3(tmp_path, monkeypatch, capsy
                 next(iter(ncslim.models.scales.find_scales(model).values()))[0] = float("inf")
         return real(model, *args, **kwargs)
 
-    monkeypatch.setattr(ncslim.train, "evaluate", poisons_a_gamma)
+    monkeypatch.setattr(ncslim.run.train, "evaluate", poisons_a_gamma)
     out = tmp_path / "run"
     code = ncslim.cli.main(["train", *KILL_ARGS, "--out", str(out)])
     err = capsys.readouterr().err.strip().splitlines()[-1]
@@ -382,7 +383,7 @@ def test_inf_gammas_stop_the_run_with_exit_status_3(tmp_path, monkeypatch, capsy
                         r".*; the checkpoint of epoch 1 is kept; lower --lr or --lam and run "
                         r"again \(with the same --out, the new run first moves this one to "
                         r".*/diverged-N/\)", err)
-    assert ncslim.train.load_checkpoint(out / "last.pt")["epoch"] == 1
+    assert ncslim.run.train.load_checkpoint(out / "last.pt")["epoch"] == 1
 
 
 class GradientProbe(ncslim.sparsity.SparsityMethod):
@@ -427,7 +428,7 @@ def test_a_fused_sgd_spares_the_grad_scaler_its_host_read(monkeypatch, fused):
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4),
                                 torch.nn.Flatten(), torch.nn.LazyLinear(2))
     model(torch.randn(2, 3, 6, 6))
-    opt = ncslim.train.sgd(load_config(None, {"device": "cpu"}),
+    opt = ncslim.run.train.sgd(load_config(None, {"device": "cpu"}),
                            ncslim.sparsity.SparsityMethod(model), fused=fused)
     assert opt.defaults["fused"] is (True if fused else None)
     scaler = torch.amp.GradScaler("cpu")

@@ -13,6 +13,7 @@ from .sparsity import SparsityMethod
 from .sparsity.controller import LambdaController
 from .sparsity.penalties import PENALTIES, Penalty, make_penalty
 from .sparsity.regularizer import SparsityRegularizer
+from .util.version import __version__ as __version__
 
 __all__ = [
     "PENALTIES",
@@ -34,4 +35,3 @@ __all__ = [
     "prune_model",
     "save_model",
 ]
-__version__ = "0.1.0"

@@ -22,17 +22,18 @@ from typing import Any
 
 import torch
 
-from . import passes, pipeline, prunerule
 from .commandline import build_parser, unknown_flags
 from .config import Config, command_config, config_fields
 from .config.checks import TARGETS
-from .device import resolve_device
 from .models import build_model, check_arch
 from .models.export import SUFFIX, check_export, check_output, export_model
 from .models.files import load_model, run_lock, save_model
 from .models.measure import count_params, threads_text
 from .report import summary
-from .train import TrainingDiverged
+from .run import passes, pipeline, prunerule
+from .run.device import resolve_device
+from .run.rundir import RUN_MARKS
+from .run.train import TrainingDiverged
 from .util import distributed
 from .util.escape import first_line
 from .util.escape import shown as escaped
@@ -256,7 +257,7 @@ def _trained_text(record: dict[str, Any] | None, shown: int = 10) -> str:
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
-    from .sweep import parse_shard, run_sweep
+    from .run.sweep import parse_shard, run_sweep
 
     listing = run_sweep(args.sweep_file, parse_shard(args.shard), dry_run=args.dry_run)
     for run, status in listing:
@@ -375,7 +376,7 @@ def _holds_run(args: argparse.Namespace) -> bool:
         out = Path(_config(args).out)
     except (ValueError, TypeError, OSError):  # the advice stays as it was
         return True
-    return any((out / mark).is_file() for mark in pipeline.RUN_MARKS)
+    return any((out / mark).is_file() for mark in RUN_MARKS)
 
 
 if __name__ == "__main__":

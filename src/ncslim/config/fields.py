@@ -26,9 +26,9 @@ MAX_TOML_BYTES = 1 << 20  # a preset or sweep file is a few KB
 COMMANDS = ("run", "train", "prune", "finetune")  # the commands that take a configuration
 RUN_TRAIN = ("run", "train")
 FITS = ("run", "train", "finetune")  # the commands that train
-# learning-rate schedules (ncslim.train.lr_at); constant: the classic fine-tuning at a small lr
+# learning-rate schedules (ncslim.run.train.lr_at); constant: the classic fine-tuning at a small lr
 SCHEDULES = ("step", "cosine", "constant")
-AMP_DTYPES = ("auto", "float16", "bfloat16")  # ncslim.device.amp_dtype
+AMP_DTYPES = ("auto", "float16", "bfloat16")  # ncslim.run.device.amp_dtype
 PRUNE_TARGET = ("run", "train", "prune")  # train: the target of --lam auto
 
 
@@ -116,7 +116,7 @@ class Config:
                                  "or constant", FITS, SCHEDULES)
     finetune_schedule: str | None = _opt(None, "learning-rate schedule of fine-tuning", ("run",),
                                          SCHEDULES, unset="the same as --schedule")
-    # fine-tuning by knowledge distillation (ncslim.distill)
+    # fine-tuning by knowledge distillation (ncslim.run.distill)
     distill: bool = _opt(False, "fine-tune by knowledge distillation from the sparsity-trained "
                                 "(unpruned) model", ("run", "finetune"))
     distill_temperature: float = _opt(4.0, "distillation: softmax temperature T of teacher and "

@@ -26,7 +26,7 @@ class DatasetInfo:
     classes: tuple[str, ...] = ()  # folder datasets: the class names, label i is classes[i]
     test_split: str = ""  # folder datasets: where the test images come from, in words
     # folder datasets: a digest of the classes and every file's path, label, size and mtime; a
-    # resumed run must see the same (ncslim.rundir)
+    # resumed run must see the same (ncslim.run.rundir)
     fingerprint: str = ""
 
 

@@ -5,7 +5,7 @@ channels its final model keeps of the original's.
 
 Read by :mod:`ncslim.report` (tables) and :mod:`ncslim.figures` (figures); imports neither.
 :func:`metrics_records` is the one reader of ``metrics.jsonl``, for the report and for a
-resumed stage (:func:`ncslim.checkpoint.read_metrics`) alike.
+resumed stage (:func:`ncslim.run.checkpoint.read_metrics`) alike.
 """
 
 from __future__ import annotations

@@ -60,7 +60,8 @@ def scalars(record: dict[str, Any]) -> dict[str, float]:
 
 
 class TensorBoardLog:
-    """An epoch observer (:class:`ncslim.train.EpochObserver`) that writes one stage's logdir."""
+    """An epoch observer (:class:`ncslim.run.train.EpochObserver`) that writes one stage's
+    logdir."""
 
     def __init__(self, logdir: str | Path) -> None:
         self.logdir = Path(logdir)

@@ -13,14 +13,14 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from .config import Config
+from ..config import Config
+from ..models import SlimmableNet
+from ..models.scales import find_scales
+from ..prune import MEASURES, PruneReport, prune_model, prune_to_budget
+from ..prune.costs import cost_weighted_scores
+from ..prune.rule import ALMOST_ALL, PruneRule
+from ..sparsity.vcp import vcp_scores
 from .methods import cost_weights
-from .models import SlimmableNet
-from .models.scales import find_scales
-from .prune import MEASURES, PruneReport, prune_model, prune_to_budget
-from .prune.costs import cost_weighted_scores
-from .prune.rule import ALMOST_ALL, PruneRule
-from .sparsity.vcp import vcp_scores
 
 log = logging.getLogger("ncslim")
 

@@ -1,7 +1,7 @@
 """A run's folder: claiming it for one run, its ``config.json`` record, and what a resume must
-agree with; a diverged run in it set aside (:mod:`ncslim.diverged`). Imports the file and
+agree with; a diverged run in it set aside (:mod:`ncslim.run.diverged`). Imports the file and
 lock helpers (:mod:`ncslim.models.files`, :mod:`ncslim.liverun`, :mod:`ncslim.regular`), the
-configuration, :mod:`ncslim.distributed` and :mod:`ncslim.diverged`.
+configuration, :mod:`ncslim.distributed` and :mod:`ncslim.run.diverged`.
 """
 
 from __future__ import annotations
@@ -17,12 +17,13 @@ from typing import Any
 
 import torch
 
-from . import __version__, diverged
-from .config import AUTO, Config
-from .util import distributed
-from .util.files import atomic_write_text
-from .util.liverun import refuse_near_live_run, run_lock
-from .util.regular import JSON_RECORD_LIMIT, read_bytes
+from ..config import AUTO, Config
+from ..util import distributed
+from ..util.files import atomic_write_text
+from ..util.liverun import refuse_near_live_run, run_lock
+from ..util.regular import JSON_RECORD_LIMIT, read_bytes
+from ..util.version import __version__
+from . import diverged
 
 
 def code_version() -> dict[str, Any]:

@@ -9,9 +9,9 @@ from typing import Any
 
 import torch
 
-from .models.files import CHECKPOINT_FORMAT, safe_load
-from .report.rundata import MetricsError, metrics_records
-from .util.files import atomic_write_text
+from ..models.files import CHECKPOINT_FORMAT, safe_load
+from ..report.rundata import MetricsError, metrics_records
+from ..util.files import atomic_write_text
 
 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:

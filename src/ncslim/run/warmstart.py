@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from .models import SlimmableNet
-from .models.files import CHECKPOINT_FORMAT, FORMAT, check_shapes, nonfinite_entry, safe_load
+from ..models import SlimmableNet
+from ..models.files import CHECKPOINT_FORMAT, FORMAT, check_shapes, nonfinite_entry, safe_load
 
 PREFIX = "net."  # where an --model network's own state_dict sits inside ncslim's wrapper
 

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import Config
+from ..config import Config
 
 
 def kd_loss(student: torch.Tensor, teacher: torch.Tensor, y: torch.Tensor, temperature: float,
@@ -44,7 +44,7 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, y: torch.Tensor, tempe
 
 
 class Distillation:
-    """The objective of a distilled fine-tuning (a :class:`ncslim.train.Criterion`)."""
+    """The objective of a distilled fine-tuning (a :class:`ncslim.run.train.Criterion`)."""
 
     def __init__(self, teacher: nn.Module, temperature: float = 4.0, weight: float = 0.9,
                  channels_last: bool = False, compile: bool = False) -> None:

@@ -24,16 +24,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import Config
+from ..data import ImageData, batches
+from ..models.files import CHECKPOINT_FORMAT, FORMAT_VERSION, model_payload, nonfinite_entry
+from ..models.scales import find_scales
+from ..sparsity import SparsityMethod
+from ..util import distributed
+from ..util.files import atomic_save
+from ..util.progress import EpochProgress, RunProgress
 from .checkpoint import check_optimizer_state, damaged, load_checkpoint, read_metrics
-from .config import Config
-from .data import ImageData, batches
 from .device import amp_dtype, autocast
-from .models.files import CHECKPOINT_FORMAT, FORMAT_VERSION, model_payload, nonfinite_entry
-from .models.scales import find_scales
-from .sparsity import SparsityMethod
-from .util import distributed
-from .util.files import atomic_save
-from .util.progress import EpochProgress, RunProgress
 
 log = logging.getLogger("ncslim")
 
@@ -61,7 +61,7 @@ class EpochObserver(Protocol):
 
 class Criterion(Protocol):
     """The training objective, the loop's one seam for the loss (e.g.
-    :class:`ncslim.distill.Distillation`): called as ``criterion(x, out, y)`` with the batch
+    :class:`ncslim.run.distill.Distillation`): called as ``criterion(x, out, y)`` with the batch
     ``x``, the model's logits ``out`` and the labels ``y``, inside the step's autocast; returns
     the batch's mean loss as a float32 scalar. It runs every step: no host sync."""
 

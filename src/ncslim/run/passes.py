@@ -8,7 +8,7 @@ Pass k lives in ``OUT/passk/`` (``train/``, ``pruned.pt``, ``finetune/``, ``fina
 own ``results.json``, which measures it against the model it started with); pass k + 1 trains
 pass k's fine-tuned model. ``OUT/final.pt`` is the last pass's model and ``OUT/results.json``
 measures it against the original full model, with a ``passes`` list. With ``passes = 1`` a run
-is :func:`ncslim.pipeline.run`, files and all.
+is :func:`ncslim.run.pipeline.run`, files and all.
 
 ``pass_target`` says what the pruning rule measures: ``each`` (the default): every pass prunes
 ``ratio`` of the channels it starts with (keeps ``target_flops`` / ``target_params`` of the
@@ -30,20 +30,20 @@ from typing import Any
 
 import torch
 
+from ..config import Config
+from ..data import ImageData
+from ..models import SlimmableNet
+from ..models.files import load_model, save_model
+from ..models.measure import latency_warnings
+from ..prune import prune_model
+from ..report.summary import SUMMARY_FILE, format_results
+from ..util import distributed
+from ..util.files import atomic_write_text
+from ..util.progress import RunProgress
+from ..util.regular import JSON_RECORD_LIMIT, read_text
 from . import pipeline
-from .config import Config
-from .data import ImageData
-from .models import SlimmableNet
-from .models.files import load_model, save_model
-from .models.measure import latency_warnings
-from .prune import prune_model
 from .prunerule import SHORTFALL
-from .report.summary import SUMMARY_FILE, format_results
 from .train import steps_per_epoch
-from .util import distributed
-from .util.files import atomic_write_text
-from .util.progress import RunProgress
-from .util.regular import JSON_RECORD_LIMIT, read_text
 
 log = logging.getLogger("ncslim")
 
@@ -86,7 +86,7 @@ def measure(model: SlimmableNet) -> dict[str, float]:
 
 
 def run(cfg: Config, resume: bool = False) -> dict[str, Any]:
-    """``ncslim run``: :func:`ncslim.pipeline.run` for one pass, else ``cfg.passes`` of them.
+    """``ncslim run``: :func:`ncslim.run.pipeline.run` for one pass, else ``cfg.passes`` of them.
     Returns (and writes to ``results.json``) what :func:`run_passes` measured."""
     if cfg.passes == 1:
         return pipeline.run(cfg, resume)

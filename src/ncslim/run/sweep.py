@@ -22,7 +22,7 @@ A sweep file::
 A training run is the unit of work (its ratios reuse the trained model). Finished pieces are
 skipped and an interrupted one resumes, so rerunning a killed sweep loses nothing. A run that
 diverges is set aside and the others go on; it is tried again once its settings change. With
-``passes = N`` (N > 1) each ratio is its own chain of passes (:mod:`ncslim.passes`): pass 1
+``passes = N`` (N > 1) each ratio is its own chain of passes (:mod:`ncslim.run.passes`): pass 1
 prunes the shared trained model, and ``ratio-R/`` holds ``pass1/`` ... ``passN/``, the final
 model and its results. ``--shard I/N``
 takes every N-th training run, so N machines split a sweep with no coordinator.
@@ -37,22 +37,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ..config import AUTO, Config, load_config, read_preset
+from ..config.checks import layer_targets, one_target
+from ..data import ImageData
+from ..models.files import run_lock
+from ..sparsity.penalty_registry import stray_params
 from . import diverged
-from .config import AUTO, Config, load_config, read_preset
-from .config.checks import layer_targets, one_target
-from .data import ImageData
 from .device import resolve_device
-from .models.files import run_lock
 from .passes import pass_config, run_passes
-from .pipeline import (
-    check_model,
-    load_data,
-    prune_and_finetune,
-    sparsity_stage,
-    write_config,
-)
+from .pipeline import check_model, load_data, prune_and_finetune, sparsity_stage, write_config
 from .rundir import check_same_run
-from .sparsity.penalty_registry import stray_params
 from .train import TrainingDiverged
 
 log = logging.getLogger("ncslim")
@@ -92,7 +86,7 @@ class SweepRun:
     def settings_changed(self) -> bool:
         """Whether the sweep file now asks other settings of the run than its folder records
         (a diverged run is tried again only then: the same settings diverge again): what a
-        resume would refuse (:func:`~ncslim.rundir.check_same_run`). A ``config.json`` that
+        resume would refuse (:func:`~ncslim.run.rundir.check_same_run`). A ``config.json`` that
         cannot be read (a FIFO, too large, damaged) counts as changed: the run is set aside
         whole and starts afresh."""
         try:
