@@ -30,11 +30,14 @@ from hypothesis import strategies as st
 import ncslim
 from ncslim import data as D
 from ncslim.cli import main
-from ncslim.data import DATASETS, DataError, batches, candidate_dirs, formats, load_dataset
+from ncslim.data import DATASETS, DataError, batches, candidate_dirs, load_dataset
 from ncslim.data import catalog as C
+from ncslim.data import cifar as cifar_reader
+from ncslim.data import idx as idx_reader
 from ncslim.data.batching import _crop_flip
 from ncslim.data.catalog import _CIFAR
-from ncslim.data.formats import _read_idx, _unpickle_batch
+from ncslim.data.cifar import _unpickle_batch
+from ncslim.data.idx import _read_idx
 
 REAL_FASHION = Path("/usr/share/datasets/fashion-mnist")
 IDX_NAMES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
@@ -861,7 +864,7 @@ def damaged_idx(draw: st.DrawFn) -> tuple[int, bytes, bytes, str]:
         return ndim, intact, intact[:cut], fault
     if fault == "trailing":
         return ndim, intact, intact + draw(st.binary(min_size=1, max_size=3000)), fault
-    huge = st.integers(formats._IDX_MAX_ITEMS + 1, MAX_DIM)
+    huge = st.integers(idx_reader._IDX_MAX_ITEMS + 1, MAX_DIM)
     if ndim == 1:
         dims: tuple[int, ...] = (draw(huge),)
     else:  # too many images, or images that are not 28x28 (any number of them)
@@ -971,7 +974,7 @@ def test_compression_bombs_cost_bounded_memory_and_time(tmp_path, monkeypatch):
         got = int(re.search(r"over (\d+) data bytes for IDX dimensions 10x28x28", message)[1])
         assert got <= C._IDX_MAX_CONTENT + (1 << 20)
         assert "more than its header promises" in message
-    assert f"decompresses to over {formats._CIFAR_MAX_TOTAL:,} bytes" in archive[0]
+    assert f"decompresses to over {cifar_reader._CIFAR_MAX_TOTAL:,} bytes" in archive[0]
 
 
 def tar_header(name: str, size: int, fmt: int, kind: bytes = tarfile.REGTYPE) -> bytes:
@@ -987,7 +990,7 @@ CIFAR_NAMES = ["cifar-10-batches-py/data_batch_1", "cifar-10-batches-py/readme.h
 
 @settings(deadline=None, max_examples=60,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(size=st.integers(formats._CIFAR_MAX_MEMBER + 1, 2**40),
+@given(size=st.integers(cifar_reader._CIFAR_MAX_MEMBER + 1, 2**40),
        name=st.sampled_from(CIFAR_NAMES), fmt=st.sampled_from([tarfile.GNU_FORMAT,
                                                               tarfile.PAX_FORMAT]),
        first=st.booleans(), tail=st.integers(0, 5000))
@@ -1026,7 +1029,7 @@ def test_cifar_archive_limits_on_members_and_total(tmp_path, monkeypatch):
     refused("over 1,000 members, more than any CIFAR archive: not the official archive")
     write_tar(path, members)
     assert load_dataset("cifar10", tmp_path, verify=False).train_images.shape[0] == 10
-    monkeypatch.setattr(formats, "_CIFAR_MAX_TOTAL", 1 << 20)  # 2 MiB of zeros after the tar
+    monkeypatch.setattr(cifar_reader, "_CIFAR_MAX_TOTAL", 1 << 20)  # 2 MiB of zeros after the tar
     path.write_bytes(gzip.compress(gzip.decompress(path.read_bytes()) + bytes(2 << 20)))
     refused(f"decompresses to over {1 << 20:,} bytes, more than any CIFAR archive holds")
 
@@ -1034,11 +1037,12 @@ def test_cifar_archive_limits_on_members_and_total(tmp_path, monkeypatch):
 def test_an_oversized_file_in_an_extracted_cifar_folder_is_refused_unread(tmp_path):
     write_members(tmp_path, cifar_members("cifar10", 2, 0)[0])
     batch = tmp_path / "cifar-10-batches-py" / "data_batch_3"
-    os.truncate(batch, formats._CIFAR_MAX_MEMBER + 1)  # sparse: nothing is written
+    os.truncate(batch, cifar_reader._CIFAR_MAX_MEMBER + 1)  # sparse: nothing is written
     with pytest.raises(DataError) as err:
         load_dataset("cifar10", tmp_path)
-    assert str(err.value) == (f"cifar10: {batch}: {formats._CIFAR_MAX_MEMBER + 1:,} bytes, more "
-                              f"than a CIFAR batch holds (at most {formats._CIFAR_MAX_MEMBER:,}):"
+    most = cifar_reader._CIFAR_MAX_MEMBER
+    assert str(err.value) == (f"cifar10: {batch}: {most + 1:,} bytes, more "
+                              f"than a CIFAR batch holds (at most {most:,}):"
                               f" not an official CIFAR file; delete it and download again "
                               f"(--download)")
 
