@@ -24,13 +24,11 @@ tp = pytest.importorskip("torch_pruning")
 from ncslim.run.baselines import (  # noqa: E402  (needs torch_pruning)
     TorchPruningBNScale,
     baseline_config,
-    bnscale_pruner,
-    match_compression,
     prune_tp,
-    rebuild_vgg,
     run_tp_baseline,
     train_baseline,
 )
+from ncslim.run.tp_pruner import bnscale_pruner, match_compression, rebuild_vgg  # noqa: E402
 
 REG = 1e-3
 
@@ -193,13 +191,9 @@ def test_a_tiny_run_writes_results_that_report_labels_as_the_baseline(tmp_path, 
 
 def test_a_target_the_peer_cannot_reach_is_noted_and_the_others_still_run(tmp_path, monkeypatch,
                                                                           capsys):
-    import sys
-    from pathlib import Path
+    import tp_baseline
 
     from ncslim.run.baselines import TargetUnreachable
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    import tp_baseline
 
     monkeypatch.setattr(tp_baseline, "cached_data", lambda cfg, cache: None)
     monkeypatch.setattr(tp_baseline, "train_baseline", lambda *args, **kwargs: (None, 0.9))

@@ -199,7 +199,7 @@ def test_on_coupled_channels_the_controller_zeroes_whole_groups_the_cut_removes(
     cfg = load_config(None, {"lam": "auto", "penalty": "l1", "mode": mode, "ratio": 0.5,
                              "epochs": 1, "model": "budgetres:residual", "ranking": ranking})
     method = make_method(cfg, model, n_train=320, steps=20)
-    assert method._unit_of is not None  # the stream's three BNs share one group channel each
+    assert method.aim.unit_of is not None  # the stream's three BNs share one group channel each
     opt = torch.optim.SGD(method.param_groups(1e-4), lr=0.1, momentum=0.9)
     x, y = torch.randn(16, 3, 16, 16), torch.randint(0, 10, (16,))
     for _ in range(20):

@@ -62,7 +62,7 @@ def test_the_controller_aims_where_the_weighted_pruning_cuts(tmp_path):
                              "cost_weighted": True, "device": "cpu", "out": str(tmp_path)})
     model = ncslim.build_model("vgg", depth=11, width=0.0625)
     method = make_method(cfg, model, n_train=64, steps=8)
-    assert isinstance(method, LambdaController) and method.inverse_weights is not None
+    assert isinstance(method, LambdaController) and method.aim.inverse_weights is not None
     method.every, method.ramp = 2, 0.01
     Trainer(model, tiny_data(), cfg, tmp_path / "stage", 1, method).fit()
     method.begin_epoch(cfg.seed, 1)

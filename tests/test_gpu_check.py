@@ -7,16 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import gpu_check  # benchmarks/ is on the test path (pyproject.toml)
 import pytest
 import torch
+from gpu_harness import CPU_SIZES, Context, Row, Skip
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "gpu_check.sh"
 FASHION = Path("/usr/share/datasets/fashion-mnist")
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-import gpu_check  # noqa: E402
-from gpu_harness import CPU_SIZES, Context, Row, Skip  # noqa: E402
 
 
 def run_script(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:

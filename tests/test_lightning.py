@@ -230,7 +230,7 @@ def test_on_coupled_channels_the_callback_aims_at_the_groups_the_cut_removes(ran
     module.net = ResidualCNN()
     slim = SlimmingCallback("l1", lam="auto", ratio=0.5, mode="proximal", ranking=ranking)
     trainer(2, [slim]).fit(module, loader(64))
-    assert slim.method._unit_of is not None  # the stream's BNs share one unit each
+    assert slim.method.aim.unit_of is not None  # the stream's BNs share one unit each
     module.eval()
     small = slim.pruned.eval()
     x = images(32)[0]
@@ -350,7 +350,7 @@ def test_a_fit_that_cannot_work_stops_before_its_first_step(module, kwargs, mess
 
 
 def test_without_lightning_the_error_names_the_extra(monkeypatch):
-    monkeypatch.setattr(ncslim.lightning, "Callback", object)
+    monkeypatch.setattr(ncslim.lightning.callback, "Callback", object)
     with pytest.raises(ImportError, match=re.escape("pip install 'ncslim[lightning]'")):
         SlimmingCallback()
 

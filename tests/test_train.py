@@ -17,7 +17,8 @@ from ncslim.config import load_config
 from ncslim.models.files import run_lock
 from ncslim.run import pipeline
 from ncslim.run.methods import make_method
-from ncslim.run.train import Trainer, lr_at, steps_per_epoch
+from ncslim.run.steps import lr_at, steps_per_epoch
+from ncslim.run.train import Trainer
 from ncslim.util.progress import RunProgress
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")

@@ -28,7 +28,7 @@ from .config.checks import TARGETS
 from .models import build_model, check_arch
 from .models.export import SUFFIX, check_export, check_output, export_model
 from .models.files import load_model, run_lock, save_model
-from .models.measure import count_params, threads_text
+from .models.measure import count_params
 from .report import summary
 from .run import passes, pipeline, prunerule
 from .run.device import resolve_device
@@ -217,43 +217,7 @@ def cmd_info(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(info, indent=2))
         return
-    size = info["input_size"]
-    print(f"{info['title']}: {info['num_classes']} classes, {info['in_channels']} input channels, "
-          f"{size}x{size} images" + _trained_text(info["trained_on"]))
-    print(f"parameters {info['params']:,}; FLOPs {info['flops']:,} "
-          f"(MACs {info['flops'] // 2:,}) per image")
-    if info["pruned_from"]:
-        full = info["pruned_from"]
-        if full["flops"] < info["flops"]:
-            raise ValueError(f"{args.checkpoint}: 'pruned_from' records a full model of "
-                             f"{full['flops']:,} FLOPs, fewer than this model's {info['flops']:,}")
-        print(f"pruned from a model of {full['params']:,} parameters and {full['flops']:,} FLOPs "
-              f"({1 - info['params'] / full['params']:.1%} / "
-              f"{1 - info['flops'] / full['flops']:.1%} removed)")
-    for batch, row in info["latency"].items():
-        print(f"latency {info['device']} {batch.replace('_', ' ')}, "
-              f"{threads_text(row['threads'])}: {row['median_ms']:.2f} ms "
-              f"(middle half {row['q1_ms']:.2f}-{row['q3_ms']:.2f} ms, {row['runs']} runs)")
-    for warning in info["warnings"]:
-        print(f"warning: {warning}")
-    print("channels per prunable layer:")
-    for name, channels in info["channels"].items():
-        print(f"  {name:<28} {channels}")
-
-
-def _trained_text(record: dict[str, Any] | None, shown: int = 10) -> str:
-    """'; trained on DATASET', with an image folder's size and first ``shown`` class names
-    (text from the file, so its control characters are shown escaped)."""
-    if not record:
-        return ""
-    text = f"; trained on {escaped(record['dataset'])}"
-    classes = record.get("classes")
-    if classes:
-        names = ", ".join(escaped(name, 60) for name in classes[:shown])
-        more = f", ... ({len(classes)} in all)" if len(classes) > shown else ""
-        size = record.get("input_size")
-        text += f" ({f'{size}x{size}; ' if size else ''}classes: {names}{more})"
-    return text
+    print(summary.info_text(info, args.checkpoint))
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:

@@ -26,7 +26,7 @@ MAX_TOML_BYTES = 1 << 20  # a preset or sweep file is a few KB
 COMMANDS = ("run", "train", "prune", "finetune")  # the commands that take a configuration
 RUN_TRAIN = ("run", "train")
 FITS = ("run", "train", "finetune")  # the commands that train
-# learning-rate schedules (ncslim.run.train.lr_at); constant: the classic fine-tuning at a small lr
+# learning-rate schedules (ncslim.run.steps.lr_at); constant: the classic fine-tuning at a small lr
 SCHEDULES = ("step", "cosine", "constant")
 AMP_DTYPES = ("auto", "float16", "bfloat16")  # ncslim.run.device.amp_dtype
 PRUNE_TARGET = ("run", "train", "prune")  # train: the target of --lam auto

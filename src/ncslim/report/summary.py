@@ -23,6 +23,7 @@ from ..models.measure import (
 from ..models.memory import TIMING_MEMORY, check_memory, forward_cost, gib
 from ..models.scales import find_scales
 from ..util.escape import first_line
+from ..util.escape import shown as shown_text
 
 log = logging.getLogger("ncslim")
 
@@ -142,3 +143,45 @@ def describe(model: SlimmableNet, device: torch.device, batch_size: int = 64,
                                "spread": t.spread} for batch, (t,) in rows.items()}
     info["warnings"] = latency_warnings({device.type: info["latency"]})
     return info
+
+
+def info_text(info: dict[str, Any], source: str | None = None) -> str:
+    """``ncslim info``'s text of :func:`describe`'s record of the model read from ``source``
+    (a model file; None for a fresh architecture). A ``pruned_from`` record of a full model
+    smaller than this one is refused."""
+    size = info["input_size"]
+    lines = [f"{info['title']}: {info['num_classes']} classes, {info['in_channels']} input "
+             f"channels, {size}x{size} images" + _trained_text(info["trained_on"]),
+             f"parameters {info['params']:,}; FLOPs {info['flops']:,} "
+             f"(MACs {info['flops'] // 2:,}) per image"]
+    if info["pruned_from"]:
+        full = info["pruned_from"]
+        if full["flops"] < info["flops"]:
+            raise ValueError(f"{source}: 'pruned_from' records a full model of "
+                             f"{full['flops']:,} FLOPs, fewer than this model's {info['flops']:,}")
+        lines.append(f"pruned from a model of {full['params']:,} parameters and "
+                     f"{full['flops']:,} FLOPs ({1 - info['params'] / full['params']:.1%} / "
+                     f"{1 - info['flops'] / full['flops']:.1%} removed)")
+    for batch, row in info["latency"].items():
+        lines.append(f"latency {info['device']} {batch.replace('_', ' ')}, "
+                     f"{threads_text(row['threads'])}: {row['median_ms']:.2f} ms (middle half "
+                     f"{row['q1_ms']:.2f}-{row['q3_ms']:.2f} ms, {row['runs']} runs)")
+    lines += [f"warning: {warning}" for warning in info["warnings"]]
+    lines.append("channels per prunable layer:")
+    lines += [f"  {name:<28} {channels}" for name, channels in info["channels"].items()]
+    return "\n".join(lines)
+
+
+def _trained_text(record: dict[str, Any] | None, shown: int = 10) -> str:
+    """'; trained on DATASET', with an image folder's size and first ``shown`` class names
+    (text from the file, so its control characters are shown escaped)."""
+    if not record:
+        return ""
+    text = f"; trained on {shown_text(record['dataset'])}"
+    classes = record.get("classes")
+    if classes:
+        names = ", ".join(shown_text(name, 60) for name in classes[:shown])
+        more = f", ... ({len(classes)} in all)" if len(classes) > shown else ""
+        size = record.get("input_size")
+        text += f" ({f'{size}x{size}; ' if size else ''}classes: {names}{more})"
+    return text

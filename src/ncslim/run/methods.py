@@ -19,7 +19,7 @@ from ..sparsity.controller import LambdaController
 from ..sparsity.penalties import make_penalty
 from ..sparsity.regularizer import SparsityRegularizer
 from ..sparsity.vcp import VariationalScales
-from .train import lr_at
+from .steps import lr_at
 
 if TYPE_CHECKING:
     from ..prune import PruneReport

@@ -43,7 +43,7 @@ from ..util.progress import RunProgress
 from ..util.regular import JSON_RECORD_LIMIT, read_text
 from . import pipeline
 from .prunerule import SHORTFALL
-from .train import steps_per_epoch
+from .steps import steps_per_epoch
 
 log = logging.getLogger("ncslim")
 

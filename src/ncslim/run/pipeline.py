@@ -45,7 +45,8 @@ from .rundir import (
     code_version,
     write_config,
 )
-from .train import EpochObserver, Trainer, check_batches, evaluate, gamma_stats, steps_per_epoch
+from .steps import check_batches, evaluate, gamma_stats, steps_per_epoch
+from .train import EpochObserver, Trainer
 from .warmstart import init_weights
 
 log = logging.getLogger("ncslim")

@@ -43,7 +43,8 @@ from typing import Any
 
 import torch
 
-from ..prune.selection import DEFAULT_MIN_CHANNELS, check_ranking, layer_floor, rank_scores
+from ..prune.selection import DEFAULT_MIN_CHANNELS
+from .aim import ChannelAim
 from .method import SparsityMethod
 from .regularizer import SparsityRegularizer
 
@@ -106,25 +107,10 @@ class LambdaController(SparsityMethod):
                                        and 0.0 < ramp <= finish[0]):
             raise ValueError(f"the controller needs 0 < ramp <= finish[0] <= finish[1] <= 1, got "
                              f"ramp {ramp}, finish {finish}")
-        check_ranking(ranking, allow_auto=False)  # the cut's own, resolved
         self.reg, self._removal, self.ranking = regularizer, removal, ranking
-        # per channel, what removing it saves relative to the mean (ncslim.prune.costs): the aim
-        # ranks |gamma| / weight, as pruning to the budget then does
-        self.inverse_weights = None if weights is None else 1.0 / weights.clamp(min=1e-12)
-        # pruning keeps each layer's strongest min_channels (and what the cap keeps) whatever the
-        # target: never aimed
-        layers = regularizer.sizes if units is None else units[0]
-        sizes = torch.tensor(layers)
-        floors = torch.tensor([layer_floor(n, min_channels, max_layer_ratio) for n in layers])
-        # coupled channels: each BN channel's group channel (the last index: in none), so that
-        # the aim ranks and freezes what the cut removes, scored as it scores them
-        self._unit_of = None if units is None else torch.where(
-            units[1] < 0, int(sizes.sum()), units[1])
-        self.removable = 1.0 - float(floors.sum()) / max(int(sizes.sum()), 1)
-        self._layer_of = torch.repeat_interleave(torch.arange(len(sizes)), sizes)
-        self._floor_of = torch.repeat_interleave(floors, sizes)  # per channel: its layer's floor
-        self._layer_start = sizes.cumsum(0) - sizes
-        self._sizes = sizes
+        self.aim = ChannelAim(regularizer.sizes, min_channels, max_layer_ratio, ranking, weights,
+                              units)
+        self.removable = self.aim.removable
         self.total_steps = max(total_steps, 1)
         self.every = default_every(self.total_steps) if every is None else every
         self.gain, self.ramp, self.window = gain, ramp, finish
@@ -210,52 +196,10 @@ class LambdaController(SparsityMethod):
         self.reg.grad_floor = self.zero
 
     def _aim(self) -> None:
-        """Point the penalty at the channels pruning to the target would remove now: the
-        ``target_share`` smallest |gamma| (ranked as the cut ranks them; per unit of cost with
-        ``weights``) outside each layer's floor of strongest (on the device, no sync)."""
+        """Point the penalty at the channels pruning to the target would remove now (on the
+        device, no sync)."""
         with torch.no_grad():
-            scales = self._scores()
-            if self._layer_of.device != scales.device:
-                for name in ("_layer_of", "_layer_start", "_floor_of", "_sizes"):
-                    setattr(self, name, getattr(self, name).to(scales.device))
-            scales = rank_scores(scales, self._sizes, self.ranking, self._layer_of)
-            if self.inverse_weights is not None:
-                if self.inverse_weights.device != scales.device:  # once, not at every aim
-                    self.inverse_weights = self.inverse_weights.to(scales.device)
-                scales = scales * self.inverse_weights
-            scales = self._floor_kept(scales)
-            count = round(self.target_share * scales.numel())
-            aimed = (torch.zeros_like(scales, dtype=torch.bool) if count == 0
-                     else scales <= torch.kthvalue(scales.float(), count).values)
-            self.reg.mask = self._channels(aimed)
-
-    def _scores(self) -> torch.Tensor:
-        """|gamma| per unit the cut removes: per channel, or per coupled group channel the
-        largest |gamma| of its members (as :mod:`ncslim.prune.generic` scores it)."""
-        scales = self.reg._gather().abs()
-        if self._unit_of is None:
-            return scales
-        if self._unit_of.device != scales.device:
-            self._unit_of = self._unit_of.to(scales.device)
-        units = torch.zeros(self._layer_of.numel() + 1, device=scales.device, dtype=scales.dtype)
-        units.scatter_reduce_(0, self._unit_of, scales, "amax", include_self=False)
-        return units[:-1]
-
-    def _channels(self, units: torch.Tensor) -> torch.Tensor:
-        """The BN channels of the marked units (a channel in no group: never marked)."""
-        if self._unit_of is None:
-            return units
-        return torch.cat([units, units.new_zeros(1)])[self._unit_of]
-
-    def _floor_kept(self, scores: torch.Tensor) -> torch.Tensor:
-        """``scores`` with each layer's floor (``min_channels``, or what the cap keeps) of highest
-        set to inf (sorts, no sync)."""
-        falling = torch.argsort(scores, descending=True, stable=True)
-        by_layer = falling[torch.argsort(self._layer_of[falling], stable=True)]
-        rank = torch.empty_like(by_layer)
-        rank[by_layer] = (torch.arange(by_layer.numel(), device=scores.device)
-                          - self._layer_start[self._layer_of[by_layer]])
-        return torch.where(rank < self._floor_of, torch.inf, scores.float())
+            self.reg.mask = self.aim.mask(self.reg._gather().abs(), self.target_share)
 
     def _prox_and_count(self, lr: float) -> None:
         self.reg.proximal_step(lr)
@@ -328,7 +272,7 @@ class LambdaController(SparsityMethod):
 
     def _measure(self) -> torch.Tensor:
         with torch.no_grad():
-            return (self._scores() <= self.zero).float().mean()
+            return (self.aim.scores(self.reg._gather().abs()) <= self.zero).float().mean()
 
     def _update(self, share: float) -> None:
         move = self.gain * (self.wanted() - share) * (self.mass - self.updated_at) / self.total_mass

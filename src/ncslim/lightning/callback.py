@@ -1,27 +1,4 @@
-"""Network slimming inside a PyTorch Lightning fit: the sparsity penalty on the BN scaling factors
-while ``Trainer.fit`` trains your LightningModule, physical pruning when the fit ends.
-
-    from ncslim.lightning import SlimmingCallback
-
-    slim = SlimmingCallback("tl1", lam="auto", ratio=0.5, mode="proximal", a=1.0)
-    trainer = lightning.pytorch.Trainer(max_epochs=30, callbacks=[slim])
-    trainer.fit(my_module, train_loader)         # my_module.example_input_array: one batch
-    small, report = slim.pruned, slim.report     # fine-tune `small`
-
-Needs ``pip install 'ncslim[lightning]'``. Where the method's hooks run (:mod:`ncslim.sparsity`):
-
-- ``after_backward`` (the subgradient) in ``on_before_optimizer_step``: after gradient
-  accumulation, and with ``precision="16-mixed"`` after Lightning's ``scaler.unscale_``, so the
-  penalty adds to true gradients, not ones scaled by 65536;
-- ``after_step(lr)`` (the proximal step, the controller's count) in ``on_train_batch_end`` of
-  a batch that stepped, with the learning rate that step used (read before the step: a
-  per-step scheduler has already moved it by ``on_train_batch_end``);
-- ``begin_epoch`` / ``end_epoch`` in ``on_train_epoch_start`` / ``on_train_epoch_end``, which
-  also logs lambda and the sparsity through ``LightningModule.log`` as ``slim/...``.
-
-The method's state (lambda, the controller's step count and aim) travels in Lightning's
-checkpoint, so ``trainer.fit(..., ckpt_path=...)`` continues exactly where the fit stopped.
-"""
+"""The callback itself (see :mod:`ncslim.lightning`)."""
 
 from __future__ import annotations
 
@@ -36,23 +13,22 @@ from typing import Any
 import torch
 from torch import nn
 
-from .models import SlimmableNet, TracedNet
-from .models.scales import LayerFilter, find_scales, unwrap
-from .prune import PruneReport
-from .prune.rule import PruneRule
-from .prune.selection import DEFAULT_MIN_CHANNELS, DEFAULT_RANKING, check_ranking, resolve_ranking
-from .sparsity import SparsityMethod
-from .sparsity.controller import START_LAM, LambdaController
-from .sparsity.penalties import make_penalty
-from .sparsity.regularizer import MODES, SparsityRegularizer
-from .util.files import atomic_write_text
+from ..models import SlimmableNet, TracedNet
+from ..models.scales import LayerFilter, find_scales, unwrap
+from ..prune import PruneReport
+from ..prune.rule import PruneRule
+from ..prune.selection import DEFAULT_MIN_CHANNELS, DEFAULT_RANKING, check_ranking, resolve_ranking
+from ..sparsity import SparsityMethod
+from ..sparsity.controller import START_LAM, LambdaController
+from ..sparsity.penalties import make_penalty
+from ..sparsity.regularizer import SparsityRegularizer
+from ..util.files import atomic_write_text
+from .checks import check_args, check_max_layer_ratio, gamma_group, gamma_shares
 
 try:
     from lightning.pytorch import Callback
 except ImportError:  # the module still imports (docs, doctest collection); construction says why
     Callback = object
-
-__all__ = ["SlimmingCallback"]
 
 log = logging.getLogger("ncslim")
 
@@ -113,9 +89,9 @@ class SlimmingCallback(Callback):  # type: ignore[misc,valid-type]
         given = {"ratio": ratio, "threshold": threshold, "target_flops": target_flops,
                  "target_params": target_params}
         rules = {k: v for k, v in given.items() if v is not None}
-        _check_args(lam, mode, rules, min_channels, round_to, network, example_inputs,
+        check_args(lam, mode, rules, min_channels, round_to, network, example_inputs,
                     compensate, save_to)
-        _check_max_layer_ratio(max_layer_ratio, rules)
+        check_max_layer_ratio(max_layer_ratio, rules)
         self.penalty_name, self.params, self.lam, self.mode = penalty, params, lam, mode
         # built now to validate the name and parameters; each fit builds its own
         make_penalty(penalty, START_LAM if lam == "auto" else lam, **params)
@@ -202,7 +178,7 @@ class SlimmingCallback(Callback):  # type: ignore[misc,valid-type]
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         network = self.network_of(pl_module)
         self.method = self._build(trainer, pl_module, network)
-        self._optimizer, self._group = _gamma_group(trainer.optimizers, self._regularizer(),
+        self._optimizer, self._group = gamma_group(trainer.optimizers, self._regularizer(),
                                                     self.mode)
         self._lr = None
         if self._restored is not None:
@@ -229,7 +205,7 @@ class SlimmingCallback(Callback):  # type: ignore[misc,valid-type]
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         if self.method is None:
             return
-        metrics = {**self.method.end_epoch(), **_gamma_shares(self._regularizer())}
+        metrics = {**self.method.end_epoch(), **gamma_shares(self._regularizer())}
         pl_module.log_dict({f"slim/{k}": float(v) for k, v in metrics.items()},
                            on_step=False, on_epoch=True)
 
@@ -292,7 +268,7 @@ class SlimmingCallback(Callback):  # type: ignore[misc,valid-type]
         units = None  # coupled channels, cut through Torch-Pruning's graph: aim at its groups
         traced = not isinstance(network, SlimmableNet) or isinstance(network, TracedNet)
         if traced and inputs is not None and not self.ignored_layers and self.layers is None:
-            from .prune.generic import channel_groups
+            from ..prune.generic import channel_groups
 
             units = channel_groups(network, inputs[:1], regularizer.names)
         return LambdaController(regularizer, target, total_steps=int(steps),
@@ -306,8 +282,8 @@ class SlimmingCallback(Callback):  # type: ignore[misc,valid-type]
                              example_inputs=inputs, ignored_layers=self.ignored_layers)
 
     def _save(self, small: nn.Module, report: PruneReport, inputs: torch.Tensor | None) -> None:
-        from .models.export import export_model
-        from .models.files import save_model
+        from ..models.export import export_model
+        from ..models.files import save_model
 
         folder = self.save_to
         folder.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
@@ -318,66 +294,3 @@ class SlimmingCallback(Callback):  # type: ignore[misc,valid-type]
             export_model(small, folder / "pruned.ts", format="torchscript",
                          input_shape=tuple(inputs[:1].shape))  # type: ignore[index]
         log.info("wrote the pruned model and prune.json to %s", folder)
-
-
-def _check_args(lam: Any, mode: str, rules: dict[str, float], min_channels: Any, round_to: Any,
-                network: Any, example_inputs: Any, compensate: bool, save_to: Any) -> None:
-    """One-line ValueErrors for arguments that cannot work, before any training."""
-    if isinstance(lam, str) and lam != "auto":
-        raise ValueError(f"lam must be a number >= 0 or 'auto', got {lam!r}")
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    if len(rules) > 1:
-        raise ValueError(f"give one pruning rule, not {' and '.join(rules)}")
-    if lam == "auto" and (not rules or "threshold" in rules):
-        raise ValueError("lam='auto' adapts lambda to a pruning target: give ratio, "
-                         "target_flops or target_params (not threshold)")
-    for name, value in (("min_channels", min_channels), ("round_to", round_to)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    if network is not None and (not isinstance(network, str) or not network):
-        raise ValueError(f"network must be a submodule's name such as 'net', got {network!r}")
-    if example_inputs is not None and not isinstance(example_inputs, torch.Tensor):
-        raise ValueError(f"example_inputs must be a tensor batch such as "
-                         f"torch.randn(1, 3, 32, 32), got {type(example_inputs).__name__}")
-    if (compensate or save_to is not None) and not rules:
-        what = "compensate" if compensate else "save_to"
-        raise ValueError(f"{what} is about the pruning at the end of the fit: give ratio, "
-                         f"threshold, target_flops or target_params")
-
-
-def _check_max_layer_ratio(value: Any, rules: dict[str, float]) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-            math.isfinite(value) and 0 < value <= 1):
-        raise ValueError(f"max_layer_ratio must be in (0, 1] or None, got {value!r}")
-    if not rules:
-        raise ValueError("max_layer_ratio caps the pruning at the end of the fit: give ratio, "
-                         "threshold, target_flops or target_params")
-
-
-def _gamma_group(optimizers: Sequence[torch.optim.Optimizer], reg: SparsityRegularizer,
-                 mode: str) -> tuple[torch.optim.Optimizer, int]:
-    """The optimizer and parameter group that train the gammas (whose lr the prox step uses)."""
-    wanted = {id(g) for g in reg.gammas}
-    found = [(opt, i, wanted & {id(p) for p in group["params"]})
-             for opt in optimizers for i, group in enumerate(opt.param_groups)]
-    found = [(opt, i, held) for opt, i, held in found if held]
-    missing = len(wanted - set().union(*(held for _, _, held in found)))
-    if missing:
-        raise ValueError(f"the optimizer of configure_optimizers does not train the weights of "
-                         f"{missing} of the {len(wanted)} BatchNorm layers the penalty acts on; "
-                         f"give it all parameters (self.parameters())")
-    if mode == "proximal" and len(found) > 1:
-        raise ValueError("mode='proximal' steps every BatchNorm weight with one learning rate: "
-                         "put them all in one parameter group of one optimizer")
-    return found[0][0], found[0][1]
-
-
-@torch.no_grad()
-def _gamma_shares(reg: SparsityRegularizer) -> dict[str, float]:
-    """Shares of the scaling factors that are exactly zero and below 1e-2 (one sync)."""
-    size = reg.scales().abs().float()
-    zero, small = torch.stack([(size == 0).float().mean(), (size < 1e-2).float().mean()]).tolist()
-    return {"gamma_zero": zero, "gamma_below_1e-2": small}
