@@ -34,6 +34,7 @@ from .run import passes, pipeline, prunerule
 from .run.device import resolve_device
 from .run.rundir import RUN_MARKS
 from .run.train import TrainingDiverged
+from .sparsity.registry import own_rule_label
 from .util import distributed
 from .util.escape import first_line
 from .util.escape import shown as escaped
@@ -225,8 +226,8 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
     listing = run_sweep(args.sweep_file, parse_shard(args.shard), dry_run=args.dry_run)
     for run, status in listing:
-        ratios = ",".join(f"{r:g}" if r is not None else "VCP rule" if run.config.penalty == "vcp"
-                          else "its target" for r in run.ratios)
+        own = own_rule_label(run.config.penalty)
+        ratios = ",".join(f"{r:g}" if r is not None else own or "its target" for r in run.ratios)
         print(f"{status:<8} {run.name:<44} ratios {ratios}  -> {run.dir}")
     print(f"{len(listing)} training run(s) in this shard")
     lost = [run.name for run, status in listing if status == "diverged"]

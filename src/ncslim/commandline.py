@@ -10,6 +10,7 @@ registries hold.
 from __future__ import annotations
 
 import argparse
+from dataclasses import fields
 from typing import Any, NoReturn
 
 from .config import (
@@ -24,6 +25,7 @@ from .config import (
 from .config import COMMANDS as CONFIG_COMMANDS
 from .models import model_names
 from .models.export import FORMATS
+from .sparsity.registry import METHODS
 
 COMMANDS = ("run", "train", "prune", "finetune", "info", "sweep", "report", "export")
 _TYPES = {"int": int, "float": float, "str": str}
@@ -36,11 +38,16 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+FIELD_TYPES = {f.name: f.type for f in fields(Config)}  # its annotations, as written
+
 # a flag whose meaning on one command differs from the field's help
 COMMAND_HELP = {
     ("finetune", "epochs"): "epochs of fine-tuning",
-    ("prune", "penalty"): "vcp prunes by VCP's rule (--vcp-mu, --vcp-sigma); any other value by "
-                          "the |gamma| ranking",
+    ("prune", "penalty"): "; ".join(
+        f"{spec.name} prunes by its own rule ("
+        + ", ".join(f"--{f.name.replace('_', '-')}" for f in spec.fields if "prune" in f.commands)
+        + ")" for spec in METHODS.values() if spec.own_rule) + "; any other value by the |gamma| "
+                                                              "ranking",
     ("prune", "dataset"): "with --evaluate: the test set",
     ("finetune", "distill"): "fine-tune by knowledge distillation from --teacher",
 }
@@ -58,7 +65,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, command: str) -> None:
         if command not in meta["commands"]:
             continue
         flag = "--" + name.replace("_", "-")
-        annotation = str(Config.__annotations__[name])
+        annotation = str(FIELD_TYPES[name])
         text = COMMAND_HELP.get((command, name), meta["help"]).replace("%%", "%")
         text = (text + _default_text(command, name, defaults, meta)).replace("%", "%%")
         if annotation.startswith("bool"):

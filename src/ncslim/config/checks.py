@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import fields
 from typing import Any
 
+from ..sparsity.registry import method_fields, method_spec
+
 AUTO = "auto"  # lam = "auto": the lambda controller (ncslim.sparsity.controller) chooses it
 MAX_PASSES = 20  # the paper stops at three; more is a typo more likely than a plan
 TARGETS = ("ratio", "threshold", "target_flops", "target_params")  # one pruning target each
@@ -45,10 +47,11 @@ def check_config(cfg: Any) -> None:
 
 def _check_combinations(cfg: Any) -> None:
     one_target({key: getattr(cfg, key) for key in TARGETS[1:]})  # ratio has a default
-    if cfg.penalty == "vcp" and cfg.sync_bn:
-        raise ValueError("--penalty vcp samples each BN scale itself and does not work with "
-                         "--sync-bn; leave --sync-bn out")
-    if cfg.lam == AUTO and (cfg.penalty in ("none", "vcp") or cfg.threshold is not None
+    method = method_spec(cfg.penalty)
+    if method.no_sync_bn and cfg.sync_bn:
+        raise ValueError(f"--penalty {method.name} {method.no_sync_bn} and does not work with "
+                         f"--sync-bn; leave --sync-bn out")
+    if cfg.lam == AUTO and (not method.takes_lambda or cfg.threshold is not None
                              or (cfg.ratio is None and cfg.target_flops is None
                                  and cfg.target_params is None)):
         from ..sparsity.penalties import PENALTIES
@@ -56,18 +59,17 @@ def _check_combinations(cfg: Any) -> None:
         raise ValueError(f"--lam auto adapts a penalty's lambda to a pruning target: give "
                          f"--penalty {'/'.join(PENALTIES)} and --ratio, --target-flops or "
                          f"--target-params (not --threshold)")
-    if cfg.cost_weighted and (cfg.penalty == "vcp" or cfg.prune_rule().budget is None):
+    if cfg.cost_weighted and (method.own_rule or cfg.prune_rule().budget is None):
         raise ValueError("--cost-weighted weighs channels by what they save of a budget: "
                          "give --target-flops or --target-params (not --ratio or "
                          "--threshold, and not --penalty vcp, which prunes by its own rule)")
     if cfg.amp_dtype != "auto" and not cfg.amp:
         raise ValueError(f"--amp-dtype {cfg.amp_dtype} sets the precision of --amp, which is "
                          f"off: add --amp (or leave --amp-dtype out)")
-    if cfg.passes > 1 and cfg.penalty == "vcp":
-        # its sigmas would restart at --vcp-sigma-init beside the grown mus of a trained model,
-        # where the KL term's gradient (mu / sigma^2) throws training into NaN
-        raise ValueError("--passes > 1 retrains with a penalty on |gamma|; --penalty vcp has no "
-                         "multi-pass form (its sigmas do not survive pruning): use --passes 1")
+    if cfg.passes > 1 and method.no_passes:
+        raise ValueError(f"--passes > 1 retrains with a penalty on |gamma|; --penalty "
+                         f"{method.name} has no multi-pass form ({method.no_passes}): use "
+                         f"--passes 1")
     if cfg.passes > 1 and cfg.pass_target == "total" and cfg.threshold is not None:
         raise ValueError("--pass-target total splits a --ratio, --target-flops or "
                          "--target-params over the passes; a --threshold cuts |gamma| the same "
@@ -82,7 +84,7 @@ def _check_combinations(cfg: Any) -> None:
         if cfg.compensate:
             raise ValueError("--compensate works for ncslim's own architectures (--arch), "
                              "not for --model networks; leave it out")
-    if cfg.penalty not in ("none", "vcp"):
+    if method.takes_lambda:
         from ..sparsity.penalties import make_penalty
 
         make_penalty(cfg.penalty, cfg.start_lam(), **cfg.penalty_params())
@@ -175,12 +177,7 @@ def _check_ranges(cfg: Any) -> None:
          "a number > 0"),
         ("distill_weight", _finite(cfg.distill_weight) and 0 <= cfg.distill_weight <= 1,
          "in [0, 1]"),
-        ("vcp_kl_weight", cfg.vcp_kl_weight is None or (
-            _finite(cfg.vcp_kl_weight) and cfg.vcp_kl_weight >= 0), "a finite number >= 0"),
-        ("vcp_sigma_init", _finite(cfg.vcp_sigma_init) and cfg.vcp_sigma_init > 0, "a number > 0"),
-        ("vcp_mu", _finite(cfg.vcp_mu) and cfg.vcp_mu > 0, "a number > 0"),
-        ("vcp_sigma", _finite(cfg.vcp_sigma) and cfg.vcp_sigma > 0, "a number > 0"),
-    ]
+    ] + [(f.name, f.valid(getattr(cfg, f.name)), f.allowed) for f in method_fields()]
     for name, ok, allowed in rules:
         if not ok:
             raise ValueError(f"--{_flag(name)} must be {allowed}, got {getattr(cfg, name)!r}")

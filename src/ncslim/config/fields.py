@@ -6,7 +6,7 @@ parameters, compensation."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, make_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from ..sparsity.penalty_registry import (
     param_unset,
     resolve_params,
 )
+from ..sparsity.registry import method_fields
 from .checks import AUTO, check_config
 
 PRESET_DIR = Path(__file__).parent.parent / "configs"
@@ -33,10 +34,11 @@ PRUNE_TARGET = ("run", "train", "prune")  # train: the target of --lam auto
 
 
 def penalty_choices() -> tuple[str, ...]:
-    """``none``, every registered penalty, and ``vcp`` (the Bayesian baseline)."""
-    from ..sparsity.penalties import PENALTIES
+    """Every registered sparsity method: ``none``, the penalties, ``vcp`` (the Bayesian
+    baseline), ... (:mod:`ncslim.sparsity.registry`)."""
+    from ..sparsity.registry import method_names
 
-    return ("none", *PENALTIES, "vcp")
+    return method_names()
 
 
 def _mode_choices() -> tuple[str, ...]:
@@ -127,9 +129,9 @@ class Config:
                                      "full model the checkpoint was pruned from", ("finetune",),
                                unset="none")
     # sparsity
-    penalty: str = _opt("l1", "sparsity penalty on the BN scaling factors (vcp: the Bayesian "
-                              "baseline, variational channel pruning)", ("run", "train", "prune"),
-                        penalty_choices)
+    penalty: str = _opt("l1", "sparsity method on the BN scaling factors: a penalty, none, or "
+                              "vcp (the Bayesian baseline, variational channel pruning)",
+                        ("run", "train", "prune"), penalty_choices)
     lam: float | str = _opt(1e-4, "penalty strength lambda, or auto: adapted while training "
                                    "to reach the pruning target (--ratio, --target-flops or "
                                    "--target-params)", RUN_TRAIN)
@@ -142,12 +144,6 @@ class Config:
                                unset=param_unset("gamma"))
     mode: str = _opt("subgradient", "how the penalty acts", RUN_TRAIN, _mode_choices)
     decay_gammas: bool = _opt(True, "apply weight decay to the BN scaling factors too", RUN_TRAIN)
-    vcp_kl_weight: float | None = _opt(None, "vcp: weight of the KL term against the mean "
-                                             "cross-entropy", RUN_TRAIN, unset="1/N_train")
-    vcp_sigma_init: float = _opt(0.01, "vcp: initial sigma of every BN scale", RUN_TRAIN)
-    vcp_mu: float = _opt(0.02, "vcp: prune channels with |mu| <= this and sigma <= --vcp-sigma",
-                         ("run", "prune"))
-    vcp_sigma: float = _opt(0.01, "vcp: the sigma threshold of that rule", ("run", "prune"))
     # pruning
     ratio: float | None = _opt(0.5, "prune this fraction of channels (lowest |gamma| first, "
                                     "as --ranking compares layers)",
@@ -248,6 +244,20 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _with_method_fields(base: type) -> type:
+    """``base`` with the fields each sparsity method declares (:mod:`ncslim.sparsity.registry`),
+    after its own: a method brings its flags with it."""
+    extra = [(f.name, f.type, _opt(f.default, f.help, f.commands, unset=f.unset))
+             for f in method_fields()]
+    config = make_dataclass("Config", extra, bases=(base,))
+    config.__module__, config.__qualname__, config.__doc__ = (base.__module__, "Config",
+                                                             base.__doc__)
+    return config
+
+
+Config = _with_method_fields(Config)  # type: ignore[misc]
 
 
 def field_choices(name: str) -> tuple[str, ...] | None:

@@ -23,6 +23,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from ..sparsity.registry import takes_lambda  # noqa: E402
 from .figurebase import (  # noqa: E402
     Figure,
     Records,
@@ -54,7 +55,7 @@ def _styles(rows: Rows) -> dict[str, dict[str, Any]]:
     for row in rows:
         if row["penalty"] == "none":
             styles[row["setting"]] = {"color": "black", "linestyle": ":", "marker": "x"}
-        elif row["penalty"] == "vcp":
+        elif not takes_lambda(row["penalty"]):  # a method of its own (VCP)
             styles[row["setting"]] = {"color": colour[(row["penalty"], row["params"])],
                                       "linestyle": "-.", "marker": "D"}
         else:

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config
+from ..sparsity.registry import find_method, own_rule_label, takes_lambda
 from ..util.files import atomic_path, atomic_write_text
 from ..util.liverun import refuse_near_live_run
 from ..util.regular import JSON_RECORD_LIMIT, open_regular, read_bytes
@@ -47,9 +48,9 @@ COLUMNS = ["setting", "penalty", "params", "lam", "mode", "ratio", "passes", "se
 def _penalty_label(config: dict[str, Any]) -> tuple[str, str]:
     """(penalty, its parameters as text, defaults filled in) for a run's config."""
     cfg = Config(**config)
-    if cfg.penalty == "vcp":
-        kl = "1/N" if cfg.vcp_kl_weight is None else f"{cfg.vcp_kl_weight:g}"
-        return "vcp", f"kl={kl} sigma0={cfg.vcp_sigma_init:g}"
+    spec = find_method(cfg.penalty)
+    if spec is not None and spec.describe is not None:
+        return cfg.penalty, spec.describe(cfg)
     params = cfg.penalty_params()
     return config["penalty"], " ".join(f"{k}={v:g}" for k, v in params.items())
 
@@ -58,7 +59,9 @@ def _setting(row: dict[str, Any]) -> str:
     if row["penalty"] == "none":
         return "none"
     name = f"{row['penalty']}({row['params']})" if row["params"] else row["penalty"]
-    return name if row["penalty"] == "vcp" or row.get("baseline") else f"{name} {row['mode']}"
+    if not takes_lambda(row["penalty"]) or row.get("baseline"):
+        return name
+    return f"{name} {row['mode']}"
 
 
 def collect(runs_dir: str | Path) -> list[dict[str, Any]]:
@@ -155,8 +158,9 @@ def _rule(prune: dict[str, Any], config: dict[str, Any]) -> str:
 def _one_rule(prune: dict[str, Any], config: dict[str, Any]) -> str:
     if prune.get("ratio") is not None:
         return f"{prune['ratio']:g}"
-    if config.get("penalty") == "vcp":
-        return "VCP rule"
+    own = own_rule_label(config.get("penalty"))
+    if own is not None:
+        return own
     if config.get("threshold") is not None:
         return f"|gamma| <= {config['threshold']:g}"
     if config.get("target_flops") is not None:
@@ -184,7 +188,7 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
     below it, with runs of several passes, each of their passes."""
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
-        lam = row["lam"] if row["penalty"] not in ("none", "vcp") else 0.0
+        lam = row["lam"] if takes_lambda(row["penalty"]) else 0.0
         groups[(row["setting"], lam, row["rule"], row["passes"])].append(row)
     head = ("| setting | lam | ratio | passes | seeds | acc. sparse | acc. pruned "
             "| acc. fine-tuned | params removed | FLOPs removed | speed-up |")

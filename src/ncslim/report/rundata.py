@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ..sparsity.registry import own_rule_label
 from ..util.regular import MiB, open_regular
 
 # ncslim writes a line of about 1 KB an epoch: 128 MiB is over 100,000 epochs, and what is kept
@@ -163,8 +164,8 @@ def run_curves(run_dir: Path, results: dict[str, Any] | None = None) -> RunCurve
 
 def pruning_cut(results: dict[str, Any]) -> float | None:
     """The |gamma| at or below which channels were pruned; ``None`` where it is not a |gamma|
-    (VCP and a baseline rank their own scores) or nothing was cut."""
-    if results.get("config", {}).get("penalty") == "vcp" or results.get("baseline"):
+    (a method's own rule, VCP's, and a baseline rank their own scores) or nothing was cut."""
+    if own_rule_label(results.get("config", {}).get("penalty")) or results.get("baseline"):
         return None
     cut = results.get("prune", {}).get("threshold")
     return cut if isinstance(cut, (int, float)) and cut > 0 else None

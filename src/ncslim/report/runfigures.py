@@ -13,6 +13,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from ..sparsity.registry import own_rule_label, takes_lambda  # noqa: E402
 from .figurebase import Figure, checked, is_number, save_figure  # noqa: E402
 from .rundata import (  # noqa: E402
     RunCurves,
@@ -46,11 +47,11 @@ CURVE_PANELS = [
 
 def _run_title(row: dict[str, Any]) -> str:
     config = row["_results"]["config"]
-    lam = f", lam {_lam_text(row['lam'])}" if row["penalty"] not in ("none", "vcp") else ""
+    lam = f", lam {_lam_text(row['lam'])}" if takes_lambda(row["penalty"]) else ""
     if row["ratio"] is not None:
         rule = f"ratio {row['ratio']:g}"
-    elif row["penalty"] == "vcp":
-        rule = "VCP rule"
+    elif own_rule_label(row["penalty"]):
+        rule = own_rule_label(row["penalty"])
     elif config.get("target_flops") is not None:
         rule = f"FLOPs target {config['target_flops']:g}"
     elif config.get("target_params") is not None:

@@ -15,11 +15,10 @@ from torch import nn
 
 from ..config import Config
 from ..models import SlimmableNet
-from ..models.scales import find_scales
 from ..prune import MEASURES, PruneReport, prune_model, prune_to_budget
 from ..prune.costs import cost_weighted_scores
 from ..prune.rule import ALMOST_ALL, PruneRule
-from ..sparsity.vcp import vcp_scores
+from ..sparsity.registry import method_spec
 from .methods import cost_weights
 
 log = logging.getLogger("ncslim")
@@ -31,15 +30,15 @@ SHORTFALL = "--lam auto:"  # how a warning that the controller fell short of its
 def prune(model: nn.Module, cfg: Config) -> tuple[SlimmableNet, PruneReport]:
     """Prune by the config's rule, the one rule of run, prune, its dry run and sweeps.
 
-    VCP's own rule with ``penalty = "vcp"``; else the config's :class:`PruneRule`
+    The method's own rule where it has one (VCP's); else the config's :class:`PruneRule`
     (``threshold``, ``target_flops``, ``target_params`` or ``ratio``, each with
     ``min_channels``, ``max_layer_ratio``, ``round_to``, ``ranking`` and ``compensate``).
     """
-    rule = cfg.prune_rule()
-    if cfg.penalty == "vcp":  # VCP's own rule: |mu| <= vcp_mu and sigma <= vcp_sigma
-        vcp_rule = replace(rule, kind="threshold", value=1.0)
-        return vcp_rule.cut(model, scores=vcp_rule_scores(model, cfg),
-                            ranking=rule.applied_ranking)
+    rule, method = cfg.prune_rule(), method_spec(cfg.penalty)
+    if method.pruning_scores is not None:  # its own rule: a channel goes where its score <= 1
+        own = replace(rule, kind="threshold", value=1.0)
+        return own.cut(model, scores=method.pruning_scores(model, cfg),
+                       ranking=rule.applied_ranking)
     if rule.budget is not None:
         log.info("searching the prune ratio that keeps %g of the %s (counts them at each step)",
                  rule.value, MEASURES[rule.measure][0])
@@ -56,8 +55,8 @@ def prune(model: nn.Module, cfg: Config) -> tuple[SlimmableNet, PruneReport]:
 def check_reachable(model: nn.Module, cfg: Config) -> None:
     """Refuse, before training, a pruning target the network cannot reach with the layers'
     floors (``min_channels``, ``max_layer_ratio``, ``round_to``): one line naming the closest
-    target it can reach. VCP and ``--threshold`` name no target."""
-    if cfg.penalty != "vcp":
+    target it can reach. A method's own rule and ``--threshold`` name no target."""
+    if not method_spec(cfg.penalty).own_rule:
         cfg.prune_rule().check_reachable(model)
 
 
@@ -69,7 +68,7 @@ def check_reachable_in_passes(model: nn.Module, cfg: Config) -> None:
     naming a share that works, and ``--pass-target total`` (which :func:`check_reachable`
     passed). (A ``--ratio`` a pass cannot reach prunes what it can, with a warning.)"""
     rule = cfg.prune_rule()
-    if cfg.passes == 1 or cfg.pass_target != "each" or cfg.penalty == "vcp" or \
+    if cfg.passes == 1 or cfg.pass_target != "each" or method_spec(cfg.penalty).own_rule or \
             rule.budget is None:
         return
     options, n, reports, start = rule.options(), cfg.passes, [], model
@@ -106,16 +105,6 @@ def _least_share(model: nn.Module, rule: PruneRule, passes: int, start: float) -
     return share
 
 
-def vcp_rule_scores(model: nn.Module, cfg: Config) -> dict[str, torch.Tensor]:
-    """Scores that ``threshold=1.0`` turns into VCP's pruning rule, from the model's sigmas."""
-    sigmas = getattr(model, "vcp_sigma", None)
-    if sigmas is None:
-        raise ValueError("--penalty vcp prunes by VCP's rule, which needs the sigmas of a model "
-                         "trained with --penalty vcp; this model has none (prune it with "
-                         "another --penalty, or train it with vcp)")
-    return vcp_scores(find_scales(model), sigmas, cfg.vcp_mu, cfg.vcp_sigma)
-
-
 def prune_dry_run(model: SlimmableNet, cfg: Config, ratios: list[float] | None = None,
                   ) -> list[tuple[str, tuple[SlimmableNet, PruneReport]]]:
     """Each pruning of a dry run, labelled: at each of ``ratios``, or by the config's own rule
@@ -125,8 +114,9 @@ def prune_dry_run(model: SlimmableNet, cfg: Config, ratios: list[float] | None =
     ``round_to`` and ``compensate`` apply; the labels read "ratio 0.3", "threshold 0.01",
     "target-flops 0.4", "target-params 0.3" or "VCP rule".
     """
-    if cfg.penalty == "vcp":
-        return [("VCP rule", prune(model, cfg))]
+    method = method_spec(cfg.penalty)
+    if method.own_rule:
+        return [(method.rule_label, prune(model, cfg))]
     if ratios is None:
         pruned = prune(model, cfg)  # first: it names a missing rule better than the label
         return [(cfg.prune_rule().label(), pruned)]

@@ -42,6 +42,7 @@ from ..config.checks import layer_targets, one_target
 from ..data import ImageData
 from ..models.files import run_lock
 from ..sparsity.penalty_registry import stray_params
+from ..sparsity.registry import field_owner, method_spec
 from . import diverged
 from .device import resolve_device
 from .passes import pass_config, run_passes
@@ -71,8 +72,9 @@ class SweepRun:
         return Path(self.config.out)
 
     def ratio_dir(self, ratio: float | None) -> Path:
-        if ratio is None:  # the run's own rule: VCP's, or the target that --lam auto aimed at
-            return self.dir / ("vcp-rule" if self.config.penalty == "vcp" else "target")
+        if ratio is None:  # the run's own rule: its method's (VCP's), or --lam auto's target
+            own = method_spec(self.config.penalty).own_rule
+            return self.dir / (f"{self.config.penalty}-rule" if own else "target")
         return self.dir / f"ratio-{ratio:g}"
 
     def status(self) -> str:
@@ -104,7 +106,7 @@ def _run_name(values: dict[str, Any], seed: int, penalty: str | None) -> str:
     """``penalty``, the other grid values (mode last) and the seed: ``lp_p0.75_proximal_s0``."""
     parts = [] if penalty is None else [str(penalty)]
     for key in sorted(k for k in values if k not in ("penalty", "mode")):
-        short, value = key.removeprefix("vcp_"), values[key]
+        short, value = key.removeprefix(f"{field_owner(key)}_"), values[key]  # vcp_mu: mu
         if isinstance(value, bool):  # cost_weighted = true: "cost-weighted"
             parts.append(short.replace("_", "-") if value else f"no-{short.replace('_', '-')}")
         else:
@@ -192,7 +194,8 @@ def _sweep_run(spec: dict[str, Any], values: dict[str, Any], seed: int,
             raise ValueError(f"{', '.join(stray)} does not act on --penalty {cfg.penalty} "
                              f"(its parameters: {', '.join(cfg.penalty_params()) or 'none'}); "
                              f"give it in a [[grid]] block of the penalties that take it")
-        own_rule = cfg.penalty == "vcp" or cfg.lam == AUTO  # pruned by what it trained for
+        # pruned by what it trained for: its method's own rule, or --lam auto's target
+        own_rule = method_spec(cfg.penalty).own_rule or cfg.lam == AUTO
         for ratio in () if own_rule else ratios:
             replace(cfg, ratio=ratio).validate()
     except ValueError as err:

@@ -30,6 +30,7 @@ from torch import nn
 from ..models.scales import LayerFilter, find_scales
 from ..util import distributed
 from .method import SparsityMethod
+from .registry import MethodField, MethodSpec, Stage, register_method
 
 MU_THRESHOLD = 0.02
 SIGMA_THRESHOLD = 0.01
@@ -174,3 +175,50 @@ def vcp_scores(mus: dict[str, torch.Tensor], sigmas: dict[str, torch.Tensor],
     return {name: torch.maximum(mu.detach().abs().float() / mu_threshold,
                                 sigmas[name].to(mu.device).float() / sigma_threshold)
             for name, mu in mus.items()}
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _build(stage: Stage) -> VariationalScales:
+    cfg = stage.cfg
+    kl_weight = 1.0 / stage.n_train if cfg.vcp_kl_weight is None else cfg.vcp_kl_weight
+    return VariationalScales(stage.model, kl_weight, cfg.vcp_sigma_init, seed=cfg.seed)
+
+
+def rule_scores(model: nn.Module, cfg: Any) -> dict[str, torch.Tensor]:
+    """Scores that a threshold of 1 turns into VCP's pruning rule, from the model's sigmas."""
+    sigmas = getattr(model, "vcp_sigma", None)
+    if sigmas is None:
+        raise ValueError("--penalty vcp prunes by VCP's rule, which needs the sigmas of a model "
+                         "trained with --penalty vcp; this model has none (prune it with "
+                         "another --penalty, or train it with vcp)")
+    return vcp_scores(find_scales(model), sigmas, cfg.vcp_mu, cfg.vcp_sigma)
+
+
+def _describe(cfg: Any) -> str:
+    kl = "1/N" if cfg.vcp_kl_weight is None else f"{cfg.vcp_kl_weight:g}"
+    return f"kl={kl} sigma0={cfg.vcp_sigma_init:g}"
+
+
+register_method(MethodSpec(
+    "vcp", "the Bayesian baseline, variational channel pruning", build=_build,
+    fields=(
+        MethodField("vcp_kl_weight", None, "vcp: weight of the KL term against the mean "
+                    "cross-entropy", ("run", "train"),
+                    lambda v: v is None or (_number(v) and v >= 0), "a finite number >= 0",
+                    type="float | None", unset="1/N_train"),
+        MethodField("vcp_sigma_init", 0.01, "vcp: initial sigma of every BN scale",
+                    ("run", "train"), lambda v: _number(v) and v > 0, "a number > 0"),
+        MethodField("vcp_mu", 0.02, "vcp: prune channels with |mu| <= this and sigma <= "
+                    "--vcp-sigma", ("run", "prune"), lambda v: _number(v) and v > 0,
+                    "a number > 0"),
+        MethodField("vcp_sigma", 0.01, "vcp: the sigma threshold of that rule", ("run", "prune"),
+                    lambda v: _number(v) and v > 0, "a number > 0"),
+    ),
+    no_sync_bn="samples each BN scale itself",
+    # its sigmas would restart at --vcp-sigma-init beside the grown mus of a trained model,
+    # where the KL term's gradient (mu / sigma^2) throws training into NaN
+    no_passes="its sigmas do not survive pruning",
+    pruning_scores=rule_scores, rule_label="VCP rule", describe=_describe))
