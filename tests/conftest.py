@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import struct
 import subprocess
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -87,3 +90,26 @@ def hold_lock(folder: Path) -> subprocess.Popen:
                               text=True)
     assert holder.stdout.readline().strip() == "held"
     return holder
+
+
+class QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def mirror(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A folder served on 127.0.0.1 and named by $NCSLIM_DOWNLOAD_URL."""
+    root = tmp_path / "mirror"
+    root.mkdir()
+    server = ThreadingHTTPServer(("127.0.0.1", 0),
+                                 functools.partial(QuietHandler, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    monkeypatch.setenv("NCSLIM_DOWNLOAD_URL", f"http://127.0.0.1:{server.server_address[1]}/")
+    try:
+        yield root
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
