@@ -115,3 +115,16 @@ def test_the_parser_builds_every_command_from_the_config_fields():
         flags = {o for a in sub.choices[command]._actions for o in a.option_strings}
         for name, _, meta in config_fields():
             assert (("--" + name.replace("_", "-")) in flags) == (command in meta["commands"])
+
+
+def test_every_command_of_the_table_has_a_parser_and_a_handler(capsys):
+    from ncslim.cli import handlers
+    from ncslim.config.commands import ALL_COMMANDS, COMMAND_TABLE
+
+    assert tuple(handlers()) == ALL_COMMANDS
+    for command in COMMAND_TABLE:
+        text = _help(capsys, command.name)
+        assert command.help.split(" (")[0] in " ".join(text.split())
+        assert ("--resume" in text) == command.trains
+        assert ("--checkpoint" in text) == (command.checkpoint is not None)
+        assert ("--config" in text) == command.takes_config

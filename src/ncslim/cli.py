@@ -25,6 +25,7 @@ import torch
 from .commandline import build_parser, unknown_flags
 from .config import Config, command_config, config_fields
 from .config.checks import TARGETS
+from .config.commands import TRAINING_COMMANDS
 from .models import build_model, check_arch
 from .models.export import SUFFIX, check_export, check_output, export_model
 from .models.files import load_model, run_lock, save_model
@@ -32,6 +33,7 @@ from .models.measure import count_params
 from .report import summary
 from .run import passes, pipeline, prunerule
 from .run.device import resolve_device
+from .run.refit import finetune_model
 from .run.rundir import RUN_MARKS
 from .run.train import TrainingDiverged
 from .sparsity.registry import own_rule_label
@@ -42,7 +44,7 @@ from .util.files import atomic_write_text
 
 log = logging.getLogger("ncslim")
 __all__ = ["build_parser", "main"]
-DISTRIBUTED = ("run", "train", "finetune")  # the commands torchrun may start several times
+DISTRIBUTED = TRAINING_COMMANDS  # the commands torchrun may start several times
 CHECK_TOLERANCE = 1e-4  # largest |output difference| accepted between an export and PyTorch
 
 
@@ -181,22 +183,10 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     if cfg.distill and cfg.teacher is None:
         raise ValueError(f"--distill needs --teacher MODEL, the model to distil from, e.g. "
                          f"{_full_model_hint(Path(args.checkpoint))}")
-    pipeline.check_out(Path(cfg.out), args.resume)
-    device = pipeline.setup_device(cfg)
-    model = model.to(device)
-    teacher = load_model(cfg.teacher, device, args.trust_model_code) if cfg.distill else None
-    data = pipeline.load_data(cfg, device)
-    pipeline.check_fits(model, data, args.checkpoint)
-    if teacher is not None:
-        pipeline.check_fits(teacher, data, f"--teacher {cfg.teacher}")
-    out = Path(cfg.out)
-    with pipeline.claim(out, fresh=not args.resume, resume=args.resume):
-        pipeline.write_config(cfg, out, "finetune", data.info.fingerprint)
-        model, acc = pipeline.finetune(model, data, cfg, out, resume=args.resume,
-                                       from_scratch=args.from_scratch, teacher=teacher)
-        if distributed.is_main():
-            save_model(model, out / "model.pt")
-            print(f"test accuracy {acc:.2%}; model: {out / 'model.pt'}")
+    _, acc, written = finetune_model(model, cfg, args.checkpoint, args.resume,
+                                     args.from_scratch, args.trust_model_code)
+    if distributed.is_main():
+        print(f"test accuracy {acc:.2%}; model: {written}")
 
 
 def cmd_info(args: argparse.Namespace) -> None:
@@ -281,9 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet = distributed.launched() and os.environ.get("RANK", "0") != "0"  # rank 0 speaks
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s",
                         stream=sys.stderr)
-    handler = {"run": cmd_run, "train": cmd_train, "prune": cmd_prune, "finetune": cmd_finetune,
-               "info": cmd_info, "sweep": cmd_sweep, "report": cmd_report,
-               "export": cmd_export}[args.command]
+    handler = handlers()[args.command]
     try:
         if distributed.launched() and args.command not in DISTRIBUTED:
             raise ValueError(f"this command runs in one process; start it without torchrun "
@@ -319,7 +307,7 @@ def _continue_with(args: argparse.Namespace, argv: list[str] | None) -> str:
     """'; continue with: <the exact command>' for a command that resumes, else ''."""
     if args.command == "sweep":  # it has no --resume: the same command skips what is done
         return "; continue with the same command (finished runs are skipped)"
-    if args.command not in ("run", "train", "finetune") or not _holds_run(args):
+    if args.command not in TRAINING_COMMANDS or not _holds_run(args):
         return ""  # nothing to resume: the same command again is the way on
     words = list(sys.argv[1:] if argv is None else argv)
     if "--resume" not in words:
@@ -346,3 +334,10 @@ def _holds_run(args: argparse.Namespace) -> bool:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def handlers() -> dict[str, Any]:
+    """One function per command of the command table (:mod:`ncslim.config.commands`), looked
+    up when called."""
+    return {"run": cmd_run, "train": cmd_train, "prune": cmd_prune, "finetune": cmd_finetune,
+            "info": cmd_info, "sweep": cmd_sweep, "report": cmd_report, "export": cmd_export}

@@ -22,12 +22,12 @@ from .config import (
     load_config,
     preset_names,
 )
-from .config import COMMANDS as CONFIG_COMMANDS
+from .config.commands import ALL_COMMANDS, COMMAND_TABLE, CONFIG_COMMANDS, TRAINING_COMMANDS
 from .models import model_names
 from .models.export import FORMATS
 from .sparsity.registry import METHODS
 
-COMMANDS = ("run", "train", "prune", "finetune", "info", "sweep", "report", "export")
+COMMANDS = ALL_COMMANDS
 _TYPES = {"int": int, "float": float, "str": str}
 
 
@@ -98,31 +98,20 @@ def _default_text(command: str, name: str, defaults: Config, meta: dict[str, Any
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="ncslim", description="Network slimming with nonconvex regularization.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    helps = {
-        "run": "train with the penalty, prune, fine-tune, and report (default preset: demo)",
-        "train": "sparsity training only",
-        "prune": "prune a trained model (or --dry-run several ratios)",
-        "finetune": "retrain a pruned model without the penalty",
-        "info": "parameters, FLOPs, channels per layer and latency of a model",
-        "sweep": "run a grid of penalties x parameters x lam x seeds x prune ratios",
-        "report": "table and figures from every results.json below a folder",
-        "export": "write a model as ONNX (checked in ONNX Runtime) or TorchScript",
-    }
-    extra = {"run": "; --epochs alone sets the fine-tuning length too",
-             "prune": "; the dataset is the one the model file records, unless --dataset",
-             "finetune": "; the dataset is the one the model file records, unless --dataset"}
-    commands = {name: sub.add_parser(
-        name, help=helps[name], description=helps[name],
-        epilog=(PRECEDENCE.format(preset=DEFAULT_PRESET, extra=extra.get(name, ""))
-                if name in CONFIG_COMMANDS else None)) for name in COMMANDS}
+    commands = {c.name: sub.add_parser(
+        c.name, help=c.help, description=c.help,
+        epilog=(PRECEDENCE.format(preset=DEFAULT_PRESET, extra=c.precedence)
+                if c.takes_config else None)) for c in COMMAND_TABLE}
     for name in CONFIG_COMMANDS:
         _add_config_flags(commands[name], name)
-    for name in ("run", "train", "finetune"):
+    for name in TRAINING_COMMANDS:
         commands[name].add_argument("--resume", action="store_true",
                                     help="continue the run in --out from its last checkpoint")
-    for name in ("prune", "finetune", "info"):
-        commands[name].add_argument("--checkpoint", required=name != "info",
-                                    help="model file (model.pt, pruned.pt, best.pt or last.pt)")
+    for c in COMMAND_TABLE:
+        if c.checkpoint is not None:
+            commands[c.name].add_argument(
+                "--checkpoint", required=c.checkpoint == "required",
+                help="model file (model.pt, pruned.pt, best.pt or last.pt)")
     for name in ("prune", "finetune", "info", "export"):
         commands[name].add_argument(
             "--trust-model-code", action="append", metavar="MODULE",

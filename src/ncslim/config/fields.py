@@ -20,13 +20,14 @@ from ..sparsity.penalty_registry import (
 )
 from ..sparsity.registry import method_fields
 from .checks import AUTO, check_config
+from .commands import CONFIG_COMMANDS, TRAINING_COMMANDS
 
 PRESET_DIR = Path(__file__).parent.parent / "configs"
 DEFAULT_PRESET = "demo"  # what a command uses when --config is not given
 MAX_TOML_BYTES = 1 << 20  # a preset or sweep file is a few KB
-COMMANDS = ("run", "train", "prune", "finetune")  # the commands that take a configuration
+COMMANDS = CONFIG_COMMANDS  # the commands that take a configuration (the command table)
 RUN_TRAIN = ("run", "train")
-FITS = ("run", "train", "finetune")  # the commands that train
+FITS = TRAINING_COMMANDS  # the commands that train
 # learning-rate schedules (ncslim.run.steps.lr_at); constant: the classic fine-tuning at a small lr
 SCHEDULES = ("step", "cosine", "constant")
 AMP_DTYPES = ("auto", "float16", "bfloat16")  # ncslim.run.device.amp_dtype

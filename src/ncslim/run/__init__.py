@@ -8,6 +8,7 @@
   measuring) and :mod:`.passes` (``--passes N``); :mod:`.sweep` (grids of runs);
 - :mod:`.methods`: the sparsity method a configuration asks for; :mod:`.prunerule`: its
   pruning rule applied (the cut, the dry run, the checks before training);
+- :mod:`.refit`: ``ncslim finetune`` as one call;
 - :mod:`.warmstart` (``--init``), :mod:`.distill` (``--distill``), :mod:`.baselines`
   (Torch-Pruning's BN-scale pruner in the same harness).
 
