@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import http.client
+import logging
 import os
 import shutil
-import sys
 import tempfile
 import urllib.error
 import urllib.request
@@ -13,6 +13,8 @@ from pathlib import Path
 
 from .catalog import _IDX_MAX_CONTENT, MD5, URLS, DataError, _info, _one_line
 from .files import _md5_file, _md5_gunzip, _scan
+
+log = logging.getLogger("ncslim")
 
 
 def _fetch(name: str, url: str, dest: Path, expected: str, gz_content: bool) -> None:
@@ -60,5 +62,5 @@ def download_dataset(name: str, root: str | Path, *, include_extra: bool = True)
     _, missing = _scan(name, root, include_extra)
     for fname in missing:
         url = f"{base}/{fname}"
-        print(f"{name}: downloading {url} -> {root / fname}", file=sys.stderr)
+        log.info("%s: downloading %s -> %s", name, url, root / fname)
         _fetch(name, url, root / fname, MD5[name][fname], gz_content=name == "fashion-mnist")
