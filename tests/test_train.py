@@ -83,8 +83,8 @@ def test_same_seed_same_result_and_resume_is_identical(tmp_path, monkeypatch, pe
         for a, b in zip(straight.model.state_dict().values(), other.model.state_dict().values()):
             assert torch.equal(a, b)
         if penalty == "vcp":  # the sigmas, and the noise drawn from (seed, epoch), resume too
-            for name, sigma in straight.model.vcp_sigma.items():
-                assert torch.equal(sigma, other.model.vcp_sigma[name])
+            for name, sigma in straight.model.channel_state["vcp_sigma"].items():
+                assert torch.equal(sigma, other.model.channel_state["vcp_sigma"][name])
     lines = [json.loads(x) for x in (tmp_path / "c" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [1, 2, 3]
     reference = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]

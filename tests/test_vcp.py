@@ -161,9 +161,9 @@ def test_run_with_vcp_end_to_end_then_prune_and_resume(tmp_path, capsys):
     assert results["prune"]["threshold"] == 1.0
     assert 0.0 <= results["accuracy"]["pruned"] <= 1.0
     model = ncslim.load_model(out / "train" / "last.pt")  # the sigmas travel with the model
-    assert set(model.vcp_sigma) == {s.bn for s in model.prune_slots()}
+    assert set(model.channel_state["vcp_sigma"]) == {s.bn for s in model.prune_slots()}
     state = ncslim.run.train.load_checkpoint(out / "train" / "last.pt")
-    assert set(state["method"]["log_sigma"]) == set(model.vcp_sigma)
+    assert set(state["method"]["log_sigma"]) == set(model.channel_state["vcp_sigma"])
     # ncslim prune applies the same rule to the saved model, and refuses a model without sigmas
     assert ncslim.cli.main(["prune", "--checkpoint", str(out / "train" / "last.pt"),
                             "--penalty", "vcp", "--out", str(tmp_path / "p")]) == 0

@@ -29,9 +29,19 @@ _REGISTRY: dict[str, type[SlimmableNet]] = {}
 MAX_DEPTH, MAX_WIDTH, MAX_CLASSES, MAX_CHANNELS = 2000, 16.0, 100_000, 4096
 MAX_LAYER_CHANNELS = 65_536
 MAX_INPUT_SIZE = 4096
+# what a sparsity method may leave on a model for its files (SlimmableNet.channel_state): each
+# name registered by its method (ncslim.sparsity.vcp: "vcp_sigma"), stored under that name
+CHANNEL_STATES: list[str] = []
 DEFAULT_INPUT_SIZE = 32  # CIFAR's; files written before sizes were recorded hold this
 
 
+
+
+def register_channel_state(name: str) -> None:
+    """Let model files carry the per-channel state ``name`` (read back into
+    ``model.channel_state[name]``); a name already registered stays as it is."""
+    if name not in CHANNEL_STATES:
+        CHANNEL_STATES.append(name)
 @dataclass(frozen=True)
 class PruneSlot:
     """One prunable group of channels, scored by the gammas of one BatchNorm.
@@ -104,8 +114,9 @@ class SlimmableNet(nn.Module, abc.ABC):
         self.pruned_from: dict[str, int] | None = None
         # set by training: the data it saw {"dataset", "limit_train", "limit_test", "svhn_extra"}
         self.trained_on: dict[str, Any] | None = None
-        # set by VCP training: sigma of each BN's scale, keyed by BN name (ncslim.sparsity.vcp)
-        self.vcp_sigma: dict[str, torch.Tensor] | None = None
+        # set by a sparsity method: per-channel state that travels in the model's files, by the
+        # name its method registered (CHANNEL_STATES), each keyed by BN name
+        self.channel_state: dict[str, dict[str, torch.Tensor]] = {}
 
     @abc.abstractmethod
     def prune_slots(self) -> list[PruneSlot]:

@@ -28,6 +28,7 @@ from ..util.liverun import run_lock as run_lock  # re-exported: its documented h
 from ..util.regular import NotAFileError, check_regular, open_regular
 from ..util.regular import not_a_file as not_a_file  # re-exported: older callers import it here
 from . import SlimmableNet, build_model
+from .base import CHANNEL_STATES
 from .imported import require_consent
 from .record import check_pruned_from, check_trained_on
 from .scales import unwrap
@@ -87,8 +88,11 @@ def model_payload(model: nn.Module) -> dict[str, Any]:
         payload["pruned_from"] = dict(model.pruned_from)
     if model.trained_on is not None:
         payload["trained_on"] = dict(model.trained_on)
-    if model.vcp_sigma is not None:
-        payload["vcp_sigma"] = {k: v.detach().cpu() for k, v in model.vcp_sigma.items()}
+    for name, state in model.channel_state.items():
+        if name not in CHANNEL_STATES or name in payload:
+            raise ValueError(f"the model's channel state {name!r} is no registered state "
+                             f"(ncslim.models.base.register_channel_state)")
+        payload[name] = {k: v.detach().cpu() for k, v in state.items()}
     return payload
 
 
@@ -120,7 +124,8 @@ def model_from_payload(payload: Any, source: str, trust_code: Any = None) -> Sli
                                  f"diverged training; it cannot be used: train it again with a "
                                  f"lower --lr (or --lam)")
         model.pruned_from = check_pruned_from(_pruned_from(payload.get("pruned_from")), model)
-        model.vcp_sigma = _vcp_sigma(model, payload.get("vcp_sigma"))
+        model.channel_state = {name: _channel_state(model, name, payload[name])
+                               for name in CHANNEL_STATES if payload.get(name) is not None}
         model.trained_on = check_trained_on(payload.get("trained_on"), model.num_classes,
                                             model.input_size)
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as err:
@@ -185,15 +190,13 @@ def _pruned_from(record: Any) -> dict[str, int] | None:
     return {k: int(v) for k, v in record.items()}
 
 
-def _vcp_sigma(model: SlimmableNet, record: Any) -> dict[str, torch.Tensor] | None:
-    if record is None:
-        return None
+def _channel_state(model: SlimmableNet, name: str, record: Any) -> dict[str, torch.Tensor]:
     modules = dict(model.named_modules())
     if not isinstance(record, dict) or not all(
             isinstance(v, torch.Tensor) and k in modules
             and getattr(modules[k], "weight", None) is not None
             and v.shape == modules[k].weight.shape for k, v in record.items()):
-        raise ValueError("'vcp_sigma' must map BN layer names to sigmas of their shape")
+        raise ValueError(f"{name!r} must map BN layer names to tensors of their shape")
     return dict(record)
 
 

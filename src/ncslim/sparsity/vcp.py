@@ -27,10 +27,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..models.base import register_channel_state
 from ..models.scales import LayerFilter, find_scales
 from ..util import distributed
 from .method import SparsityMethod
 from .registry import MethodField, MethodSpec, Stage, register_method
+
+SIGMAS = "vcp_sigma"  # its sigmas in a model and its files (the name older files use)
+register_channel_state(SIGMAS)
 
 MU_THRESHOLD = 0.02
 SIGMA_THRESHOLD = 0.01
@@ -99,13 +103,20 @@ class VariationalScales(SparsityMethod):
         self.average_gradients()  # under torchrun: log sigma lives outside DDP's model
 
     def end_epoch(self) -> dict[str, float]:
-        self.model.vcp_sigma = self.sigmas()  # they travel in every model payload
+        self._leave_sigmas()
         return {"lam": 0.0, "penalty": float(self.penalty_value())}
 
     def finish(self) -> None:
         """Sampling ends; the sigmas stay on the model."""
         self.remove()
-        self.model.vcp_sigma = self.sigmas()
+        self._leave_sigmas()
+
+    def _leave_sigmas(self) -> None:
+        """Put the sigmas on the model: they travel in every model file (any CNN keeps them as
+        an attribute)."""
+        if not isinstance(getattr(self.model, "channel_state", None), dict):
+            self.model.channel_state = {}
+        self.model.channel_state[SIGMAS] = self.sigmas()
 
     def remove(self) -> None:
         """Stop sampling: the BN layers are plain again (gamma = mu)."""
@@ -189,7 +200,7 @@ def _build(stage: Stage) -> VariationalScales:
 
 def rule_scores(model: nn.Module, cfg: Any) -> dict[str, torch.Tensor]:
     """Scores that a threshold of 1 turns into VCP's pruning rule, from the model's sigmas."""
-    sigmas = getattr(model, "vcp_sigma", None)
+    sigmas = getattr(model, "channel_state", {}).get(SIGMAS)
     if sigmas is None:
         raise ValueError("--penalty vcp prunes by VCP's rule, which needs the sigmas of a model "
                          "trained with --penalty vcp; this model has none (prune it with "
