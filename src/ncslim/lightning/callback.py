@@ -17,7 +17,7 @@ from ..models import SlimmableNet, TracedNet
 from ..models.scales import LayerFilter, find_scales, unwrap
 from ..prune import PruneReport
 from ..prune.rule import PruneRule
-from ..prune.selection import DEFAULT_MIN_CHANNELS, DEFAULT_RANKING, check_ranking, resolve_ranking
+from ..prune.selection import DEFAULT_MIN_CHANNELS, DEFAULT_RANKING, resolve_ranking
 from ..sparsity import SparsityMethod
 from ..sparsity.controller import START_LAM, LambdaController
 from ..sparsity.penalties import make_penalty
@@ -95,11 +95,11 @@ class SlimmingCallback(Callback):  # type: ignore[misc,valid-type]
         self.penalty_name, self.params, self.lam, self.mode = penalty, params, lam, mode
         # built now to validate the name and parameters; each fit builds its own
         make_penalty(penalty, START_LAM if lam == "auto" else lam, **params)
-        check_ranking(ranking)
         self.rule = None if not rules else PruneRule(
             *next(iter(rules.items())), min_channels=min_channels, round_to=round_to,
             max_layer_ratio=max_layer_ratio, ranking=ranking, compensate=compensate)
-        self.ranking = resolve_ranking(ranking, self.rule and self.rule.measure)
+        # the ranking that applies: the rule's own, resolved by its measure (checked either way)
+        self.ranking = self.rule.applied_ranking if self.rule else resolve_ranking(ranking)
         self.network, self.layers, self.example_inputs = network, layers, example_inputs
         self.ignored_layers = ignored_layers
         self.save_to = None if save_to is None else Path(save_to)

@@ -48,7 +48,7 @@ def prune(model: nn.Module, cfg: Config) -> tuple[SlimmableNet, PruneReport]:
                                                                rule.applied_ranking),
                             ranked=True)
         return rule.cut(model)
-    log.info("pruning by %s (and counting parameters and FLOPs)", f"{rule.kind} {rule.value:g}")
+    log.info("pruning by %s (and counting parameters and FLOPs)", rule.label())
     return rule.cut(model)
 
 
